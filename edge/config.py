@@ -1,0 +1,185 @@
+"""The node config: one YAML file per edge node, validated by pydantic.
+
+A mistake is refused with the file, the line and the field, e.g.
+``node.yaml:12: sensors.0.adapter: Input should be 'zigbee2mqtt'``.
+
+Example:
+    >>> from edge.config import load_config
+    >>> cfg = load_config("deploy/node.example.yaml")
+    >>> cfg.site.id
+    'willow-court'
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from alerts.models import Place
+
+log = logging.getLogger(__name__)
+
+_ID = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+"""Ids end up in MQTT topics and URLs, so no slashes, wildcards or spaces."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SiteConfig(_Section):
+    id: str = Field(pattern=_ID, title="Site id", description="Unique id of the compound or street, used in topics.")
+    name: str = Field(default="", title="Site name", description="Name a person reads on the alert page.")
+    sub_district: str = Field(title="Sub-district", description="Street office the site belongs to.")
+    community: str = Field(title="Community", description="Community the site belongs to.")
+    grid: str = Field(title="Grid cell", description="Grid cell the site belongs to.")
+    timezone: str = Field(default="UTC", title="Time zone", description="IANA zone for schedules, e.g. Asia/Shanghai.")
+
+    def place(self, device: str | None = None) -> Place:
+        return Place(
+            sub_district=self.sub_district, community=self.community, grid=self.grid, site=self.id, device=device
+        )
+
+
+class BrokerConfig(_Section):
+    url: str = Field(
+        default="mqtt://127.0.0.1:1883",
+        pattern=r"^mqtts?://",
+        title="Broker URL",
+        description="mqtt://[user:password@]host:port of the broker; PATROLNET_MQTT_URL overrides it.",
+    )
+
+
+class UplinkConfig(_Section):
+    url: str | None = Field(
+        default=None,
+        pattern=r"^mqtts?://",
+        title="Uplink broker URL",
+        description="Broker that central ingest reads; defaults to the local broker (a Mosquitto bridge "
+        "forwards patrolnet/# upstream). PATROLNET_UPLINK_URL overrides it.",
+    )
+    spool: Path = Field(
+        default=Path("/var/lib/patrolnet/outbox.sqlite3"),
+        title="Outbox spool",
+        description="SQLite file that holds messages until the uplink broker acknowledges them.",
+    )
+    max_inflight: int = Field(
+        default=100, ge=1, le=10_000, title="In-flight window", description="Unacknowledged QoS 1 messages."
+    )
+
+
+class SensorConfig(_Section):
+    id: str = Field(pattern=_ID, title="Device id", description="Id of the sensor at its site.")
+    adapter: Literal["zigbee2mqtt"] = Field(
+        title="Adapter", description="Payload format the sensor speaks on the local broker."
+    )
+    topic: str = Field(
+        title="Topic",
+        description="Topic the sensor publishes on, e.g. zigbee2mqtt/hallway-smoke for zigbee2mqtt.",
+    )
+    name: str = Field(default="", title="Name", description="Where the sensor hangs, as a person says it.")
+
+    @field_validator("topic")
+    @classmethod
+    def _no_wildcards(cls, value: str) -> str:
+        if "+" in value or "#" in value:
+            raise ValueError("a sensor topic names one device: no MQTT wildcards")
+        return value
+
+
+class NodeConfig(_Section):
+    """One edge node: the site it watches and the devices on it."""
+
+    node_id: str = Field(pattern=_ID, title="Node id", description="Unique id of this edge node.")
+    site: SiteConfig = Field(title="Site", description="The compound or street this node serves.")
+    broker: BrokerConfig = Field(
+        default_factory=BrokerConfig, title="Local broker", description="Where the sensors publish."
+    )
+    uplink: UplinkConfig = Field(
+        default_factory=UplinkConfig, title="Uplink", description="Where events go, and the local spool."
+    )
+    sensors: list[SensorConfig] = Field(
+        default_factory=list, title="Sensors", description="Fire sensors and other MQTT devices on the site."
+    )
+
+    @field_validator("sensors")
+    @classmethod
+    def _unique_sensors(cls, sensors: list[SensorConfig]) -> list[SensorConfig]:
+        for attr in ("id", "topic"):
+            seen = [getattr(s, attr) for s in sensors]
+            dupes = sorted({v for v in seen if seen.count(v) > 1})
+            if dupes:
+                raise ValueError(f"sensor {attr}s must be unique; repeated: {', '.join(dupes)}")
+        return sensors
+
+    def broker_url(self) -> str:
+        return os.environ.get("PATROLNET_MQTT_URL") or self.broker.url
+
+    def uplink_url(self) -> str:
+        return os.environ.get("PATROLNET_UPLINK_URL") or self.uplink.url or self.broker_url()
+
+
+class ConfigError(ValueError):
+    """A config file that cannot be used; the message names file, line and field."""
+
+
+def _line_of(node: yaml.Node | None, loc: tuple[int | str, ...]) -> int | None:
+    """Walks the YAML node tree along a pydantic error location to the line it came from."""
+    line = node.start_mark.line + 1 if node is not None else None
+    for key in loc:
+        if isinstance(node, yaml.MappingNode):
+            node = next((v for k, v in node.value if k.value == key), None)
+        elif isinstance(node, yaml.SequenceNode) and isinstance(key, int) and key < len(node.value):
+            node = node.value[key]
+        else:
+            break
+        if node is None:
+            break
+        line = node.start_mark.line + 1
+    return line
+
+
+def _field_path(loc: tuple[int | str, ...]) -> str:
+    return ".".join(str(part) for part in loc) or "(top level)"
+
+
+def parse_config(text: str, filename: str = "<config>") -> NodeConfig:
+    """Parses and validates YAML text; raises ConfigError naming line and field."""
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        data: Any = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{filename}:{mark.line + 1}" if mark else filename
+        raise ConfigError(f"{where}: not valid YAML: {getattr(exc, 'problem', exc)}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{filename}:1: the config must be a mapping of settings")
+    try:
+        return NodeConfig.model_validate(data)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            # A "missing" field has no line of its own: point at its parent instead.
+            loc = tuple(err["loc"])
+            line = _line_of(root, loc)
+            msg = re.sub(r"^Value error, ", "", err["msg"])
+            problems.append(f"{filename}:{line}: {_field_path(loc)}: {msg}")
+        raise ConfigError("\n".join(problems)) from exc
+
+
+def load_config(path: str | Path) -> NodeConfig:
+    """Reads a node config file; raises ConfigError naming line and field."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from exc
+    config = parse_config(text, str(path))
+    log.info("loaded config %s for node %s at site %s", path, config.node_id, config.site.id)
+    return config

@@ -1,0 +1,185 @@
+"""Real services started locally for the tests and the demo: PostgreSQL, Mosquitto, an RTSP camera.
+
+Each runs on 127.0.0.1 on a free port in a folder of its own and is stopped
+by ``stop()``. They are the Debian programs, not stand-ins. PostgreSQL refuses
+to run as root, so as root it runs as the ``postgres`` user; Mosquitto started
+as root drops to the ``mosquitto`` user, so its folder is handed to that user.
+
+Example:
+    >>> import tempfile
+    >>> with start_mosquitto(tempfile.mkdtemp()) as broker:  # doctest: +SKIP
+    ...     print(broker.url)
+    mqtt://127.0.0.1:...
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+PG_BIN_DIRS = sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True)
+SYSTEM_PYTHON = "/usr/bin/python3"
+RTSP_SCRIPT = Path(__file__).with_name("rtsp_server.py")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for_port(port: int, timeout: float, proc: subprocess.Popen | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"{proc.args[0]} exited with {proc.returncode} before listening on {port}")
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout:.0f} s")
+
+
+@dataclass
+class Service:
+    """A started service: its URL, and how to stop it. Usable as a context manager."""
+
+    name: str
+    url: str
+    port: int
+    folder: Path
+    proc: subprocess.Popen | None = None
+    stop_cmd: list[str] = field(default_factory=list)
+
+    def stop(self) -> None:
+        if self.stop_cmd:
+            subprocess.run(self.stop_cmd, capture_output=True, timeout=60, check=False)
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        log.info("stopped %s on port %d", self.name, self.port)
+
+    def __enter__(self) -> Service:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def _as_user(user: str) -> list[str]:
+    """A command prefix that runs as ``user`` when we are root, and as ourselves otherwise."""
+    return ["runuser", "-u", user, "--"] if os.geteuid() == 0 else []
+
+
+def _chown_to(path: Path, user: str) -> None:
+    if os.geteuid() == 0:
+        entry = pwd.getpwnam(user)
+        for p in [path, *path.rglob("*")]:
+            os.chown(p, entry.pw_uid, entry.pw_gid)
+
+
+def _pg_tool(name: str) -> str:
+    for folder in PG_BIN_DIRS:
+        if (folder / name).exists():
+            return str(folder / name)
+    found = shutil.which(name)
+    if found is None:
+        raise FileNotFoundError(f"{name} not found: install Debian's postgresql package (make setup)")
+    return found
+
+
+def start_postgres(folder: str | Path, port: int | None = None, database: str = "patrolnet") -> Service:
+    """A fresh PostgreSQL cluster in ``folder``; its URL names a database made for us."""
+    folder = Path(folder)
+    port = port or free_port()
+    data = folder / "pgdata"
+    folder.mkdir(parents=True, exist_ok=True)
+    os.chmod(folder, 0o755)
+    _chown_to(folder, "postgres")
+    user = _as_user("postgres")
+    if not (data / "PG_VERSION").exists():
+        subprocess.run(
+            [*user, _pg_tool("initdb"), "-D", str(data), "-U", "postgres", "-A", "trust", "-E", "UTF8", "--no-sync"],
+            check=True,
+            capture_output=True,
+        )
+    options = f"-p {port} -k {folder} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200"
+    subprocess.run(
+        [*user, _pg_tool("pg_ctl"), "-D", str(data), "-l", str(folder / "postgres.log"), "-o", options, "-w", "start"],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    url = f"postgresql://postgres@127.0.0.1:{port}/{database}"
+    exists = subprocess.run(
+        [_pg_tool("psql"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "-tAc",
+         f"SELECT 1 FROM pg_database WHERE datname = '{database}'"],
+        capture_output=True, text=True, check=True,
+    ).stdout.strip()  # fmt: skip
+    if not exists:
+        subprocess.run(
+            [_pg_tool("createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", database], check=True
+        )
+    log.info("PostgreSQL on %s", url)
+    stop = [*user, _pg_tool("pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"]
+    return Service("postgresql", url, port, folder, stop_cmd=stop)
+
+
+MOSQUITTO_CONF = """\
+listener {port} 127.0.0.1
+allow_anonymous true
+persistence true
+persistence_location {folder}/
+max_queued_messages 100000
+max_inflight_messages 1000
+log_dest file {folder}/mosquitto.log
+log_type error
+log_type warning
+log_type notice
+"""
+
+
+def start_mosquitto(folder: str | Path, port: int | None = None) -> Service:
+    """A Mosquitto 2 broker with persistence on, anonymous on loopback only."""
+    folder = Path(folder)
+    port = port or free_port()
+    folder.mkdir(parents=True, exist_ok=True)
+    conf = folder / "mosquitto.conf"
+    conf.write_text(MOSQUITTO_CONF.format(port=port, folder=folder))
+    _chown_to(folder, "mosquitto")
+    binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+    proc = subprocess.Popen([binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    wait_for_port(port, 15, proc)
+    url = f"mqtt://127.0.0.1:{port}"
+    log.info("Mosquitto on %s", url)
+    return Service("mosquitto", url, port, folder, proc=proc)
+
+
+def start_rtsp(h264_file: str | Path, folder: str | Path, port: int | None = None, path: str = "/cam") -> Service:
+    """An RTSP camera looping an H.264 file (no B-frames), served by GStreamer under Debian's Python."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    port = port or free_port()
+    log_file = (folder / f"rtsp-{port}.log").open("ab")
+    cmd = [SYSTEM_PYTHON, str(RTSP_SCRIPT), "--file", str(h264_file), "--port", str(port), "--path", path]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log_file, text=True)
+    ready = proc.stdout.readline() if proc.stdout else ""
+    if not ready.startswith("READY"):
+        proc.kill()
+        raise RuntimeError(f"RTSP server did not start: {ready!r}; see {log_file.name}")
+    url = ready.split()[1]
+    log.info("RTSP camera on %s", url)
+    return Service("rtsp", url, port, folder, proc=proc)

@@ -1,0 +1,172 @@
+"""Real services for the tests: PostgreSQL, Mosquitto, a GStreamer RTSP camera, the alert API.
+
+PostgreSQL runs once per session and each test gets a fresh database; a broker
+is started per test, because MQTT sessions and shared subscriptions outlive a
+client and would leak from one test into the next.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import psycopg
+import pytest
+import uvicorn
+
+from alerts.api import create_app
+from alerts.auth import Principal, create_key
+from alerts.store import migrate
+from edge.devstack import Service, free_port, start_mosquitto, start_postgres, start_rtsp, wait_for_port
+
+REPO = Path(__file__).resolve().parent.parent
+FOOTAGE = REPO / ".cache" / "footage" / "vtest.h264"
+
+
+def _service_folder(prefix: str) -> Path:
+    # Not under pytest's tmp_path: that is private to root, and the services run as their own users.
+    folder = Path(tempfile.mkdtemp(prefix=prefix))
+    os.chmod(folder, 0o755)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Service]:
+    with start_postgres(_service_folder("patrolnet-pg-")) as service:
+        yield service
+
+
+@pytest.fixture
+def database_url(postgres: Service) -> str:
+    """A new, migrated database for this test."""
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(postgres.url, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    url = postgres.url.rsplit("/", 1)[0] + "/" + name
+    migrate(url)
+    return url
+
+
+@pytest.fixture
+def broker() -> Iterator[Service]:
+    with start_mosquitto(_service_folder("patrolnet-mqtt-")) as service:
+        yield service
+
+
+@pytest.fixture(scope="session")
+def footage() -> Path:
+    """vtest.avi as H.264 without B-frames, made by `make setup`."""
+    if not FOOTAGE.exists():
+        pytest.fail(f"{FOOTAGE} is missing: run `make setup` (the test command does)")
+    return FOOTAGE
+
+
+@pytest.fixture
+def rtsp_camera(footage: Path) -> Iterator[Service]:
+    with start_rtsp(footage, _service_folder("patrolnet-rtsp-")) as service:
+        yield service
+
+
+class ApiServer:
+    """The alert API served by uvicorn on a free port, in a thread of the test process."""
+
+    def __init__(self, database_url: str) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.database_url = database_url
+        config = uvicorn.Config(create_app(database_url), host="127.0.0.1", port=self.port, log_level="warning")
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self._server.run, daemon=True)
+
+    def __enter__(self) -> ApiServer:
+        self._thread.start()
+        wait_for_port(self.port, 30)
+        while not self._server.started:
+            time.sleep(0.02)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.should_exit = True
+        self._thread.join(timeout=10)
+
+    def key(self, role: str, **scope: str) -> dict[str, str]:
+        """Authorization headers of a new key for ``role``, limited to ``scope``."""
+        key = create_key(self.database_url, Principal(name=f"test {role}", role=role, **scope))
+        return {"Authorization": f"Bearer {key}"}
+
+
+@pytest.fixture
+def api(database_url: str) -> Iterator[ApiServer]:
+    with ApiServer(database_url) as server:
+        yield server
+
+
+class SseReader:
+    """Reads a Server-Sent Events stream in a thread; ``next()`` returns (id, event, data) in order."""
+
+    def __init__(self, url: str, headers: dict[str, str]) -> None:
+        self._events: queue.Queue[tuple[str, str, dict]] = queue.Queue()
+        self._open = threading.Event()
+        self._client = httpx.Client(timeout=httpx.Timeout(5.0, read=None))
+        self._thread = threading.Thread(target=self._read, args=(url, headers), daemon=True)
+        self.status: int | None = None
+
+    def __enter__(self) -> SseReader:
+        self._thread.start()
+        assert self._open.wait(10), "the stream did not open"
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._client.close()
+
+    def _read(self, url: str, headers: dict[str, str]) -> None:
+        try:
+            with self._client.stream("GET", url, headers=headers) as response:
+                self.status = response.status_code
+                self._open.set()
+                fields: dict[str, str] = {}
+                for line in response.iter_lines():
+                    if line == "":
+                        if "data" in fields:
+                            self._events.put(
+                                (fields.get("id", ""), fields.get("event", ""), json.loads(fields["data"]))
+                            )
+                        fields = {}
+                    elif not line.startswith(":"):
+                        name, _, value = line.partition(": ")
+                        fields[name] = value
+        except httpx.HTTPError:
+            self._open.set()
+
+    def next(self, timeout: float = 10.0) -> tuple[str, str, dict]:
+        return self._events.get(timeout=timeout)
+
+    def drain(self, wait: float = 1.0) -> list[tuple[str, str, dict]]:
+        """Everything that arrives within ``wait`` seconds."""
+        got = []
+        deadline = time.monotonic() + wait
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                got.append(self._events.get(timeout=left))
+            except queue.Empty:
+                break
+        return got
+
+
+def eventually(check, timeout: float = 10.0, interval: float = 0.05):
+    """Calls ``check`` until it returns something truthy; fails with its last value after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value or time.monotonic() > deadline:
+            assert value, f"still {value!r} after {timeout} s"
+            return value
+        time.sleep(interval)

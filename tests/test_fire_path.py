@@ -1,0 +1,150 @@
+"""The fire path end to end, on a real broker, a real database and the real API.
+
+zigbee2mqtt smoke detector --MQTT--> edge node --uplink--> ingest --> PostgreSQL --> API list and SSE.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import paho.mqtt.client as mqtt
+import psycopg
+import pytest
+from conftest import ApiServer, SseReader, eventually
+
+from alerts.writer import IngestWorker
+from edge.config import NodeConfig, parse_config
+from edge.devstack import Service
+from edge.node import EdgeNode
+from ingest.mqtt import connect, make_client
+
+SMOKE_TOPIC = "zigbee2mqtt/b3-stair-smoke"
+ALARM = {"smoke": True, "battery": 87, "battery_low": False, "tamper": False, "linkquality": 120}
+CLEAR = {**ALARM, "smoke": False}
+
+
+def node_config(broker_url: str, spool: Path) -> NodeConfig:
+    return parse_config(
+        f"""
+node_id: test-node
+site: {{id: willow-court, sub_district: riverside, community: east-gate, grid: g07}}
+broker: {{url: "{broker_url}"}}
+uplink: {{spool: "{spool}"}}
+sensors:
+  - {{id: smoke-b3-stair, adapter: zigbee2mqtt, topic: {SMOKE_TOPIC}, name: "Building 3, stairwell"}}
+"""
+    )
+
+
+@pytest.fixture
+def sensor(broker: Service) -> Iterator[mqtt.Client]:
+    """A client standing in for zigbee2mqtt on the node's local broker."""
+    client, address, props = make_client(broker.url, "test-zigbee2mqtt")
+    connect(client, address, props)
+    yield client
+    client.disconnect()
+    client.loop_stop()
+
+
+def publish(client: mqtt.Client, payload: dict | bytes, topic: str = SMOKE_TOPIC) -> None:
+    body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+    client.publish(topic, body, qos=1).wait_for_publish(timeout=5)
+
+
+@pytest.fixture
+def pipeline(broker: Service, database_url: str, tmp_path: Path) -> Iterator[EdgeNode]:
+    """An edge node and an ingest worker, both running, both on the test broker."""
+    worker = IngestWorker(broker.url, database_url, name="test-ingest")
+    worker.start()
+    assert worker.wait_ready()
+    node = EdgeNode(node_config(broker.url, tmp_path / "outbox.sqlite3"))
+    node.start()
+    assert node.wait_ready()
+    yield node
+    node.stop()
+    worker.stop()
+
+
+def list_alerts(api: ApiServer, headers: dict[str, str], **params: str) -> list[dict]:
+    response = httpx.get(f"{api.url}/api/v1/alerts", headers=headers, params=params)
+    assert response.status_code == 200, response.text
+    return response.json()["items"]
+
+
+def test_smoke_alarm_reaches_the_fire_desk_and_clears(pipeline, sensor, api: ApiServer) -> None:
+    fire = api.key("fire")
+    with SseReader(f"{api.url}/api/v1/alerts/stream", fire) as stream:
+        assert stream.status == 200
+        publish(sensor, ALARM)
+
+        seq, change, alert = stream.next()
+        assert change == "raised"
+        assert alert["kind"] == "fire" and alert["type"] == "smoke" and alert["active"] is True
+        assert alert["route"] == "fire" and alert["severity"] == "critical"
+        assert alert["place"] == {
+            "sub_district": "riverside",
+            "community": "east-gate",
+            "grid": "g07",
+            "site": "willow-court",
+            "device": "smoke-b3-stair",
+        }
+        assert alert["title"] == "Smoke alarm at Building 3, stairwell"
+        assert alert["attributes"]["readings"]["battery"] == 87.0
+
+        listed = list_alerts(api, fire)
+        assert [a["id"] for a in listed] == [alert["id"]]
+        assert listed[0]["active"] is True
+
+        # The detector repeating its alarm is the same situation, not a new alert.
+        publish(sensor, ALARM)
+        publish(sensor, CLEAR)
+        cleared_seq, change, cleared = stream.next()
+        assert change == "cleared" and int(cleared_seq) > int(seq)
+        assert cleared["id"] == alert["id"] and cleared["active"] is False and cleared["cleared_at"]
+
+    listed = list_alerts(api, fire)
+    assert len(listed) == 1 and listed[0]["active"] is False
+    assert list_alerts(api, fire, active="true") == []
+    assert pipeline.counts["events"] == 2
+
+
+def test_police_and_other_places_do_not_see_the_fire_alarm(pipeline, sensor, api: ApiServer) -> None:
+    publish(sensor, ALARM)
+    fire = api.key("fire")
+    eventually(lambda: list_alerts(api, fire))
+    assert list_alerts(api, api.key("police")) == []
+    assert list_alerts(api, api.key("fire", community="another-community")) == []
+    assert len(list_alerts(api, api.key("fire", community="east-gate"))) == 1
+    assert httpx.get(f"{api.url}/api/v1/alerts").status_code == 401
+    assert httpx.get(f"{api.url}/api/v1/alerts", headers={"Authorization": "Bearer pn_nope"}).status_code == 401
+    forbidden = httpx.get(f"{api.url}/api/v1/alerts", headers=api.key("police"), params={"kind": "fire"})
+    assert forbidden.status_code == 403 and "fire" in forbidden.json()["detail"]
+
+
+def test_garbage_is_dead_lettered_and_the_next_alarm_still_arrives(
+    pipeline, sensor, api: ApiServer, database_url: str
+) -> None:
+    publish(sensor, b"\x00not json at all{")
+    publish(sensor, {"smoke": "yes", "battery": 87})
+    publish(sensor, ALARM)
+
+    fire = api.key("fire")
+    alerts = eventually(lambda: list_alerts(api, fire))
+    assert alerts[0]["type"] == "smoke" and alerts[0]["active"] is True
+
+    def dead_letters() -> list[tuple]:
+        with psycopg.connect(database_url) as conn:
+            return conn.execute("SELECT topic, payload, reason, source FROM dead_letters ORDER BY ts").fetchall()
+
+    letters = eventually(lambda: len(dead_letters()) == 2 and dead_letters())
+    assert [(topic, bytes(payload)) for topic, payload, _, _ in letters] == [
+        (SMOKE_TOPIC, b"\x00not json at all{"),
+        (SMOKE_TOPIC, b'{"smoke": "yes", "battery": 87}'),
+    ]
+    assert letters[0][2].startswith("not JSON")
+    assert "smoke" in letters[1][2] and "bool" in letters[1][2]
+    assert {source for *_, source in letters} == {"test-node"}
+    assert pipeline.counts["dead_letters"] == 2
