@@ -75,6 +75,7 @@ class IngestWorker:
             mqtt_url, client_id=f"patrolnet-{name}", persistent=True, manual_ack=True
         )
         self._client.on_connect = self._on_connect
+        self._client.on_subscribe = self._on_subscribe
         self._client.on_message = lambda client, userdata, message: self._queue.put(message)
         self._thread = threading.Thread(target=self._run, name=f"{name}-writer", daemon=True)
 
@@ -96,7 +97,12 @@ class IngestWorker:
             log.warning("broker refused the connection: %s", reason_code)
             return
         client.subscribe(f"$share/{SHARE_GROUP}/{UPLINK_FILTER}", qos=1)
-        log.info("%s subscribed to %s (session present: %s)", self.name, UPLINK_FILTER, flags.session_present)
+        log.info("%s subscribing to %s (session present: %s)", self.name, UPLINK_FILTER, flags.session_present)
+
+    def _on_subscribe(self, client: mqtt.Client, userdata, mid, reason_codes, properties) -> None:
+        if any(code.is_failure for code in reason_codes):
+            log.error("%s: the broker refused the subscription: %s", self.name, reason_codes)
+            return
         self._subscribed.set()
 
     def _collect(self) -> list[mqtt.MQTTMessage]:

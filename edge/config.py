@@ -130,18 +130,22 @@ class ConfigError(ValueError):
 
 
 def _line_of(node: yaml.Node | None, loc: tuple[int | str, ...]) -> int | None:
-    """Walks the YAML node tree along a pydantic error location to the line it came from."""
+    """Walks the YAML node tree along a pydantic error location to the line it came from.
+
+    A mapping entry counts from its key's line, so a missing field points at its parent's key.
+    """
     line = node.start_mark.line + 1 if node is not None else None
     for key in loc:
         if isinstance(node, yaml.MappingNode):
-            node = next((v for k, v in node.value if k.value == key), None)
+            entry = next(((k, v) for k, v in node.value if k.value == key), None)
+            if entry is None:
+                break
+            line, node = entry[0].start_mark.line + 1, entry[1]
         elif isinstance(node, yaml.SequenceNode) and isinstance(key, int) and key < len(node.value):
             node = node.value[key]
+            line = node.start_mark.line + 1
         else:
             break
-        if node is None:
-            break
-        line = node.start_mark.line + 1
     return line
 
 
@@ -165,7 +169,6 @@ def parse_config(text: str, filename: str = "<config>") -> NodeConfig:
     except ValidationError as exc:
         problems = []
         for err in exc.errors():
-            # A "missing" field has no line of its own: point at its parent instead.
             loc = tuple(err["loc"])
             line = _line_of(root, loc)
             msg = re.sub(r"^Value error, ", "", err["msg"])

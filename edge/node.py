@@ -49,6 +49,7 @@ class EdgeNode:
         )
         self._client.on_connect = self._on_connect
         self._client.on_message = self._on_message
+        self._client.on_subscribe = self._on_subscribe
         self._subscribed = threading.Event()
 
     def start(self) -> None:
@@ -73,6 +74,14 @@ class EdgeNode:
             return
         if self._sensors:
             client.subscribe([(topic, 1) for topic in self._sensors])
+        else:
+            self._subscribed.set()
+
+    def _on_subscribe(self, client: mqtt.Client, userdata, mid, reason_codes, properties) -> None:
+        refused = [str(code) for code in reason_codes if code.is_failure]
+        if refused:
+            log.error("the local broker refused sensor subscriptions: %s", ", ".join(refused))
+            return
         log.info("node %s listening to %d sensors", self.config.node_id, len(self._sensors))
         self._subscribed.set()
 
