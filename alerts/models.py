@@ -124,6 +124,11 @@ class Event(_Stamped):
     attributes: dict[str, Any] = Field(
         default_factory=dict, title="Attributes", description="Readings, track id, box, zone and the like."
     )
+    snapshot: bytes | None = Field(
+        default=None, title="Snapshot", description="JPEG of what the camera saw, boxes drawn (base64 in JSON)."
+    )
+
+    model_config = ConfigDict(ser_json_bytes="base64", val_json_bytes="base64")
 
     @property
     def dedup_key(self) -> str:
