@@ -165,6 +165,30 @@ class Alert(_Stamped):
     status_at: AwareDatetime | None = Field(default=None, title="Status at", description="When it was set.")
 
 
+class DeviceStatus(_Wire):
+    """How one camera or sensor of a node is doing, as its node last saw it."""
+
+    device: str = Field(title="Device", description="Camera or sensor id at the site.")
+    type: str = Field(title="Type", description="camera, or the sensor's adapter, e.g. zigbee2mqtt.")
+    online: bool = Field(title="Online", description="Whether it is delivering now.")
+    last_seen: AwareDatetime | None = Field(default=None, title="Last seen", description="Its newest message.")
+    detail: dict[str, Any] = Field(
+        default_factory=dict, title="Detail", description="Battery, fps, reconnects, drops and the like."
+    )
+
+
+class Heartbeat(_Stamped):
+    """A node saying it is alive, with the health of its devices; sent every few seconds."""
+
+    node_id: str = Field(title="Node", description="The edge node that sends it.")
+    place: Place = Field(title="Place", description="The node's site (no device).")
+    started_at: AwareDatetime = Field(title="Started at", description="When the node process started.")
+    devices: list[DeviceStatus] = Field(default_factory=list, title="Devices", description="Each device's health.")
+    counters: dict[str, float] = Field(
+        default_factory=dict, title="Counters", description="Messages, events, drops, spool depth and the like."
+    )
+
+
 class DeadLetter(_Stamped):
     """A message that could not be understood, kept with the reason."""
 

@@ -1,7 +1,7 @@
 """MQTT plumbing shared by the edge node and the central ingest: URLs, topics, clients.
 
 Topics on the uplink are versioned: ``patrolnet/v1/<site>/<channel>`` where the
-channel is one of ``events``, ``alerts``, ``readings`` or ``deadletters``.
+channel is one of ``events``, ``alerts``, ``readings``, ``deadletters`` or ``heartbeats``.
 
 Example:
     >>> uplink_topic("willow-court", "events")
@@ -25,7 +25,7 @@ from paho.mqtt.properties import Properties
 log = logging.getLogger(__name__)
 
 TOPIC_PREFIX = "patrolnet/v1"
-CHANNELS = ("events", "alerts", "readings", "deadletters")
+CHANNELS = ("events", "alerts", "readings", "deadletters", "heartbeats")
 UPLINK_FILTER = f"{TOPIC_PREFIX}/+/+"
 
 
