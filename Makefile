@@ -30,6 +30,7 @@ $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[dev,ultralytics]'
+	$(BIN)/pip install -q --no-deps 'trackers==2.6.1'
 	@# ultralytics requires opencv-python, which shares cv2/ with the headless build and is 5.x, without the
 	@# Darknet importer the offline model needs: put the headless 4.x build back in its place.
 	$(BIN)/pip uninstall -q -y opencv-python

@@ -60,11 +60,12 @@ class Severity(StrEnum):
 
 
 class EventState(StrEnum):
-    """Whether the condition behind an event starts, goes on, or ends."""
+    """Whether the condition behind an event starts, goes on, or ends; or a moment with no duration."""
 
     START = "start"
     UPDATE = "update"
     END = "end"
+    INSTANT = "instant"
 
 
 class AlertStatus(StrEnum):
@@ -120,6 +121,17 @@ class Event(_Stamped):
     severity: Severity = Field(default=Severity.MAJOR, title="Severity", description="How urgent it is.")
     place: Place = Field(title="Place", description="Where it happened, device included.")
     source: str = Field(title="Source", description="The node or component that raised it.")
+    subject: str = Field(
+        default="",
+        title="Subject",
+        description="What on the device it is about, e.g. the rule and zone; part of the dedup key.",
+    )
+    condition: str = Field(
+        default="",
+        title="Condition",
+        description="Which of several concurrent conditions under one subject, e.g. a track id: the situation "
+        "ends when the last of them ends.",
+    )
     title: str = Field(default="", title="Title", description="One line a person reads first.")
     attributes: dict[str, Any] = Field(
         default_factory=dict, title="Attributes", description="Readings, track id, box, zone and the like."
@@ -133,7 +145,7 @@ class Event(_Stamped):
     @property
     def dedup_key(self) -> str:
         """Events with the same key describe one ongoing situation."""
-        return "/".join((self.place.site, self.place.device or "", self.kind, self.type))
+        return "/".join((self.place.site, self.place.device or "", self.kind, self.type, self.subject))
 
 
 class Alert(_Stamped):
