@@ -1,0 +1,172 @@
+"""The video hot loop of a node: every camera, one shared detector, events out.
+
+    CameraSource --Frame--> tamper check --> motion gate --> DetectorWorker (batched across cameras)
+        --> filter --> Tracker --> RuleEngine / VisualFire --Event--> emit
+
+Each camera has a thread that drains its source and decides, cheaply, whether
+the frame is worth the detector; the one detector worker takes frames of
+several cameras per forward pass and runs the per-camera tracker and rules on
+the results. Queues are bounded and drop the oldest frame, never block.
+
+A camera's offline/online and tamper events go out from its own thread; the
+rest from the detector's thread. ``emit`` must therefore be thread-safe.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from alerts.models import Event, Place
+from detectors.backend import load_backend
+from detectors.detections import Detections
+from detectors.motion import MotionGate
+from detectors.rules import RuleEngine
+from detectors.tamper import TamperDetector
+from detectors.tracking import Tracker
+from detectors.visual_fire import VisualFire
+from detectors.worker import DetectorWorker
+from edge.cameras import CameraConfig, DetectorConfig
+from ingest.capture import CameraSource, Frame
+
+log = logging.getLogger(__name__)
+
+Emit = Callable[[Event], None]
+
+
+@dataclass
+class CameraCounts:
+    analysed: int = 0
+    gated_out: int = 0
+    detected: int = 0
+    events: int = 0
+    latencies_s: list[float] = field(default_factory=list)
+    """Seconds from a frame's capture to each event it raised (the newest 1,000)."""
+
+
+class CameraPipeline:
+    """One camera's state: its source, gate, tracker and rules."""
+
+    def __init__(self, config: CameraConfig, place: Place, node_id: str, timezone: str, emit: Emit) -> None:
+        self.config = config
+        self.emit = emit
+        self.counts = CameraCounts()
+        self.source = CameraSource(
+            config.id, config.capture, place=place, node_id=node_id, name=config.name, on_event=emit
+        )
+        self.gate = MotionGate(config.motion)
+        self.tamper = TamperDetector(place, node_id, config.tamper) if config.tamper else None
+        self.tracker = Tracker(config.tracker)
+        self.rules = RuleEngine(config.scene, place, node_id, timezone=timezone)
+        self.fire = VisualFire(config.fire, place, node_id) if config.fire else None
+        self._next_analysis = 0.0
+
+    def wants(self, frame: Frame) -> bool:
+        """Whether this frame goes further: the analysis rate, tamper checks, and the motion gate."""
+        if self.config.analyse_fps is not None:
+            if frame.monotonic < self._next_analysis:
+                return False
+            self._next_analysis = frame.monotonic + 1.0 / self.config.analyse_fps
+        self.counts.analysed += 1
+        ts = frame.ts.timestamp()
+        if self.tamper is not None:
+            for event in self.tamper.process(frame.image, ts):
+                self._send(event, frame)
+        if self.gate.check(frame.image, ts):
+            return True
+        self.counts.gated_out += 1
+        return False
+
+    def on_detections(self, frame: Frame, detections: Detections) -> None:
+        """Tracks and rules for one detected frame; runs on the detector's thread."""
+        self.counts.detected += 1
+        ts = frame.ts.timestamp()
+        events = self.fire.process(frame.image, detections, ts) if self.fire else []
+        kept = self.config.filter.apply(detections, frame.image.shape)
+        tracked = self.tracker.update(kept, ts)
+        events += self.rules.process(frame.image, tracked, ts)
+        for event in events:
+            self._send(event, frame)
+
+    def _send(self, event: Event, frame: Frame) -> None:
+        self.counts.events += 1
+        self.counts.latencies_s.append(time.monotonic() - frame.monotonic)
+        del self.counts.latencies_s[:-1000]
+        self.emit(event)
+
+
+class VideoPipeline:
+    """All cameras of a node and their shared detector; ``start()``, then ``stop()``."""
+
+    def __init__(
+        self,
+        cameras: list[CameraConfig],
+        detector: DetectorConfig,
+        site_place: Place,
+        node_id: str,
+        timezone: str,
+        emit: Emit,
+    ) -> None:
+        self.cameras = {c.id: CameraPipeline(c, site_place.with_device(c.id), node_id, timezone, emit) for c in cameras}
+        self.worker = DetectorWorker(
+            load_backend(detector.backend),
+            self._on_result,
+            max_batch=detector.max_batch,
+            queue_depth=detector.queue_depth,
+        )
+        self._stopping = threading.Event()
+        self._threads = [
+            threading.Thread(target=self._feed, args=(camera,), name=f"camera-{cid}", daemon=True)
+            for cid, camera in self.cameras.items()
+        ]
+
+    def start(self) -> None:
+        self.worker.start()
+        for camera in self.cameras.values():
+            camera.source.start()
+        for thread in self._threads:
+            thread.start()
+        log.info("video pipeline running %d cameras", len(self.cameras))
+
+    def stop(self) -> None:
+        self._stopping.set()
+        for camera in self.cameras.values():
+            camera.source.stop()
+        for thread in self._threads:
+            thread.join(timeout=10)
+        self.worker.stop()
+
+    def _feed(self, camera: CameraPipeline) -> None:
+        while not self._stopping.is_set():
+            frame = camera.source.get(timeout=0.5)
+            if frame is None:
+                if camera.source.ended:
+                    return
+                continue
+            if camera.wants(frame):
+                self.worker.submit(frame.camera_id, frame, frame.image)
+
+    def _on_result(self, camera_id: str, frame: Frame, detections: Detections) -> None:
+        self.cameras[camera_id].on_detections(frame, detections)
+
+    def stats(self) -> dict[str, dict[str, float]]:
+        """Per camera: capture, gate and detector counters, for heartbeats and benchmarks."""
+        out = {}
+        for cid, camera in self.cameras.items():
+            capture = camera.source.stats()
+            worker = self.worker.stats.get(cid)
+            out[cid] = {
+                "online": float(capture.online),
+                "fps": capture.fps,
+                "frames_read": capture.frames_read,
+                "frames_dropped": capture.frames_dropped + (worker.dropped if worker else 0),
+                "reconnects": capture.reconnects,
+                "analysed": camera.counts.analysed,
+                "gated_out": camera.counts.gated_out,
+                "detected": camera.counts.detected,
+                "events": camera.counts.events,
+            }
+        return out
