@@ -3,7 +3,9 @@
 Events with the same dedup key update one alert (count, last seen, newest
 details) instead of raising a new one. An END event clears it. A situation that
 starts again within the cooldown reopens the cleared alert, so a detector that
-flaps is still one alert for the desk.
+flaps is still one alert for the desk. A test (an event whose attributes say
+``test: true``, such as a smoke detector's test button) is stored as an event
+but never raises an alert: nobody is dispatched to a test.
 
 Example:
     >>> from alerts.models import Event, EventKind, EventState, Place
@@ -15,6 +17,7 @@ Example:
     (True, 2, 2)
     >>> policy.apply(Event(kind=EventKind.FIRE, type="smoke", state=EventState.END, place=place, source="n1")).active
     False
+    >>> policy.apply(Event(kind=EventKind.FIRE, type="test", place=place, source="n1", attributes={"test": True}))
 """
 
 from __future__ import annotations
@@ -35,7 +38,9 @@ class AlertPolicy:
         self._alerts: dict[str, Alert] = {}
 
     def apply(self, event: Event) -> Alert | None:
-        """The alert this event raises or updates, or None when it changes nothing."""
+        """The alert this event raises or updates, or None when it changes nothing or is a test."""
+        if event.attributes.get("test") is True:
+            return None
         current = self._alerts.get(event.dedup_key)
         if event.state is EventState.END:
             alert = self._clear(current, event)

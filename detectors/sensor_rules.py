@@ -1,9 +1,20 @@
-"""Sensor rules: Readings in, Events out.
+"""Sensor rules: Readings and device liveness in, Events out.
 
-An alarm flag (smoke, gas, carbon monoxide) that sets raises a fire Event and
-its clearing ends it; a battery-low or tamper flag does the same as trouble.
-Only changes raise events, so a detector that repeats ``smoke: true`` every
-minute is one alarm, not one per message.
+Each rule is a condition of one sensor that starts (a START event) and ends
+(an END event); only changes raise events, so a detector that repeats
+``smoke: true`` every minute is one alarm, not one per message.
+
+- fire: the alarm flags ``smoke``, ``gas`` and ``carbon_monoxide``; heat over a
+  fixed temperature and a fast rate of rise (``detectors.heat``);
+- test: a detector in test mode or with its test button pressed (``test``) is
+  recorded as a fire Event of severity info marked ``test: true``, which the
+  alert policy never dispatches. While it lasts, the detector's alarms are held
+  back; one still on when the test ends starts then;
+- trouble: battery low (the sensor's flag, or its battery under a percentage),
+  tamper, offline on its availability topic, and silent past its heartbeat.
+
+Times are the readings' own for the rules and the caller's ``now`` for
+liveness, so tests need no clock and no sleeping.
 
 Example:
     >>> from alerts.models import Place, Reading
@@ -20,71 +31,196 @@ Example:
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
 
-from alerts.models import Event, EventKind, EventState, Reading, Severity
+from pydantic import BaseModel, ConfigDict, Field
+
+from alerts.models import Event, EventKind, EventState, Place, Reading, Severity
+from detectors.heat import HeatRule, HeatSettings
 
 log = logging.getLogger(__name__)
 
 
+class SensorRuleSettings(BaseModel):
+    """The rules' settings for one sensor; each sensor of a node config carries them."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    heartbeat_s: float | None = Field(
+        default=3600.0,
+        gt=0,
+        title="Heartbeat",
+        description="Trouble when the sensor sends nothing for this many seconds; null never checks.",
+    )
+    battery_low_pct: float = Field(
+        default=20.0,
+        ge=0,
+        le=100,
+        title="Low battery",
+        description="Trouble when the battery is under this percentage, as well as on the sensor's own flag.",
+    )
+    heat: HeatSettings | None = Field(
+        default_factory=HeatSettings,
+        title="Heat rules",
+        description="Fixed-temperature and rate-of-rise alarms on the sensor's temperature; null turns them off.",
+    )
+
+
 @dataclass(frozen=True, slots=True)
-class FlagRule:
-    """A 1/0 reading whose setting starts a condition and whose clearing ends it."""
+class Rule:
+    """What a condition raises, and how a person reads its start and its end."""
 
     kind: EventKind
     type: str
     severity: Severity
     title: str
+    ended: str
 
 
-FLAG_RULES: dict[str, FlagRule] = {
-    "smoke": FlagRule(EventKind.FIRE, "smoke", Severity.CRITICAL, "Smoke alarm"),
-    "gas": FlagRule(EventKind.FIRE, "gas", Severity.CRITICAL, "Gas alarm"),
-    "carbon_monoxide": FlagRule(EventKind.FIRE, "carbon_monoxide", Severity.CRITICAL, "Carbon monoxide alarm"),
-    "battery_low": FlagRule(EventKind.TROUBLE, "battery_low", Severity.MINOR, "Sensor battery low"),
-    "tamper": FlagRule(EventKind.TROUBLE, "sensor_tamper", Severity.MAJOR, "Sensor tampered with"),
+RULES: dict[str, Rule] = {
+    "smoke": Rule(EventKind.FIRE, "smoke", Severity.CRITICAL, "Smoke alarm", "Smoke alarm cleared"),
+    "gas": Rule(EventKind.FIRE, "gas", Severity.CRITICAL, "Gas alarm", "Gas alarm cleared"),
+    "carbon_monoxide": Rule(
+        EventKind.FIRE, "carbon_monoxide", Severity.CRITICAL, "Carbon monoxide alarm", "Carbon monoxide alarm cleared"
+    ),
+    "heat": Rule(EventKind.FIRE, "heat", Severity.CRITICAL, "Heat alarm", "Heat alarm cleared"),
+    "rate_of_rise": Rule(EventKind.FIRE, "rate_of_rise", Severity.CRITICAL, "Temperature rising fast", "Rise stopped"),
+    "test": Rule(EventKind.FIRE, "test", Severity.INFO, "Detector test", "Detector test over"),
+    "battery_low": Rule(EventKind.TROUBLE, "battery_low", Severity.MINOR, "Sensor battery low", "Sensor battery ok"),
+    "tamper": Rule(EventKind.TROUBLE, "sensor_tamper", Severity.MAJOR, "Sensor tampered with", "Tamper cleared"),
+    "offline": Rule(EventKind.TROUBLE, "sensor_offline", Severity.MAJOR, "Sensor offline", "Sensor back online"),
+    "silent": Rule(EventKind.TROUBLE, "sensor_silent", Severity.MAJOR, "Sensor silent", "Sensor reporting again"),
 }
+"""Conditions by name."""
+
+FLAGS = ("test", "smoke", "gas", "carbon_monoxide", "tamper")
+"""Conditions that are a 1/0 reading of the same name."""
+
+
+@dataclass
+class SensorState:
+    """What the rules know of one sensor."""
+
+    place: Place
+    settings: SensorRuleSettings
+    name: str
+    since: datetime | None
+    heat: HeatRule | None
+    last_seen: datetime | None = None
+    on: set[str] = field(default_factory=set)
+    values: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def online(self) -> bool:
+        return not {"offline", "silent"} & self.on
 
 
 class SensorRules:
-    """Keeps each sensor's flags and turns their changes into Events."""
+    """Keeps each sensor's conditions and turns their changes into Events."""
 
-    def __init__(self, source: str, names: dict[str, str] | None = None) -> None:
+    def __init__(self, source: str) -> None:
         self.source = source
-        self.names = names or {}
-        self._flags: dict[tuple[str | None, str], bool] = {}
+        self._sensors: dict[str, SensorState] = {}
+
+    def watch(
+        self, place: Place, settings: SensorRuleSettings | None = None, name: str = "", since: datetime | None = None
+    ) -> None:
+        """Registers a configured sensor; from ``since`` on, it has ``settings.heartbeat_s`` to be heard."""
+        settings = settings or SensorRuleSettings()
+        heat = HeatRule(settings.heat) if settings.heat is not None else None
+        self._sensors[place.device or ""] = SensorState(place, settings, name, since, heat)
+
+    def state(self, device: str) -> SensorState | None:
+        return self._sensors.get(device)
 
     def apply(self, readings: list[Reading]) -> list[Event]:
-        """Events raised by one message's readings, which are attached to each event."""
+        """Events raised by one message's readings, which each event carries."""
+        if not readings:
+            return []
+        first = readings[0]
+        sensor = self._sensors.get(first.place.device or "")
+        if sensor is None:
+            self.watch(first.place)
+            sensor = self._sensors[first.place.device or ""]
         values = {r.quantity: r.value for r in readings}
+        sensor.values.update(values)
+        conditions = {name: values[name] >= 0.5 for name in FLAGS if name in values}
+        if "battery_low" in values or "battery" in values:
+            conditions["battery_low"] = (
+                sensor.values.get("battery_low", 0.0) >= 0.5
+                or sensor.values.get("battery", 100.0) < sensor.settings.battery_low_pct
+            )
+        details: dict[str, float] = {}
+        if sensor.heat is not None and sensor.heat.settings.quantity in values:
+            heat, details = sensor.heat.update(first.ts, values[sensor.heat.settings.quantity])
+            conditions.update(heat)
+        testing = conditions.get("test", "test" in sensor.on)
         events = []
-        for reading in readings:
-            rule = FLAG_RULES.get(reading.quantity)
-            if rule is None:
+        for name, on in conditions.items():
+            if on and testing and name != "test" and RULES[name].kind is EventKind.FIRE:
                 continue
-            key = (reading.place.device, reading.quantity)
-            now_set = reading.value >= 0.5
-            # An unknown earlier state counts as clear: a first "smoke: false" is no event.
-            was_set = self._flags.get(key, False)
-            self._flags[key] = now_set
-            if now_set == was_set:
-                continue
-            events.append(self._event(rule, reading, values, EventState.START if now_set else EventState.END))
+            attributes: dict[str, Any] = {"readings": values, "trigger": name, **details}
+            if name == "test":
+                attributes["test"] = True
+            events += self._switch(sensor, name, on, first.ts, attributes)
         return events
 
-    def _event(self, rule: FlagRule, reading: Reading, values: dict[str, float], state: EventState) -> Event:
-        device = reading.place.device or ""
-        where = self.names.get(device) or device
-        title = f"{rule.title} at {where}" if state is EventState.START else f"{rule.title} cleared at {where}"
-        log.info("%s: %s", reading.place.site, title)
-        return Event(
-            ts=reading.ts,
-            kind=rule.kind,
-            type=rule.type,
-            state=state,
-            severity=rule.severity,
-            place=reading.place,
-            source=self.source,
-            title=title,
-            attributes={"readings": values, "trigger": reading.quantity},
-        )
+    def seen(self, device: str, now: datetime) -> list[Event]:
+        """The sensor was heard from at ``now``: it is not silent (any more)."""
+        sensor = self._sensors.get(device)
+        if sensor is None:
+            return []
+        previous, sensor.last_seen = sensor.last_seen, now
+        if "silent" not in sensor.on:
+            return []
+        return self._switch(sensor, "silent", False, now, {"silent_since": (previous or sensor.since).isoformat()})
+
+    def availability(self, device: str, online: bool, now: datetime) -> list[Event]:
+        """The sensor (or its bridge, or the broker on its behalf) says it is online or offline."""
+        sensor = self._sensors.get(device)
+        if sensor is None:
+            return []
+        events = self.seen(device, now) if online else []
+        return events + self._switch(sensor, "offline", not online, now, {"online": online})
+
+    def check_silence(self, now: datetime) -> list[Event]:
+        """Trouble for every sensor heard from neither since its heartbeat nor since it was watched."""
+        events = []
+        for sensor in self._sensors.values():
+            heard = sensor.last_seen or sensor.since
+            limit = sensor.settings.heartbeat_s
+            if heard is None or limit is None or (now - heard).total_seconds() <= limit:
+                continue
+            attributes = {"last_seen": sensor.last_seen and sensor.last_seen.isoformat(), "heartbeat_s": limit}
+            events += self._switch(sensor, "silent", True, now, attributes)
+        return events
+
+    def _switch(
+        self, sensor: SensorState, name: str, on: bool, ts: datetime, attributes: dict[str, Any]
+    ) -> list[Event]:
+        # An unknown earlier state counts as off: a first "smoke: false" is no event.
+        if on == (name in sensor.on):
+            return []
+        if on:
+            sensor.on.add(name)
+        else:
+            sensor.on.discard(name)
+        rule = RULES[name]
+        where = sensor.name or sensor.place.device
+        title = f"{rule.title if on else rule.ended} at {where}"
+        log.info("%s: %s", sensor.place.site, title)
+        return [
+            Event(
+                ts=ts,
+                kind=rule.kind,
+                type=rule.type,
+                state=EventState.START if on else EventState.END,
+                severity=rule.severity,
+                place=sensor.place,
+                source=self.source,
+                title=title,
+                attributes=attributes,
+            )
+        ]

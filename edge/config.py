@@ -1,7 +1,7 @@
 """The node config: one YAML file per edge node, validated by pydantic.
 
 A mistake is refused with the file, the line and the field, e.g.
-``node.yaml:12: sensors.0.adapter: Input should be 'zigbee2mqtt'``.
+``node.yaml:12: sensors.0.adapter: Input should be 'zigbee2mqtt', 'tasmota' or 'native'``.
 
 Example:
     >>> from edge.config import load_config
@@ -16,12 +16,17 @@ import logging
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from alerts.models import Place
+from detectors.sensor_rules import SensorRuleSettings
+from detectors.verification import VerificationSettings
+from ingest.adapters import ADAPTERS, AdapterName
+from ingest.downsample import DownsampleSettings
+from ingest.mqtt import TOPIC_PREFIX
 
 log = logging.getLogger(__name__)
 
@@ -72,25 +77,52 @@ class UplinkConfig(_Section):
     max_inflight: int = Field(
         default=100, ge=1, le=10_000, title="In-flight window", description="Unacknowledged QoS 1 messages."
     )
-
-
-class SensorConfig(_Section):
-    id: str = Field(pattern=_ID, title="Device id", description="Id of the sensor at its site.")
-    adapter: Literal["zigbee2mqtt"] = Field(
-        title="Adapter", description="Payload format the sensor speaks on the local broker."
+    heartbeat_s: float = Field(
+        default=30.0,
+        gt=0,
+        title="Heartbeat interval",
+        description="How often the node sends its own health and its devices' upstream, in seconds.",
     )
+
+
+class SensorConfig(SensorRuleSettings):
+    """One sensor: where it publishes, where it hangs, and the settings of its rules."""
+
+    id: str = Field(pattern=_ID, title="Device id", description="Id of the sensor at its site.")
+    adapter: AdapterName = Field(title="Adapter", description="Payload format the sensor speaks on the local broker.")
     topic: str = Field(
         title="Topic",
-        description="Topic the sensor publishes on, e.g. zigbee2mqtt/hallway-smoke for zigbee2mqtt.",
+        description="The sensor's state topic: zigbee2mqtt/<friendly_name>, tele/<device>/SENSOR for Tasmota, "
+        "<base>/<device> (e.g. patrolnet/sensors/<device>) for the native format.",
     )
     name: str = Field(default="", title="Name", description="Where the sensor hangs, as a person says it.")
+    cameras: list[Annotated[str, Field(pattern=_ID)]] = Field(
+        default_factory=list, title="Linked cameras", description="Ids of the cameras that see where the sensor hangs."
+    )
+    downsample: DownsampleSettings = Field(
+        default_factory=DownsampleSettings,
+        title="Downsampling",
+        description="How many of its readings go upstream when it chatters; alarms always go.",
+    )
 
     @field_validator("topic")
     @classmethod
-    def _no_wildcards(cls, value: str) -> str:
+    def _one_device_topic(cls, value: str, info: ValidationInfo) -> str:
         if "+" in value or "#" in value:
             raise ValueError("a sensor topic names one device: no MQTT wildcards")
+        if value.startswith(f"{TOPIC_PREFIX}/"):
+            raise ValueError(f"{TOPIC_PREFIX}/ is the node's own uplink, not a sensor's")
+        adapter = info.data.get("adapter")
+        if adapter is not None:
+            ADAPTERS[adapter].check_topic(value)
         return value
+
+    @field_validator("cameras")
+    @classmethod
+    def _unique_cameras(cls, cameras: list[str]) -> list[str]:
+        if len(set(cameras)) != len(cameras):
+            raise ValueError("a camera is linked once")
+        return cameras
 
 
 class NodeConfig(_Section):
@@ -106,6 +138,11 @@ class NodeConfig(_Section):
     )
     sensors: list[SensorConfig] = Field(
         default_factory=list, title="Sensors", description="Fire sensors and other MQTT devices on the site."
+    )
+    verification: VerificationSettings = Field(
+        default_factory=VerificationSettings,
+        title="Alarm verification",
+        description="How fire alarms of the site's detectors confirm each other.",
     )
 
     @field_validator("sensors")

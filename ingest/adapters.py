@@ -1,102 +1,87 @@
-"""Payload adapters: a device's own MQTT format in, Readings out.
+"""Sensor payload adapters by name, and the routing of local topics to configured devices.
 
-A payload that is not JSON, or whose known fields have the wrong type, raises
-``PayloadError`` with a reason fit for the dead-letter table. Unknown fields
-are kept: numeric ones become readings under their own name.
+A node subscribes to each adapter's wildcard filters, not to each sensor's
+topics, so that a device nobody configured is noticed (and dead-lettered as
+an unknown device) rather than silently missed. Mosquitto delivers a message
+once per matching subscription, so filters that another one covers are left
+out.
 
 Example:
-    >>> from alerts.models import Place
-    >>> place = Place(sub_district="n", community="c", grid="g", site="s", device="smoke-1")
-    >>> readings = parse_zigbee2mqtt(b'{"smoke": true, "battery": 87}', place)
-    >>> sorted((r.quantity, r.value) for r in readings)
-    [('battery', 87.0), ('smoke', 1.0)]
+    >>> routes = SensorRoutes([("smoke-1", "zigbee2mqtt", "zigbee2mqtt/hall-smoke"),
+    ...                        ("heat-1", "tasmota", "tele/kitchen/SENSOR")])
+    >>> routes.subscriptions()
+    ['tele/+/LWT', 'tele/+/SENSOR', 'zigbee2mqtt/#']
+    >>> routes.route("zigbee2mqtt/hall-smoke/availability")
+    Route(device='smoke-1', adapter='zigbee2mqtt', availability=True)
+    >>> routes.route("tele/unknown/SENSOR") is None, routes.is_unknown_device("tele/unknown/SENSOR")
+    (True, True)
+    >>> routes.is_unknown_device("zigbee2mqtt/bridge/logging")
+    False
 """
 
 from __future__ import annotations
 
-import json
 import logging
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from paho.mqtt.client import topic_matches_sub
 
-from alerts.models import Place, Reading, utc_now
+from ingest.native import NATIVE
+from ingest.sensors import Adapter
+from ingest.tasmota import TASMOTA
+from ingest.zigbee2mqtt import ZIGBEE2MQTT
 
 log = logging.getLogger(__name__)
 
+AdapterName = Literal["zigbee2mqtt", "tasmota", "native"]
 
-class PayloadError(ValueError):
-    """A payload that cannot be turned into readings; the message is the reason."""
-
-
-class Zigbee2MqttPayload(BaseModel):
-    """The fields zigbee2mqtt publishes for smoke, gas, CO and climate sensors.
-
-    Strict, so ``"smoke": "yes"`` is refused rather than guessed at.
-    """
-
-    model_config = ConfigDict(strict=True, extra="allow")
-
-    smoke: bool | None = None
-    gas: bool | None = None
-    carbon_monoxide: bool | None = None
-    tamper: bool | None = None
-    battery_low: bool | None = None
-    test: bool | None = None
-    smoke_density: float | None = None
-    co: float | None = None
-    temperature: float | None = None
-    humidity: float | None = None
-    battery: float | None = None
-    voltage: float | None = None
-    linkquality: float | None = None
-
-
-UNITS: dict[str, str] = {
-    "temperature": "°C",
-    "humidity": "%",
-    "battery": "%",
-    "voltage": "mV",
-    "co": "ppm",
-    "smoke_density": "dB/m",
-    "linkquality": "lqi",
-}
-
-
-def _decode_json_object(payload: bytes) -> dict[str, Any]:
-    try:
-        data = json.loads(payload)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise PayloadError(f"not JSON: {exc}") from exc
-    if not isinstance(data, dict):
-        raise PayloadError(f"expected a JSON object, got {type(data).__name__}")
-    return data
-
-
-def _validation_reason(exc: ValidationError) -> str:
-    return "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-
-
-def parse_zigbee2mqtt(payload: bytes, place: Place) -> list[Reading]:
-    """Turns one zigbee2mqtt state message into readings (flags as 1.0/0.0)."""
-    data = _decode_json_object(payload)
-    try:
-        fields = Zigbee2MqttPayload.model_validate(data).model_dump(exclude_none=True)
-    except ValidationError as exc:
-        raise PayloadError(f"wrong field types: {_validation_reason(exc)}") from exc
-    now = utc_now()
-    readings = []
-    for quantity, value in fields.items():
-        # Unknown fields that are not numbers (strings, nested objects) carry no measurement.
-        if isinstance(value, bool | int | float):
-            readings.append(
-                Reading(ts=now, place=place, quantity=quantity, value=float(value), unit=UNITS.get(quantity, ""))
-            )
-    return readings
-
-
-Adapter = Callable[[bytes, Place], list[Reading]]
-
-ADAPTERS: dict[str, Adapter] = {"zigbee2mqtt": parse_zigbee2mqtt}
+ADAPTERS: dict[str, Adapter] = {adapter.name: adapter for adapter in (ZIGBEE2MQTT, TASMOTA, NATIVE)}
 """Adapters by the name a node config gives in ``sensors[].adapter``."""
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """The configured device a topic belongs to, and whether it is that device's availability topic."""
+
+    device: str
+    adapter: str
+    availability: bool
+
+
+def _covers(wide: str, narrow: str) -> bool:
+    """Whether every topic that filter ``narrow`` matches is matched by filter ``wide`` too."""
+    wide_parts, narrow_parts = wide.split("/"), narrow.split("/")
+    for i, part in enumerate(wide_parts):
+        if part == "#":
+            return True
+        if i >= len(narrow_parts) or narrow_parts[i] == "#" or part not in ("+", narrow_parts[i]):
+            return False
+    return len(wide_parts) == len(narrow_parts)
+
+
+class SensorRoutes:
+    """Built from (device id, adapter name, state topic) of each configured sensor."""
+
+    def __init__(self, sensors: Iterable[tuple[str, str, str]]) -> None:
+        self._routes: dict[str, Route] = {}
+        self._filters: dict[str, Adapter] = {}
+        for device, name, topic in sensors:
+            adapter = ADAPTERS[name]
+            self._routes[topic] = Route(device, name, availability=False)
+            self._routes[adapter.availability_topic(topic)] = Route(device, name, availability=True)
+            self._filters.update(dict.fromkeys(adapter.wildcards(topic), adapter))
+
+    def subscriptions(self) -> list[str]:
+        """The filters to subscribe to, none covered by another."""
+        return sorted(f for f in self._filters if not any(g != f and _covers(g, f) for g in self._filters))
+
+    def route(self, topic: str) -> Route | None:
+        return self._routes.get(topic)
+
+    def is_unknown_device(self, topic: str) -> bool:
+        """True for a topic of no configured device that an adapter says is a device's output."""
+        if topic in self._routes:
+            return False
+        return any(topic_matches_sub(f, topic) and a.is_device_topic(topic) for f, a in self._filters.items())

@@ -29,7 +29,7 @@ sensors:
 def test_the_example_config_is_valid() -> None:
     config = load_config(EXAMPLE)
     assert config.site.id == "willow-court"
-    assert [s.adapter for s in config.sensors] == ["zigbee2mqtt", "zigbee2mqtt"]
+    assert [s.adapter for s in config.sensors] == ["zigbee2mqtt", "zigbee2mqtt", "tasmota", "native"]
     assert config.site.place("smoke-b3-stair").community == "east-gate"
 
 
@@ -62,7 +62,7 @@ def test_sensor_ids_and_topics_must_be_unique() -> None:
 
 def test_config_check_command_refuses_a_bad_file(tmp_path: Path) -> None:
     bad = tmp_path / "node.yaml"
-    bad.write_text(GOOD.replace("adapter: zigbee2mqtt", "adapter: tasmota"))
+    bad.write_text(GOOD.replace("adapter: zigbee2mqtt", "adapter: knx"))
     result = subprocess.run(
         [sys.executable, "-m", "edge.cli", "config", "check", str(bad)], capture_output=True, text=True
     )
@@ -71,7 +71,7 @@ def test_config_check_command_refuses_a_bad_file(tmp_path: Path) -> None:
     good = subprocess.run(
         [sys.executable, "-m", "edge.cli", "config", "check", str(EXAMPLE)], capture_output=True, text=True
     )
-    assert good.returncode == 0 and "site willow-court, 2 sensors" in good.stdout
+    assert good.returncode == 0 and "site willow-court, 4 sensors" in good.stdout
 
 
 def test_broker_url_comes_from_the_environment_first(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,22 +1,42 @@
-"""Adapters, sensor rules and the alert policy, on recorded-style zigbee2mqtt payloads."""
+"""Adapters, sensor rules, verification and the alert policy, on recorded-style payloads, without services."""
 
 from __future__ import annotations
 
-from datetime import timedelta
+import random
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from alerts.models import Event, EventKind, EventState, Place, Role
+from alerts.models import Event, EventKind, EventState, Place, Reading, Role, Severity
 from alerts.policy import AlertPolicy
-from detectors.sensor_rules import SensorRules
-from ingest.adapters import PayloadError, parse_zigbee2mqtt
+from detectors.heat import HeatRule, HeatSettings
+from detectors.sensor_rules import SensorRules, SensorRuleSettings
+from detectors.verification import AlarmVerification
+from edge.config import ConfigError, parse_config
+from ingest.adapters import SensorRoutes
+from ingest.downsample import Downsampler, DownsampleSettings
+from ingest.native import NATIVE
+from ingest.sensors import PayloadError, parse_availability
+from ingest.tasmota import TASMOTA
+from ingest.zigbee2mqtt import ZIGBEE2MQTT
 
 PLACE = Place(sub_district="sd", community="c", grid="g", site="s", device="smoke-1")
+T0 = datetime(2024, 5, 1, 10, 0, tzinfo=UTC)
+
+
+def zigbee(payload: bytes, ts: datetime = T0) -> list[Reading]:
+    decoded = ZIGBEE2MQTT.parse(payload, PLACE, ts)
+    assert decoded.problems == []
+    return decoded.readings
+
+
+def at(seconds: float) -> datetime:
+    return T0 + timedelta(seconds=seconds)
 
 
 def test_zigbee2mqtt_keeps_unknown_numeric_fields_and_ignores_text() -> None:
     payload = b'{"smoke": false, "battery": 91, "voltage": 3000, "new_field": 4.5, "update": {"state": "idle"}}'
-    readings = {r.quantity: (r.value, r.unit) for r in parse_zigbee2mqtt(payload, PLACE)}
+    readings = {r.quantity: (r.value, r.unit) for r in zigbee(payload)}
     assert readings == {"smoke": (0.0, ""), "battery": (91.0, "%"), "voltage": (3000.0, "mV"), "new_field": (4.5, "")}
 
 
@@ -26,26 +46,244 @@ def test_zigbee2mqtt_keeps_unknown_numeric_fields_and_ignores_text() -> None:
         (b"not json", "not JSON"),
         (b"\xff\xfe", "not JSON"),
         (b"[1, 2]", "expected a JSON object, got list"),
-        (b'{"smoke": "true"}', "smoke: Input should be a valid boolean"),
-        (b'{"battery": "full"}', "battery: Input should be a valid number"),
     ],
 )
-def test_zigbee2mqtt_refuses_what_it_cannot_read(payload: bytes, reason: str) -> None:
+def test_a_payload_that_is_no_json_object_is_refused_whole(payload: bytes, reason: str) -> None:
     with pytest.raises(PayloadError, match=reason):
-        parse_zigbee2mqtt(payload, PLACE)
+        ZIGBEE2MQTT.parse(payload, PLACE, T0)
+
+
+@pytest.mark.parametrize(
+    ("payload", "problem"),
+    [
+        (b'{"smoke": "true", "battery": 80}', "smoke: expected a bool (true or false), got 'true'"),
+        (b'{"smoke": false, "battery": "full"}', "battery: expected a number, got 'full'"),
+        (b'{"smoke": false, "temperature": 900}', "temperature: 900 °C is outside the physical range -40..125 °C"),
+        (b'{"smoke": false, "humidity": 101.5}', "humidity: 101.5 % is outside the physical range 0..100 %"),
+        (b'{"smoke": false, "co": -3}', "co: -3 ppm is outside the physical range >= 0 ppm"),
+        (b'{"smoke": false, "temperature": NaN}', "temperature: expected a finite number, got nan"),
+    ],
+)
+def test_a_bad_field_is_refused_and_the_rest_of_the_message_kept(payload: bytes, problem: str) -> None:
+    decoded = ZIGBEE2MQTT.parse(payload, PLACE, T0)
+    assert decoded.problems == [problem]
+    assert len(decoded.readings) == 1
+
+
+def test_tasmota_flattens_sensors_converts_fahrenheit_and_reads_switches() -> None:
+    payload = (
+        b'{"Time": "2024-05-01T18:00:00", "DS18B20": {"Id": "0316A2", "Temperature": 71.6},'
+        b' "SHT3X": {"Temperature": 70.0, "Humidity": 40.1, "DewPoint": 45.5}, "Switch1": "ON", "TempUnit": "F"}'
+    )
+    readings = {r.quantity: (r.value, r.unit) for r in TASMOTA.parse(payload, PLACE, T0).readings}
+    assert readings == {
+        "ds18b20.temperature": (22.0, "°C"),
+        "sht3x.temperature": (21.11, "°C"),
+        "sht3x.humidity": (40.1, "%"),
+        "sht3x.dewpoint": (7.5, ""),
+        "switch1": (1.0, ""),
+    }
+    hot = TASMOTA.parse(b'{"DS18B20": {"Temperature": 900}, "TempUnit": "C"}', PLACE, T0)
+    assert hot.problems == ["ds18b20.temperature: 900 °C is outside the physical range -40..125 °C"]
+
+
+def test_native_messages_carry_their_own_time_and_name_their_device() -> None:
+    payload = b'{"device": "smoke-1", "ts": "2024-05-01T18:00:00+08:00", "readings": {"smoke": true}, "rssi": -70}'
+    readings = NATIVE.parse(payload, PLACE, at(99)).readings
+    assert [(r.quantity, r.value, r.ts) for r in readings] == [("smoke", 1.0, T0), ("rssi", -70.0, T0)]
+    assert [r.ts for r in NATIVE.parse(b'{"readings": {"smoke": false}}', PLACE, at(99)).readings] == [at(99)]
+    with pytest.raises(PayloadError, match="device 'smoke-2' publishes on the topic of 'smoke-1'"):
+        NATIVE.parse(b'{"device": "smoke-2"}', PLACE, T0)
+    with pytest.raises(PayloadError, match="wrong field types: ts: "):
+        NATIVE.parse(b'{"ts": "yesterday", "readings": {}}', PLACE, T0)
+    with pytest.raises(PayloadError, match="wrong field types: readings: "):
+        NATIVE.parse(b'{"readings": [21.5]}', PLACE, T0)
+
+
+@pytest.mark.parametrize(
+    ("payload", "online"),
+    [(b'{"state": "online"}', True), (b'{"state":"offline"}', False), (b"online", True), (b"Offline", False)],
+)
+def test_availability_in_every_dialect(payload: bytes, online: bool) -> None:
+    assert parse_availability(payload).online is online
+
+
+def test_availability_refuses_anything_else() -> None:
+    with pytest.raises(PayloadError, match="availability must be online or offline"):
+        parse_availability(b"maybe")
+
+
+SENSOR_CONFIG = """\
+node_id: n1
+site: {{id: s1, sub_district: sd, community: c, grid: g}}
+sensors:
+  - {{id: d1, adapter: {adapter}, topic: "{topic}", cameras: {cameras}}}
+"""
+
+
+@pytest.mark.parametrize(
+    ("adapter", "topic", "cameras", "error"),
+    [
+        ("tasmota", "tele/kitchen/SENSOR", "[cam-1]", None),
+        ("tasmota", "tele/kitchen", "[]", "sensors.0.topic: a Tasmota topic is <prefix>/<device>/SENSOR"),
+        ("zigbee2mqtt", "zigbee2mqtt/bridge/state", "[]", "sensors.0.topic: name the device's state topic"),
+        ("zigbee2mqtt", "zigbee2mqtt/hall/availability", "[]", "sensors.0.topic: name the device's state topic"),
+        ("native", "patrolnet/v1/s1", "[]", "sensors.0.topic: patrolnet/v1/ is the node's own uplink"),
+        ("native", "sensors/d1", "[cam-1, cam-1]", "sensors.0.cameras: a camera is linked once"),
+        ("native", "sensors/d1", "[cam/1]", "sensors.0.cameras.0: String should match pattern"),
+    ],
+)
+def test_a_sensor_config_names_a_topic_its_adapter_knows_and_cameras_once(
+    adapter: str, topic: str, cameras: str, error: str | None
+) -> None:
+    text = SENSOR_CONFIG.format(adapter=adapter, topic=topic, cameras=cameras)
+    if error is None:
+        assert parse_config(text).sensors[0].cameras == ["cam-1"]
+        return
+    with pytest.raises(ConfigError) as caught:
+        parse_config(text, "node.yaml")
+    assert str(caught.value).startswith(f"node.yaml:4: {error}"), str(caught.value)
+
+
+def test_routes_subscribe_to_adapter_wildcards_once_and_know_the_bridge() -> None:
+    routes = SensorRoutes(
+        [
+            ("a", "zigbee2mqtt", "zigbee2mqtt/a"),
+            ("b", "zigbee2mqtt", "zigbee2mqtt/floor 2/b"),
+            ("c", "native", "patrolnet/sensors/c"),
+            ("d", "native", "patrolnet/sensors/wing/d"),
+        ]
+    )
+    assert routes.subscriptions() == ["patrolnet/sensors/#", "zigbee2mqtt/#"]
+    assert routes.route("zigbee2mqtt/floor 2/b").device == "b"
+    assert routes.route("patrolnet/sensors/wing/d/availability").availability
+    assert routes.is_unknown_device("zigbee2mqtt/floor 2/x")
+    assert not routes.is_unknown_device("zigbee2mqtt/a/set")
+    assert not routes.is_unknown_device("zigbee2mqtt/bridge/state")
+    assert not routes.is_unknown_device("elsewhere/a")
 
 
 def test_flags_raise_fire_and_trouble_events_on_change_only() -> None:
-    rules = SensorRules(source="n1", names={"smoke-1": "Stairwell"})
-    first = rules.apply(parse_zigbee2mqtt(b'{"smoke": true, "battery_low": true}', PLACE))
+    rules = SensorRules(source="n1")
+    rules.watch(PLACE, name="Stairwell")
+    first = rules.apply(zigbee(b'{"smoke": true, "battery_low": true}'))
     assert sorted((e.kind, e.type, e.state) for e in first) == [
         (EventKind.FIRE, "smoke", EventState.START),
         (EventKind.TROUBLE, "battery_low", EventState.START),
     ]
     assert next(e for e in first if e.type == "smoke").title == "Smoke alarm at Stairwell"
-    assert rules.apply(parse_zigbee2mqtt(b'{"smoke": true, "battery_low": true}', PLACE)) == []
-    cleared = rules.apply(parse_zigbee2mqtt(b'{"smoke": false, "battery_low": true}', PLACE))
-    assert [(e.type, e.state) for e in cleared] == [("smoke", EventState.END)]
+    assert rules.apply(zigbee(b'{"smoke": true, "battery_low": true}')) == []
+    cleared = rules.apply(zigbee(b'{"smoke": false, "battery_low": true}'))
+    assert [(e.type, e.state, e.title) for e in cleared] == [
+        ("smoke", EventState.END, "Smoke alarm cleared at Stairwell")
+    ]
+
+
+def test_battery_under_the_threshold_is_low_even_when_the_flag_says_not() -> None:
+    rules = SensorRules(source="n1")
+    rules.watch(PLACE, SensorRuleSettings(battery_low_pct=25))
+    assert rules.apply(zigbee(b'{"battery": 30, "battery_low": false}')) == []
+    low = rules.apply(zigbee(b'{"battery": 24, "battery_low": false}'))
+    assert [(e.type, e.state, e.severity) for e in low] == [("battery_low", EventState.START, Severity.MINOR)]
+    assert [e.state for e in rules.apply(zigbee(b'{"battery": 100}'))] == [EventState.END]
+
+
+def test_a_test_is_recorded_holds_the_alarm_back_and_an_alarm_left_on_after_it_starts() -> None:
+    rules = SensorRules(source="n1")
+    rules.watch(PLACE)
+    pressed = rules.apply(zigbee(b'{"test": true, "smoke": true}'))
+    assert [(e.type, e.state, e.severity, e.attributes["test"]) for e in pressed] == [
+        ("test", EventState.START, Severity.INFO, True)
+    ]
+    assert AlertPolicy().apply(pressed[0]) is None
+    assert rules.apply(zigbee(b'{"smoke": true}')) == []
+    released = rules.apply(zigbee(b'{"test": false, "smoke": true}'))
+    assert [(e.type, e.state) for e in released] == [("test", EventState.END), ("smoke", EventState.START)]
+
+
+def test_heat_threshold_with_hysteresis_and_rate_of_rise_from_reading_times() -> None:
+    rules = SensorRules(source="n1")
+    rules.watch(PLACE, SensorRuleSettings(heat=HeatSettings(threshold_c=57, rate_c_per_min=8.3, window_s=60)))
+
+    def temperature(seconds: float, value: float) -> list[tuple[str, EventState]]:
+        reading = Reading(ts=at(seconds), place=PLACE, quantity="temperature", value=value, unit="°C")
+        return [(e.type, e.state) for e in rules.apply([reading])]
+
+    assert temperature(0, 22.0) == []
+    assert temperature(10, 24.0) == []  # 12 °C/min, but over 10 s: too short a span to call it
+    assert temperature(30, 27.0) == [("rate_of_rise", EventState.START)]  # 9.9 °C/min fitted to the three
+    assert temperature(60, 58.0) == [("heat", EventState.START)]
+    assert temperature(120, 56.0) == [("rate_of_rise", EventState.END)]  # -2 °C/min, still within the hysteresis
+    assert temperature(180, 54.9) == [("heat", EventState.END)]
+    assert temperature(240, 54.8) == []
+
+
+def test_rate_of_rise_shrugs_off_a_noisy_sensor_and_still_catches_a_real_rise() -> None:
+    rule, noise = HeatRule(HeatSettings(rate_c_per_min=8.3, window_s=60)), random.Random(7)
+    # Twenty minutes of ±3 °C noise once a second, across several moves of the fit's time origin.
+    flat = [rule.update(at(s), 21 + noise.uniform(-3, 3))[0].get("rate_of_rise") for s in range(1200)]
+    assert True not in flat
+    rising = [rule.update(at(1200 + s), 21 + s / 5 + noise.uniform(-3, 3)) for s in range(1, 90)]
+    conditions, details = rising[-1]
+    assert conditions["rate_of_rise"] and 10 < details["rate_c_per_min"] < 14  # 12 °C/min under the noise
+
+
+def test_silence_offline_and_their_recovery_take_the_callers_clock() -> None:
+    rules = SensorRules(source="n1")
+    rules.watch(PLACE, SensorRuleSettings(heartbeat_s=60), since=T0)
+    assert rules.check_silence(at(59)) == []
+    silent = rules.check_silence(at(61))
+    assert [(e.kind, e.type, e.state) for e in silent] == [(EventKind.TROUBLE, "sensor_silent", EventState.START)]
+    assert rules.check_silence(at(120)) == []
+    assert [(e.type, e.state) for e in rules.seen("smoke-1", at(130))] == [("sensor_silent", EventState.END)]
+    assert [(e.type, e.state) for e in rules.availability("smoke-1", False, at(140))] == [
+        ("sensor_offline", EventState.START)
+    ]
+    assert not rules.state("smoke-1").online
+    assert [(e.type, e.state) for e in rules.availability("smoke-1", True, at(150))] == [
+        ("sensor_offline", EventState.END)
+    ]
+
+
+def test_two_detectors_within_the_window_confirm_each_other_and_one_device_is_no_pair() -> None:
+    verification = AlarmVerification(window_s=120)
+    site = PLACE.model_copy(update={"device": None})
+
+    def alarm(device: str, kind: str, seconds: float, state: EventState = EventState.START) -> list[Event]:
+        event = Event(ts=at(seconds), kind=EventKind.FIRE, type=kind, state=state, place=site.with_device(device),
+                      source="n1", attributes={"trigger": kind})  # fmt: skip
+        return verification.apply(event)
+
+    assert alarm("a", "smoke", 0)[0].attributes == {"trigger": "smoke", "confirmed": False, "confirmed_by": []}
+    assert alarm("a", "heat", 10)[0].attributes["confirmed"] is False
+    second = alarm("b", "smoke", 100)
+    assert [(e.place.device, e.type, e.state, e.attributes["confirmed_by"]) for e in second] == [
+        ("b", "smoke", EventState.START, ["a", "b"]),
+        ("a", "smoke", EventState.UPDATE, ["a", "b"]),
+        ("a", "heat", EventState.UPDATE, ["a", "b"]),
+    ]
+    assert alarm("a", "smoke", 110, EventState.END)[0].attributes["confirmed_by"] == ["a", "b"]
+    assert alarm("c", "smoke", 300)[0].attributes["confirmed"] is False  # b started 200 s before
+
+
+def test_confirmation_sends_the_earlier_alert_again_with_a_new_revision() -> None:
+    policy, verification = AlertPolicy(), AlarmVerification(window_s=120)
+    site = PLACE.model_copy(update={"device": None})
+    alerts = []
+    for device, seconds in (("a", 0), ("b", 30)):
+        start = Event(ts=at(seconds), kind=EventKind.FIRE, type="smoke", place=site.with_device(device), source="n1")
+        alerts += [policy.apply(e) for e in verification.apply(start)]
+    first, second, first_again = alerts
+    assert first.attributes["confirmed"] is False and first.revision == 1
+    assert second.attributes["confirmed_by"] == ["a", "b"]
+    assert first_again.id == first.id and first_again.revision == 2 and first_again.attributes["confirmed"] is True
+
+
+def test_downsampling_holds_back_chatter_but_never_a_message_that_raised_an_event() -> None:
+    thin = Downsampler({"smoke-1": DownsampleSettings(min_interval_s=10)})
+    chatter = [zigbee(b'{"smoke": false, "linkquality": 100}', at(s)) for s in (0, 1, 2, 11)]
+    assert [len(thin.filter(r)) for r in chatter] == [2, 0, 0, 2]
+    assert len(thin.filter(zigbee(b'{"smoke": true, "linkquality": 90}', at(12)), keep_all=True)) == 2
 
 
 def test_policy_reopens_within_cooldown_and_raises_anew_after_it() -> None:
