@@ -1,9 +1,12 @@
 """Alert policy: turns Events into Alerts, one alert per ongoing situation.
 
 Events with the same dedup key update one alert (count, last seen, newest
-details) instead of raising a new one. An END event clears it. A situation that
-starts again within the cooldown reopens the cleared alert, so a detector that
-flaps is still one alert for the desk. A test (an event whose attributes say
+details) instead of raising a new one. Under one key several conditions may be
+open at once (two people in one zone, each its own track): the alert clears
+when the last of them ends. A momentary event (a line crossed) raises or
+updates an alert that is not ongoing. A situation that starts again within the
+cooldown reopens the cleared alert, so a detector that flaps is still one
+alert for the desk. A test (an event whose attributes say
 ``test: true``, such as a smoke detector's test button) is stored as an event
 but never raises an alert: nobody is dispatched to a test.
 
@@ -36,23 +39,34 @@ class AlertPolicy:
     def __init__(self, cooldown_s: float = 300.0) -> None:
         self.cooldown = timedelta(seconds=cooldown_s)
         self._alerts: dict[str, Alert] = {}
+        self._open: dict[str, set[str]] = {}
 
     def apply(self, event: Event) -> Alert | None:
         """The alert this event raises or updates, or None when it changes nothing or is a test."""
         if event.attributes.get("test") is True:
             return None
-        current = self._alerts.get(event.dedup_key)
+        key = event.dedup_key
+        current = self._alerts.get(key)
+        still_open = self._open.setdefault(key, set())
         if event.state is EventState.END:
-            alert = self._clear(current, event)
-        elif current is None or (not current.active and event.ts - (current.cleared_at or event.ts) > self.cooldown):
-            alert = self._raise(event)
+            still_open.discard(event.condition)
+            if not still_open:
+                alert = self._clear(current, event)
+            else:
+                alert = self._update(current, event, active=True) if current is not None and current.active else None
         else:
-            alert = self._update(current, event)
+            momentary = event.state is EventState.INSTANT
+            if not momentary:
+                still_open.add(event.condition)
+            if current is None or (not current.active and event.ts - (current.cleared_at or event.ts) > self.cooldown):
+                alert = self._raise(event, active=not momentary)
+            else:
+                alert = self._update(current, event, active=current.active or not momentary)
         if alert is not None:
-            self._alerts[event.dedup_key] = alert
+            self._alerts[key] = alert
         return alert
 
-    def _raise(self, event: Event) -> Alert:
+    def _raise(self, event: Event, active: bool) -> Alert:
         log.info("new %s alert %s: %s", event.kind, event.dedup_key, event.title)
         return Alert(
             ts=event.ts,
@@ -64,16 +78,18 @@ class AlertPolicy:
             title=event.title,
             route=ROUTES[event.kind],
             dedup_key=event.dedup_key,
+            active=active,
+            cleared_at=None if active else event.ts,
             last_seen=event.ts,
             last_event_id=event.id,
             attributes=event.attributes,
         )
 
-    def _update(self, alert: Alert, event: Event) -> Alert:
+    def _update(self, alert: Alert, event: Event, active: bool) -> Alert:
         return alert.model_copy(
             update={
-                "active": True,
-                "cleared_at": None,
+                "active": active,
+                "cleared_at": None if active else event.ts,
                 "count": alert.count + 1,
                 "last_seen": max(alert.last_seen, event.ts),
                 "severity": max(alert.severity, event.severity, key=list(Severity).index),

@@ -43,6 +43,26 @@ def render(
     quality: int = 85,
 ) -> bytes:
     """JPEG of ``frame`` (BGR) with ``boxes`` in pixels and a ``polygon`` or ``line`` in frame fractions."""
+    return encode(draw(frame, boxes, polygon, line), quality)
+
+
+def mosaic(tiles: Sequence[tuple[np.ndarray, str]], height: int = 360, quality: int = 85) -> bytes:
+    """JPEG of several frames side by side at one height, each framed and labelled: many cameras, one look."""
+    scaled = []
+    for image, label in tiles:
+        width = round(image.shape[1] * height / image.shape[0])
+        small = cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA)
+        scaled.append(draw(small, [Box((0, 0, width - 1, height - 1), label)]))
+    return encode(np.hstack(scaled), quality)
+
+
+def draw(
+    frame: np.ndarray,
+    boxes: Sequence[Box],
+    polygon: Sequence[Sequence[float]] | None = None,
+    line: Sequence[Sequence[float]] | None = None,
+) -> np.ndarray:
+    """A copy of ``frame`` with ``boxes`` in pixels and a ``polygon`` or ``line`` in frame fractions drawn on."""
     image = frame.copy()
     height, width = image.shape[:2]
     thick = max(1, round(max(height, width) / 400))
@@ -59,7 +79,11 @@ def render(
         top = max(y1 - th - base, 0)  # above the box, or inside it at the top edge of the frame
         cv2.rectangle(image, (x1, top), (x1 + tw, top + th + base), BOX_COLOUR, cv2.FILLED)
         cv2.putText(image, box.label, (x1, top + th), cv2.FONT_HERSHEY_SIMPLEX, font_scale, (255, 255, 255), 1)
+    return image
+
+
+def encode(image: np.ndarray, quality: int = 85) -> bytes:
     ok, encoded = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, quality])
     if not ok:
-        raise ValueError(f"JPEG encoding failed for a frame of shape {frame.shape}")
+        raise ValueError(f"JPEG encoding failed for an image of shape {image.shape}")
     return encoded.tobytes()

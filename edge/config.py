@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 from alerts.models import Place
 from detectors.sensor_rules import SensorRuleSettings
 from detectors.verification import VerificationSettings
+from edge.cameras import CameraConfig, DetectorConfig
 from ingest.adapters import ADAPTERS, AdapterName
 from ingest.downsample import DownsampleSettings
 from ingest.mqtt import TOPIC_PREFIX
@@ -136,6 +137,15 @@ class NodeConfig(_Section):
     uplink: UplinkConfig = Field(
         default_factory=UplinkConfig, title="Uplink", description="Where events go, and the local spool."
     )
+    detector: DetectorConfig = Field(
+        default_factory=DetectorConfig,
+        title="Detector",
+        description="The object detector all cameras share; the offline yolov3-tiny unless set.",
+    )
+    cameras: list[CameraConfig] = Field(
+        default_factory=list, title="Cameras", description="Courtyard cameras, their zones and rules."
+    )
+
     sensors: list[SensorConfig] = Field(
         default_factory=list, title="Sensors", description="Fire sensors and other MQTT devices on the site."
     )
@@ -154,6 +164,25 @@ class NodeConfig(_Section):
             if dupes:
                 raise ValueError(f"sensor {attr}s must be unique; repeated: {', '.join(dupes)}")
         return sensors
+
+    @field_validator("sensors")
+    @classmethod
+    def _linked_cameras_exist(cls, sensors: list[SensorConfig], info: ValidationInfo) -> list[SensorConfig]:
+        known = {c.id for c in info.data.get("cameras", [])}
+        for sensor in sensors:
+            missing = [c for c in sensor.cameras if c not in known]
+            if missing:
+                raise ValueError(f"sensor {sensor.id} links to cameras not in cameras: {', '.join(missing)}")
+        return sensors
+
+    @field_validator("cameras")
+    @classmethod
+    def _unique_cameras(cls, cameras: list[CameraConfig]) -> list[CameraConfig]:
+        ids = [c.id for c in cameras]
+        dupes = sorted({i for i in ids if ids.count(i) > 1})
+        if dupes:
+            raise ValueError(f"camera ids must be unique; repeated: {', '.join(dupes)}")
+        return cameras
 
     def broker_url(self) -> str:
         return os.environ.get("PATROLNET_MQTT_URL") or self.broker.url

@@ -2,6 +2,11 @@
 
     sensor --MQTT--> adapter --Reading--> SensorRules --Event--> AlarmVerification --> AlertPolicy --Alert-->
         Uplink (spool, QoS 1) on patrolnet/v1/<site>/{readings,events,alerts,deadletters,heartbeats}
+    camera --RTSP--> VideoPipeline --Event--> (the same verification, policy and uplink)
+
+A camera that sees smoke or flame confirms a detector's alarm like a second
+detector would, and a fire alarm of a sensor linked to cameras carries one
+picture of what those cameras see at that moment.
 
 The node listens to each configured adapter's wildcard topics, so a device
 that nobody configured shows up as a dead letter ("unknown device") instead
@@ -29,12 +34,13 @@ from datetime import datetime, timedelta
 import paho.mqtt.client as mqtt
 from pydantic import TypeAdapter
 
-from alerts.models import DeadLetter, DeviceStatus, Event, Heartbeat, Reading, utc_now
+from alerts.models import DeadLetter, DeviceStatus, Event, EventKind, EventState, Heartbeat, Reading, utc_now
 from alerts.policy import AlertPolicy
 from detectors.sensor_rules import SensorRules
 from detectors.verification import AlarmVerification
 from edge.config import NodeConfig
 from edge.outbox import Spool, Uplink
+from edge.video import VideoPipeline
 from ingest.adapters import ADAPTERS, Route, SensorRoutes
 from ingest.downsample import Downsampler
 from ingest.mqtt import connect, make_client, uplink_topic
@@ -65,6 +71,19 @@ class EdgeNode:
         self.verification = AlarmVerification(config.verification.window_s)
         self.policy = AlertPolicy()
         self.downsampler = Downsampler({s.id: s.downsample for s in config.sensors})
+        self._linked = {s.id: s.cameras for s in config.sensors if s.cameras}
+        self.video = (
+            VideoPipeline(
+                config.cameras,
+                config.detector,
+                config.site.place(),
+                config.node_id,
+                config.site.timezone,
+                self.raise_event,
+            )
+            if config.cameras
+            else None
+        )
         self.uplink = Uplink(
             Spool(config.uplink.spool),
             config.uplink_url(),
@@ -91,12 +110,16 @@ class EdgeNode:
         self.uplink.start()
         connect(self._client, self._address, self._props)
         self._timer.start()
+        if self.video:
+            self.video.start()
 
     def wait_ready(self, timeout: float = 10.0) -> bool:
         """True once subscribed to every sensor topic."""
         return self._subscribed.wait(timeout)
 
     def stop(self) -> None:
+        if self.video:
+            self.video.stop()
         self._stopping.set()
         self._timer.join(timeout=5)
         self._client.disconnect()
@@ -133,6 +156,11 @@ class EdgeNode:
                     detail={**detail, "conditions": sorted(state.on)},
                 )
             )
+        if self.video:
+            devices += [
+                DeviceStatus(device=cid, type="camera", online=bool(stats["online"]), detail=stats)
+                for cid, stats in self.video.stats().items()
+            ]
         return Heartbeat(
             ts=now,
             node_id=self.config.node_id,
@@ -207,9 +235,21 @@ class EdgeNode:
             return parse_availability(payload)
         return ADAPTERS[route.adapter].parse(payload, self._places[route.device], now)
 
+    def raise_event(self, event: Event) -> None:
+        """Sends an event of another part of the node (the cameras) through verification and the policy."""
+        with self._lock:
+            self._raise([event])
+
+    def _with_camera_picture(self, event: Event) -> Event:
+        cameras = self._linked.get(event.place.device or "")
+        if not cameras or not self.video or event.kind is not EventKind.FIRE or event.state is not EventState.START:
+            return event
+        picture = self.video.snapshot(cameras)
+        return event.model_copy(update={"snapshot": picture}) if picture else event
+
     def _raise(self, events: list[Event]) -> None:
         for raw in events:
-            for event in self.verification.apply(raw):
+            for event in self.verification.apply(self._with_camera_picture(raw)):
                 self._send("events", event.model_dump_json().encode())
                 self.counts["events"] += 1
                 alert = self.policy.apply(event)

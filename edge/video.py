@@ -25,6 +25,7 @@ from detectors.backend import load_backend
 from detectors.detections import Detections
 from detectors.motion import MotionGate
 from detectors.rules import RuleEngine
+from detectors.snapshot import mosaic
 from detectors.tamper import TamperDetector
 from detectors.tracking import Tracker
 from detectors.visual_fire import VisualFire
@@ -151,6 +152,16 @@ class VideoPipeline:
 
     def _on_result(self, camera_id: str, frame: Frame, detections: Detections) -> None:
         self.cameras[camera_id].on_detections(frame, detections)
+
+    def snapshot(self, camera_ids: list[str]) -> bytes | None:
+        """One JPEG of the newest frame of each of these cameras, side by side; None if none has a frame."""
+        tiles = []
+        for cid in camera_ids:
+            camera = self.cameras.get(cid)
+            frame = camera.source.latest() if camera else None
+            if frame is not None:
+                tiles.append((frame.image, f"{camera.config.name or cid} {frame.ts:%H:%M:%S} UTC"))
+        return mosaic(tiles) if tiles else None
 
     def stats(self) -> dict[str, dict[str, float]]:
         """Per camera: capture, gate and detector counters, for heartbeats and benchmarks."""

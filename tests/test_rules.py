@@ -116,6 +116,7 @@ def test_availability_refuses_anything_else() -> None:
 SENSOR_CONFIG = """\
 node_id: n1
 site: {{id: s1, sub_district: sd, community: c, grid: g}}
+cameras: [{{id: cam-1, capture: {{url: "rtsp://10.0.0.5/1"}}}}]
 sensors:
   - {{id: d1, adapter: {adapter}, topic: "{topic}", cameras: {cameras}}}
 """
@@ -142,7 +143,13 @@ def test_a_sensor_config_names_a_topic_its_adapter_knows_and_cameras_once(
         return
     with pytest.raises(ConfigError) as caught:
         parse_config(text, "node.yaml")
-    assert str(caught.value).startswith(f"node.yaml:4: {error}"), str(caught.value)
+    assert str(caught.value).startswith(f"node.yaml:5: {error}"), str(caught.value)
+
+
+def test_a_sensor_links_only_to_cameras_of_the_node() -> None:
+    text = SENSOR_CONFIG.format(adapter="native", topic="sensors/d1", cameras="[cam-1, cam-2]")
+    with pytest.raises(ConfigError, match=r"^node.yaml:4: sensors: sensor d1 links to cameras not in cameras: cam-2"):
+        parse_config(text, "node.yaml")
 
 
 def test_routes_subscribe_to_adapter_wildcards_once_and_know_the_bridge() -> None:
@@ -301,3 +308,33 @@ def test_policy_reopens_within_cooldown_and_raises_anew_after_it() -> None:
     policy.apply(end.model_copy(update={"ts": start.ts + timedelta(seconds=40)}))
     later = policy.apply(start.model_copy(update={"ts": start.ts + timedelta(seconds=200)}))
     assert later.id != first.id and later.count == 1
+
+
+def test_an_alert_with_several_conditions_clears_when_the_last_one_ends() -> None:
+    policy = AlertPolicy()
+    cam = PLACE.with_device("cam-1")
+
+    def intrusion(track: str, state: EventState) -> Event:
+        return Event(kind=EventKind.SECURITY, type="intrusion", state=state, place=cam, source="n1",
+                     subject="intrusion:walkway", condition=track)  # fmt: skip
+
+    first = policy.apply(intrusion("7", EventState.START))
+    second = policy.apply(intrusion("9", EventState.START))
+    assert second.id == first.id and second.active
+    assert policy.apply(intrusion("7", EventState.END)).active is True
+    cleared = policy.apply(intrusion("9", EventState.END))
+    assert cleared.id == first.id and cleared.active is False
+    other_zone = Event(kind=EventKind.SECURITY, type="intrusion", place=cam, source="n1", subject="intrusion:gate")
+    assert policy.apply(other_zone).id != first.id
+
+
+def test_a_momentary_event_raises_an_alert_that_is_not_ongoing() -> None:
+    policy = AlertPolicy(cooldown_s=60)
+    cam = PLACE.with_device("cam-1")
+    crossing = Event(kind=EventKind.SECURITY, type="line_crossing", state=EventState.INSTANT, place=cam, source="n1")
+    first = policy.apply(crossing)
+    assert first.active is False and first.cleared_at == crossing.ts
+    again = policy.apply(crossing.model_copy(update={"ts": crossing.ts + timedelta(seconds=10)}))
+    assert again.id == first.id and again.count == 2 and again.active is False
+    later = policy.apply(crossing.model_copy(update={"ts": crossing.ts + timedelta(seconds=200)}))
+    assert later.id != first.id
