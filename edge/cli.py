@@ -115,7 +115,10 @@ def cmd_config_check(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 1
-    print(f"{args.file}: ok: node {config.node_id}, site {config.site.id}, {len(config.sensors)} sensors")
+    print(
+        f"{args.file}: ok: node {config.node_id}, site {config.site.id}, "
+        f"{len(config.sensors)} sensors, {len(config.cameras)} cameras"
+    )
     return 0
 
 

@@ -1,9 +1,11 @@
 """``patrolnet demo``: the whole data path on this machine, on real services.
 
-Starts PostgreSQL and Mosquitto in a temporary folder, the central ingest
-worker and the alert API as their own processes, an edge node on the example
-node config, and simulated zigbee2mqtt fire sensors; prints the page's address
-and an API key per desk, and runs until Ctrl-C.
+Starts PostgreSQL, Mosquitto and an RTSP camera looping real footage
+(vtest.avi: people on a walkway, a parked van) in a temporary folder, the
+central ingest worker and the alert API as their own processes, an edge node
+on the example node config with its cameras pointed at that RTSP server, and
+simulated fire sensors; prints the page's address and an API key per desk,
+and runs until Ctrl-C.
 """
 
 from __future__ import annotations
@@ -23,10 +25,13 @@ from alerts.models import Role
 from alerts.store import migrate
 from edge.cli import wait_for_signal
 from edge.config import load_config
-from edge.devstack import start_mosquitto, start_postgres, wait_for_port
+from edge.devstack import start_mosquitto, start_postgres, start_rtsp, wait_for_port
 from edge.simulator import SensorSimulator
 
 log = logging.getLogger(__name__)
+
+FOOTAGE = Path(__file__).resolve().parents[1] / ".cache" / "footage" / "vtest.h264"
+"""Made by `make setup` from Debian's opencv-doc."""
 
 
 def _spawn(args: list[str], env: dict[str, str], stack: ExitStack) -> subprocess.Popen:
@@ -43,16 +48,19 @@ def run_demo(config: str, api_port: int) -> int:
     with ExitStack() as stack:
         db = stack.enter_context(start_postgres(work / "postgres"))
         broker = stack.enter_context(start_mosquitto(work / "mosquitto"))
+        camera = stack.enter_context(start_rtsp(FOOTAGE, work / "rtsp"))
         migrate(db.url)
         keys = {
             role: create_key(db.url, Principal(name=f"demo {role} desk", role=role))
             for role in (Role.FIRE, Role.POLICE, Role.OPERATOR, Role.ADMIN)
         }
         env = {**os.environ, "PATROLNET_DATABASE_URL": db.url, "PATROLNET_MQTT_URL": broker.url}
-        # The example config, with its spool moved into the demo's folder.
+        # The example config, with its spool moved into the demo's folder and its cameras onto the demo's.
         node_file = work / "node.yaml"
         data = node.model_dump(mode="json")
         data["uplink"]["spool"] = str(work / "outbox.sqlite3")
+        for cam in data["cameras"]:
+            cam["capture"]["url"] = camera.url
         node_file.write_text(yaml.safe_dump(data, sort_keys=False))
         _spawn(["ingest", "--name", "demo-ingest"], env, stack)
         api = _spawn(["api", "--port", str(api_port)], env, stack)

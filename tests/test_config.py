@@ -71,7 +71,7 @@ def test_config_check_command_refuses_a_bad_file(tmp_path: Path) -> None:
     good = subprocess.run(
         [sys.executable, "-m", "edge.cli", "config", "check", str(EXAMPLE)], capture_output=True, text=True
     )
-    assert good.returncode == 0 and "site willow-court, 4 sensors" in good.stdout
+    assert good.returncode == 0 and "site willow-court, 4 sensors, 1 cameras" in good.stdout
 
 
 def test_broker_url_comes_from_the_environment_first(monkeypatch: pytest.MonkeyPatch) -> None:

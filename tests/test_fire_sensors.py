@@ -43,8 +43,7 @@ broker: {{url: "{broker_url}"}}
 uplink: {{spool: "{spool}", heartbeat_s: 30}}
 verification: {{window_s: 120}}
 sensors:
-  - {{id: smoke-b3-stair, adapter: zigbee2mqtt, topic: {SMOKE_A}, name: "Building 3, stairwell", heartbeat_s: 60,
-      cameras: [cam-b3-door]}}
+  - {{id: smoke-b3-stair, adapter: zigbee2mqtt, topic: {SMOKE_A}, name: "Building 3, stairwell", heartbeat_s: 60}}
   - {{id: smoke-b5-bikes, adapter: zigbee2mqtt, topic: {SMOKE_B}, battery_low_pct: 25}}
   - {{id: heat-b2-kitchen, adapter: tasmota, topic: {KITCHEN}, heat: {{quantity: ds18b20.temperature}}}}
   - {{id: smoke-b1-boiler, adapter: native, topic: {BOILER}}}
