@@ -93,7 +93,8 @@ class AlertPolicy:
                 "count": alert.count + 1,
                 "last_seen": max(alert.last_seen, event.ts),
                 "severity": max(alert.severity, event.severity, key=list(Severity).index),
-                "title": event.title or alert.title,
+                # One condition of several ending says nothing about the situation: keep its title.
+                "title": alert.title if event.state is EventState.END else event.title or alert.title,
                 "revision": alert.revision + 1,
                 "last_event_id": event.id,
                 "attributes": event.attributes,
