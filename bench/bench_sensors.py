@@ -28,7 +28,6 @@ import os
 import queue
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -39,12 +38,10 @@ from pathlib import Path
 import httpx
 import paho.mqtt.client as mqtt
 import psycopg
-import uvicorn
 
-from alerts.api import create_app
 from alerts.auth import Principal, create_key
 from alerts.store import migrate
-from edge.devstack import free_port, start_mosquitto, start_postgres, wait_for_port
+from edge.devstack import ApiThread, spawn, start_mosquitto, start_postgres
 from ingest.mqtt import connect, make_client, uplink_topic
 
 log = logging.getLogger(__name__)
@@ -289,37 +286,6 @@ def alarm_latencies(url: str, api_url: str, key: str, alarms: int, background: f
     return latencies
 
 
-class ApiThread:
-    """The alert API served by uvicorn in a thread of this process."""
-
-    def __init__(self, database_url: str) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        config = uvicorn.Config(
-            create_app(database_url), host="127.0.0.1", port=self.port, log_level="warning", timeout_graceful_shutdown=1
-        )
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self._server.run, daemon=True)
-
-    def __enter__(self) -> ApiThread:
-        self._thread.start()
-        wait_for_port(self.port, 30)
-        while not self._server.started:
-            time.sleep(0.02)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._server.should_exit = True
-        self._thread.join(timeout=10)
-
-
-def spawn(args: list[str], env: dict[str, str], stack: ExitStack) -> int:
-    proc = subprocess.Popen([sys.executable, "-m", "edge.cli", *args], env=env, cwd=REPO)
-    stack.callback(proc.wait, 30)
-    stack.callback(proc.terminate)
-    return proc.pid
-
-
 def percentile(values: list[float], q: float) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[q - 1] if len(values) > 1 else values[0]
 
@@ -346,8 +312,8 @@ def main() -> int:
         env = {**os.environ, "PATROLNET_DATABASE_URL": db.url, "PATROLNET_MQTT_URL": broker.url}
         with ExitStack() as pipeline:
             parts = {
-                "edge node": spawn(["edge", "run", "--config", str(config)], env, pipeline),
-                "ingest": spawn(["ingest", "--name", "bench-ingest"], env, pipeline),
+                "edge node": spawn(["edge", "run", "--config", str(config)], env, pipeline).pid,
+                "ingest": spawn(["ingest", "--name", "bench-ingest"], env, pipeline).pid,
                 "mosquitto": broker.proc.pid,
                 "publisher (this process)": os.getpid(),
             }

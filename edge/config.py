@@ -126,6 +126,12 @@ class SensorConfig(SensorRuleSettings):
         return cameras
 
 
+def _refuse_repeats(what: str, values: list[str]) -> None:
+    repeated = sorted({v for v in values if values.count(v) > 1})
+    if repeated:
+        raise ValueError(f"{what} must be unique; repeated: {', '.join(repeated)}")
+
+
 class NodeConfig(_Section):
     """One edge node: the site it watches and the devices on it."""
 
@@ -158,11 +164,8 @@ class NodeConfig(_Section):
     @field_validator("sensors")
     @classmethod
     def _unique_sensors(cls, sensors: list[SensorConfig]) -> list[SensorConfig]:
-        for attr in ("id", "topic"):
-            seen = [getattr(s, attr) for s in sensors]
-            dupes = sorted({v for v in seen if seen.count(v) > 1})
-            if dupes:
-                raise ValueError(f"sensor {attr}s must be unique; repeated: {', '.join(dupes)}")
+        _refuse_repeats("sensor ids", [s.id for s in sensors])
+        _refuse_repeats("sensor topics", [s.topic for s in sensors])
         return sensors
 
     @field_validator("sensors")
@@ -178,10 +181,7 @@ class NodeConfig(_Section):
     @field_validator("cameras")
     @classmethod
     def _unique_cameras(cls, cameras: list[CameraConfig]) -> list[CameraConfig]:
-        ids = [c.id for c in cameras]
-        dupes = sorted({i for i in ids if ids.count(i) > 1})
-        if dupes:
-            raise ValueError(f"camera ids must be unique; repeated: {', '.join(dupes)}")
+        _refuse_repeats("camera ids", [c.id for c in cameras])
         return cameras
 
     def broker_url(self) -> str:

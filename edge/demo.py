@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import logging
 import os
-import subprocess
-import sys
 import tempfile
 from contextlib import ExitStack
 from pathlib import Path
@@ -25,20 +23,13 @@ from alerts.models import Role
 from alerts.store import migrate
 from edge.cli import wait_for_signal
 from edge.config import load_config
-from edge.devstack import start_mosquitto, start_postgres, start_rtsp, wait_for_port
+from edge.devstack import spawn, start_mosquitto, start_postgres, start_rtsp, wait_for_port
 from edge.simulator import SensorSimulator
 
 log = logging.getLogger(__name__)
 
 FOOTAGE = Path(__file__).resolve().parents[1] / ".cache" / "footage" / "vtest.h264"
 """Made by `make setup` from Debian's opencv-doc."""
-
-
-def _spawn(args: list[str], env: dict[str, str], stack: ExitStack) -> subprocess.Popen:
-    proc = subprocess.Popen([sys.executable, "-m", "edge.cli", *args], env=env)
-    stack.callback(proc.wait, 10)
-    stack.callback(proc.terminate)
-    return proc
 
 
 def run_demo(config: str, api_port: int) -> int:
@@ -62,9 +53,9 @@ def run_demo(config: str, api_port: int) -> int:
         for cam in data["cameras"]:
             cam["capture"]["url"] = camera.url
         node_file.write_text(yaml.safe_dump(data, sort_keys=False))
-        _spawn(["ingest", "--name", "demo-ingest"], env, stack)
-        api = _spawn(["api", "--port", str(api_port)], env, stack)
-        _spawn(["edge", "run", "--config", str(node_file)], env, stack)
+        spawn(["ingest", "--name", "demo-ingest"], env, stack)
+        api = spawn(["api", "--port", str(api_port)], env, stack)
+        spawn(["edge", "run", "--config", str(node_file)], env, stack)
         wait_for_port(api_port, 60, api)
         simulator = SensorSimulator(broker.url, node.sensors)
         simulator.start()

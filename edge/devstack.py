@@ -1,4 +1,5 @@
-"""Real services started locally for the tests and the demo: PostgreSQL, Mosquitto, an RTSP camera.
+"""Real services started locally for the tests, benchmarks and demo: PostgreSQL, Mosquitto, an RTSP camera,
+the alert API.
 
 Each runs on 127.0.0.1 on a free port in a folder of its own and is stopped
 by ``stop()``. They are the Debian programs, not stand-ins. PostgreSQL refuses
@@ -20,7 +21,10 @@ import pwd
 import shutil
 import socket
 import subprocess
+import sys
+import threading
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -183,3 +187,40 @@ def start_rtsp(h264_file: str | Path, folder: str | Path, port: int | None = Non
     url = ready.split()[1]
     log.info("RTSP camera on %s", url)
     return Service("rtsp", url, port, folder, proc=proc)
+
+
+def spawn(args: list[str], env: dict[str, str], stack: ExitStack) -> subprocess.Popen:
+    """``patrolnet <args>`` as a child process, terminated and waited for when ``stack`` closes."""
+    proc = subprocess.Popen([sys.executable, "-m", "edge.cli", *args], env=env)
+    stack.callback(proc.wait, 30)
+    stack.callback(proc.terminate)
+    return proc
+
+
+class ApiThread:
+    """The alert API served by uvicorn on a free port, in a thread of this process; a context manager."""
+
+    def __init__(self, database_url: str) -> None:
+        import uvicorn
+
+        from alerts.api import create_app
+
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.database_url = database_url
+        config = uvicorn.Config(
+            create_app(database_url), host="127.0.0.1", port=self.port, log_level="warning", timeout_graceful_shutdown=1
+        )
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self._server.run, daemon=True)
+
+    def __enter__(self) -> ApiThread:
+        self._thread.start()
+        wait_for_port(self.port, 30)
+        while not self._server.started:
+            time.sleep(0.02)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.should_exit = True
+        self._thread.join(timeout=10)

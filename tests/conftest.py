@@ -17,18 +17,20 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 import psycopg
 import pytest
-import uvicorn
 import yaml
 
-from alerts.api import create_app
 from alerts.auth import Principal, create_key
 from alerts.store import migrate
-from edge.devstack import Service, free_port, start_mosquitto, start_postgres, start_rtsp, wait_for_port
+from alerts.writer import IngestWorker
+from edge.config import NodeConfig
+from edge.devstack import ApiThread, Service, start_mosquitto, start_postgres, start_rtsp
+from edge.node import EdgeNode
 
 REPO = Path(__file__).resolve().parent.parent
 FOOTAGE = REPO / ".cache" / "footage" / "vtest.h264"
@@ -120,32 +122,29 @@ def rtsp_camera(footage: Path) -> Iterator[Service]:
         yield service
 
 
-class ApiServer:
-    """The alert API served by uvicorn on a free port, in a thread of the test process."""
-
-    def __init__(self, database_url: str) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.database_url = database_url
-        config = uvicorn.Config(create_app(database_url), host="127.0.0.1", port=self.port, log_level="warning")
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self._server.run, daemon=True)
-
-    def __enter__(self) -> ApiServer:
-        self._thread.start()
-        wait_for_port(self.port, 30)
-        while not self._server.started:
-            time.sleep(0.02)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._server.should_exit = True
-        self._thread.join(timeout=10)
+class ApiServer(ApiThread):
+    """The alert API in a thread of the test process, and keys to call it with."""
 
     def key(self, role: str, **scope: str) -> dict[str, str]:
         """Authorization headers of a new key for ``role``, limited to ``scope``."""
         key = create_key(self.database_url, Principal(name=f"test {role}", role=role, **scope))
         return {"Authorization": f"Bearer {key}"}
+
+
+@contextmanager
+def edge_and_ingest(config: NodeConfig, broker: Service, database_url: str) -> Iterator[EdgeNode]:
+    """An edge node on ``config`` and an ingest worker, both running on the test broker."""
+    worker = IngestWorker(broker.url, database_url, name="test-ingest")
+    worker.start()
+    assert worker.wait_ready()
+    node = EdgeNode(config)
+    node.start()
+    assert node.wait_ready()
+    try:
+        yield node
+    finally:
+        node.stop()
+        worker.stop()
 
 
 @pytest.fixture

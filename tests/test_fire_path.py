@@ -13,9 +13,8 @@ import httpx
 import paho.mqtt.client as mqtt
 import psycopg
 import pytest
-from conftest import ApiServer, SseReader, eventually
+from conftest import ApiServer, SseReader, edge_and_ingest, eventually
 
-from alerts.writer import IngestWorker
 from edge.config import NodeConfig, parse_config
 from edge.devstack import Service
 from edge.node import EdgeNode
@@ -56,16 +55,8 @@ def publish(client: mqtt.Client, payload: dict | bytes, topic: str = SMOKE_TOPIC
 
 @pytest.fixture
 def pipeline(broker: Service, database_url: str, tmp_path: Path) -> Iterator[EdgeNode]:
-    """An edge node and an ingest worker, both running, both on the test broker."""
-    worker = IngestWorker(broker.url, database_url, name="test-ingest")
-    worker.start()
-    assert worker.wait_ready()
-    node = EdgeNode(node_config(broker.url, tmp_path / "outbox.sqlite3"))
-    node.start()
-    assert node.wait_ready()
-    yield node
-    node.stop()
-    worker.stop()
+    with edge_and_ingest(node_config(broker.url, tmp_path / "outbox.sqlite3"), broker, database_url) as node:
+        yield node
 
 
 def list_alerts(api: ApiServer, headers: dict[str, str], **params: str) -> list[dict]:

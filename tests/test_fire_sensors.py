@@ -17,11 +17,10 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 import psycopg
 import pytest
-from conftest import eventually
+from conftest import edge_and_ingest, eventually
 from test_fire_path import publish
 
 from alerts.models import Heartbeat, utc_now
-from alerts.writer import IngestWorker
 from edge.config import NodeConfig, parse_config
 from edge.devstack import Service
 from edge.node import EdgeNode
@@ -64,16 +63,8 @@ def sensors(broker: Service) -> Iterator[mqtt.Client]:
 
 @pytest.fixture
 def node(broker: Service, database_url: str, tmp_path: Path) -> Iterator[EdgeNode]:
-    """An edge node and an ingest worker, both running, both on the test broker."""
-    worker = IngestWorker(broker.url, database_url, name="test-ingest")
-    worker.start()
-    assert worker.wait_ready()
-    edge = EdgeNode(node_config(broker.url, tmp_path / "outbox.sqlite3"))
-    edge.start()
-    assert edge.wait_ready()
-    yield edge
-    edge.stop()
-    worker.stop()
+    with edge_and_ingest(node_config(broker.url, tmp_path / "outbox.sqlite3"), broker, database_url) as node:
+        yield node
 
 
 def query(database_url: str, sql: str) -> list[tuple]:
