@@ -5,12 +5,21 @@ principal has a role, which limits the kinds of alert it sees, and a place
 scope (any prefix of sub-district > community > grid > site), which limits
 where.
 
+Besides kinds, a role grants permissions: reading sensor readings, device
+health, acting on alerts, posting citizen reports, administration, metrics.
+
 Example:
     >>> p = Principal(name="desk", role=Role.FIRE, community="c1")
     >>> p.kinds
     (<EventKind.FIRE: 'fire'>,)
     >>> p.scope
     {'community': 'c1'}
+    >>> p.may(Permission.READINGS), p.may(Permission.ADMIN)
+    (True, False)
+    >>> from alerts.models import Place
+    >>> p.covers(Place(sub_district="n", community="c1", grid="g", site="s")), p.covers(Place(sub_district="n",
+    ...     community="c2", grid="g", site="s"))
+    (True, False)
 """
 
 from __future__ import annotations
@@ -18,12 +27,13 @@ from __future__ import annotations
 import hashlib
 import logging
 import secrets
-from uuid import uuid4
+from enum import StrEnum
+from uuid import UUID, uuid4
 
 import psycopg
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
-from alerts.models import EventKind, Role
+from alerts.models import EventKind, Place, Role
 
 log = logging.getLogger(__name__)
 
@@ -42,15 +52,38 @@ ROLE_KINDS: dict[Role, tuple[EventKind, ...]] = {
 PLACE_LEVELS = ("sub_district", "community", "grid", "site")
 
 
+class Permission(StrEnum):
+    ALERTS = "alerts"  # read alerts of the role's kinds (list, one, stream, CAP, snapshots)
+    ACT = "act"  # acknowledge, resolve, mark false alarm
+    DEVICES = "devices"  # devices and nodes with their health
+    READINGS = "readings"  # sensor readings and hourly counts
+    REPORT = "report"  # post citizen reports
+    ADMIN = "admin"  # duty rotation, reporters, webhooks
+    METRICS = "metrics"  # Prometheus metrics
+
+
+_DESK = {Permission.ALERTS, Permission.ACT, Permission.DEVICES}
+ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
+    Role.POLICE: frozenset(_DESK),
+    Role.FIRE: frozenset({*_DESK, Permission.READINGS}),
+    Role.OPERATOR: frozenset({*_DESK, Permission.READINGS, Permission.METRICS}),
+    Role.ADMIN: frozenset(Permission) - {Permission.REPORT},
+    Role.EDGE: frozenset(),  # nodes publish over MQTT; the key only answers whoami
+    Role.REPORTER: frozenset({Permission.REPORT}),
+}
+"""What each role may do besides reading its kinds."""
+
+
 class Principal(BaseModel):
     """Who is calling: a role and the places it covers (None covers all at that level)."""
 
-    name: str
-    role: Role
-    sub_district: str | None = None
-    community: str | None = None
-    grid: str | None = None
-    site: str | None = None
+    name: str = Field(description="Who holds the key.")
+    role: Role = Field(description="What the key may read and do.")
+    sub_district: str | None = Field(default=None, description="Only this sub-district, if set.")
+    community: str | None = Field(default=None, description="Only this community, if set.")
+    grid: str | None = Field(default=None, description="Only this grid cell, if set.")
+    site: str | None = Field(default=None, description="Only this site, if set.")
+    key_id: UUID | None = Field(default=None, description="The key's id.")
 
     @property
     def kinds(self) -> tuple[EventKind, ...]:
@@ -60,30 +93,48 @@ class Principal(BaseModel):
     def scope(self) -> dict[str, str]:
         return {level: getattr(self, level) for level in PLACE_LEVELS if getattr(self, level) is not None}
 
+    def may(self, permission: Permission) -> bool:
+        return permission in ROLE_PERMISSIONS[self.role]
+
+    def covers(self, place: Place) -> bool:
+        """Whether a place lies within this principal's scope."""
+        return all(getattr(place, level) == value for level, value in self.scope.items())
+
 
 def hash_key(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
+INSERT_KEY_SQL = (
+    "INSERT INTO api_keys (id, name, key_hash, role, sub_district, community, grid, site)"
+    " VALUES (%s, %s, %s, %s, %s, %s, %s, %s)"
+)
+
+
+def new_key(principal: Principal) -> tuple[str, tuple]:
+    """A fresh key and the INSERT_KEY_SQL parameters that store its hash under a new key id."""
+    key = KEY_PREFIX + secrets.token_urlsafe(32)
+    p = principal
+    return key, (p.key_id or uuid4(), p.name, hash_key(key), p.role, p.sub_district, p.community, p.grid, p.site)
+
+
 def create_key(conninfo: str, principal: Principal) -> str:
     """Stores a new key for a principal and returns it; it cannot be read back later."""
-    key = KEY_PREFIX + secrets.token_urlsafe(32)
+    key, params = new_key(principal)
     with psycopg.connect(conninfo) as conn:
-        conn.execute(
-            "INSERT INTO api_keys (id, name, key_hash, role, sub_district, community, grid, site)"
-            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
-            (uuid4(), principal.name, hash_key(key), principal.role, principal.sub_district, principal.community,
-             principal.grid, principal.site),
-        )  # fmt: skip
+        conn.execute(INSERT_KEY_SQL, params)
     log.info("created %s key %r scoped to %s", principal.role, principal.name, principal.scope or "everywhere")
     return key
 
 
 LOOKUP_SQL = (
-    "SELECT name, role, sub_district, community, grid, site FROM api_keys WHERE key_hash = %s AND revoked_at IS NULL"
+    "SELECT name, role, sub_district, community, grid, site, id FROM api_keys"
+    " WHERE key_hash = %s AND revoked_at IS NULL"
 )
 
 
-def principal_from_row(row: tuple[str, ...]) -> Principal:
-    name, role, sub_district, community, grid, site = row
-    return Principal(name=name, role=role, sub_district=sub_district, community=community, grid=grid, site=site)
+def principal_from_row(row: tuple) -> Principal:
+    name, role, sub_district, community, grid, site, key_id = row
+    return Principal(
+        name=name, role=role, sub_district=sub_district, community=community, grid=grid, site=site, key_id=key_id
+    )

@@ -1,14 +1,19 @@
-"""The store: migrations, idempotent writes and the row <-> model mapping.
+"""The store: migrations and idempotent batch writes.
 
 Every insert is keyed by the UUID given where the object was born, so a message
 delivered twice makes one row. Alerts keep the copy with the highest revision,
-and every change is appended to ``alert_changes`` in commit order, which is
-what the SSE stream resumes from.
+each copy links the alert to its newest event, and every change is appended to
+``alert_changes`` in commit order, which is what the SSE stream resumes from.
+Bulk rows are COPied into a temporary staging table, then moved with one
+``INSERT ... SELECT ... ON CONFLICT DO NOTHING`` per table, which keeps them
+idempotent; ``bench/bench_store.py`` measured that about 1.4 times as fast as
+executemany and 1.25 times as fast as one INSERT of unnest()ed arrays.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
@@ -16,7 +21,8 @@ from typing import Any
 import psycopg
 from psycopg.types.json import Jsonb
 
-from alerts.models import Alert, DeadLetter, Event, Place, Reading
+from alerts import timescale
+from alerts.models import Alert, DeadLetter, Event, Heartbeat, Place, Reading
 
 log = logging.getLogger(__name__)
 
@@ -36,8 +42,9 @@ def migrations() -> list[tuple[int, str, str]]:
     return sorted(found)
 
 
-def migrate(conninfo: str) -> list[str]:
-    """Applies the migrations not yet applied, each in its own transaction; returns their names."""
+def migrate(conninfo: str, retention: timescale.Retention | None = None) -> list[str]:
+    """Applies the migrations not yet applied, each in its own transaction, then the TimescaleDB plan
+    where the extension is available; returns the names of the migrations applied."""
     applied = []
     with psycopg.connect(conninfo, autocommit=True) as conn:
         conn.execute(
@@ -53,6 +60,11 @@ def migrate(conninfo: str) -> list[str]:
                 conn.execute("INSERT INTO schema_migrations (version, name) VALUES (%s, %s)", (version, name))
                 log.info("applied migration %s", name)
                 applied.append(name)
+        conn.execute("SELECT pg_advisory_lock(%s)", (_MIGRATE_LOCK,))
+        try:
+            timescale.prepare(conn, retention or timescale.Retention.from_env())
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(%s)", (_MIGRATE_LOCK,))
     return applied
 
 
@@ -68,25 +80,57 @@ class Batch:
     alerts: list[Alert] = field(default_factory=list)
     readings: list[Reading] = field(default_factory=list)
     dead_letters: list[DeadLetter] = field(default_factory=list)
+    heartbeats: list[Heartbeat] = field(default_factory=list)
 
     def __len__(self) -> int:
-        return len(self.events) + len(self.alerts) + len(self.readings) + len(self.dead_letters)
+        return len(self.events) + len(self.alerts) + len(self.readings) + len(self.dead_letters) + len(self.heartbeats)
 
 
-_INSERT_EVENT = """
-INSERT INTO events (id, ts, kind, type, state, severity, sub_district, community, grid, site, device,
-                    source, title, attributes)
-VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
-ON CONFLICT DO NOTHING"""
+PLACE_COLUMNS = ("sub_district", "community", "grid", "site", "device")
+EVENT_COLUMNS = ("id", "ts", "kind", "type", "state", "severity", *PLACE_COLUMNS, "source", "title", "attributes",
+                 "snapshot")  # fmt: skip
+READING_COLUMNS = ("id", "ts", *PLACE_COLUMNS, "quantity", "value", "unit")
+_DEAD_LETTER_COLUMNS = ("id", "ts", "topic", "payload", "reason", "source")
 
-_INSERT_READING = """
-INSERT INTO readings (id, ts, sub_district, community, grid, site, device, quantity, value, unit)
-VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
-ON CONFLICT DO NOTHING"""
 
-_INSERT_DEAD_LETTER = """
-INSERT INTO dead_letters (id, ts, topic, payload, reason, source) VALUES (%s, %s, %s, %s, %s, %s)
-ON CONFLICT DO NOTHING"""
+def copy_statements(table: str, columns: Sequence[str]) -> tuple[str, str, str]:
+    """The staging table, the COPY into it and the INSERT out of it, for ``copy_insert``.
+
+    The staging table empties itself at commit, so it only ever holds the current batch.
+
+    >>> print(*copy_statements("t", ["id", "v"]), sep="\\n")
+    CREATE TEMP TABLE IF NOT EXISTS t_in (LIKE t INCLUDING DEFAULTS) ON COMMIT DELETE ROWS
+    COPY t_in (id, v) FROM STDIN
+    INSERT INTO t (id, v) SELECT id, v FROM t_in ON CONFLICT DO NOTHING
+    """
+    names = ", ".join(columns)
+    return (
+        f"CREATE TEMP TABLE IF NOT EXISTS {table}_in (LIKE {table} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS",
+        f"COPY {table}_in ({names}) FROM STDIN",
+        f"INSERT INTO {table} ({names}) SELECT {names} FROM {table}_in ON CONFLICT DO NOTHING",
+    )
+
+
+def copy_insert(cur: psycopg.Cursor, table: str, columns: Sequence[str], rows: Sequence[tuple[Any, ...]]) -> None:
+    """Inserts rows not yet there, by COPY; in the caller's transaction (the staging table needs one)."""
+    if not rows:
+        return
+    create, copy_sql, insert = copy_statements(table, columns)
+    cur.execute(create)
+    with cur.copy(copy_sql) as copy:
+        for row in rows:
+            copy.write_row(row)
+    cur.execute(insert)
+
+
+def event_row(e: Event) -> tuple[Any, ...]:
+    return (e.id, e.ts, e.kind, e.type, e.state, e.severity, *_place_values(e.place), e.source, e.title,
+            Jsonb(e.attributes), e.snapshot)  # fmt: skip
+
+
+def reading_row(r: Reading) -> tuple[Any, ...]:
+    return (r.id, r.ts, *_place_values(r.place), r.quantity, r.value, r.unit)
+
 
 # Desks own status; the edge owns the rest. A late, older copy changes nothing.
 _UPSERT_ALERT = """
@@ -100,6 +144,38 @@ ON CONFLICT (id) DO UPDATE SET
 WHERE alerts.revision < EXCLUDED.revision
 RETURNING id, (xmax = 0) AS inserted, active"""
 
+# The rotation entry covering the alert's local time in the entry's timezone; a range ending before
+# it starts runs past midnight into the next weekday, and a range that starts where it ends is all day.
+_SET_ON_DUTY = """
+UPDATE alerts a SET (on_duty, on_duty_contact) = (
+    SELECT d.person, d.contact FROM duty_rotation d, LATERAL (SELECT a.ts AT TIME ZONE d.timezone AS t) l
+    WHERE d.sub_district = a.sub_district AND d.community = a.community AND d.grid = a.grid
+      AND CASE WHEN d.starts = d.ends THEN extract(isodow FROM l.t) = d.weekday
+               WHEN d.starts < d.ends THEN extract(isodow FROM l.t) = d.weekday
+                                           AND l.t::time >= d.starts AND l.t::time < d.ends
+               ELSE (extract(isodow FROM l.t) = d.weekday AND l.t::time >= d.starts)
+                    OR (extract(isodow FROM l.t) = d.weekday %% 7 + 1 AND l.t::time < d.ends) END
+    ORDER BY d.created_at, d.id LIMIT 1)
+WHERE a.id = ANY(%s)"""
+
+_UPSERT_NODE = """
+INSERT INTO nodes (node_id, sub_district, community, grid, site, started_at, heartbeat_at, counters)
+VALUES (%s, %s, %s, %s, %s, %s, %s, %s)
+ON CONFLICT (node_id) DO UPDATE SET
+    sub_district = EXCLUDED.sub_district, community = EXCLUDED.community, grid = EXCLUDED.grid,
+    site = EXCLUDED.site, started_at = EXCLUDED.started_at, heartbeat_at = EXCLUDED.heartbeat_at,
+    counters = EXCLUDED.counters, received_at = now()
+WHERE nodes.heartbeat_at < EXCLUDED.heartbeat_at"""
+
+_UPSERT_DEVICE = """
+INSERT INTO devices (site, device, node_id, sub_district, community, grid, type, online, last_seen, detail,
+                     heartbeat_at)
+VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+ON CONFLICT (site, device) DO UPDATE SET
+    node_id = EXCLUDED.node_id, type = EXCLUDED.type, online = EXCLUDED.online, last_seen = EXCLUDED.last_seen,
+    detail = EXCLUDED.detail, heartbeat_at = EXCLUDED.heartbeat_at
+WHERE devices.heartbeat_at < EXCLUDED.heartbeat_at"""
+
 
 def _alert_change(inserted: bool, active: bool) -> str:
     if inserted:
@@ -107,110 +183,73 @@ def _alert_change(inserted: bool, active: bool) -> str:
     return "updated" if active else "cleared"
 
 
-def write_batch(conn: psycopg.Connection, batch: Batch) -> int:
-    """Writes a batch in the caller's transaction; returns how many alert changes it logged."""
-    with conn.cursor() as cur:
-        if batch.events:
-            cur.executemany(
-                _INSERT_EVENT,
-                [
-                    (
-                        e.id,
-                        e.ts,
-                        e.kind,
-                        e.type,
-                        e.state,
-                        e.severity,
-                        *_place_values(e.place),
-                        e.source,
-                        e.title,
-                        Jsonb(e.attributes),
-                    )
-                    for e in batch.events
-                ],
-            )
-        if batch.readings:
-            cur.executemany(
-                _INSERT_READING,
-                [(r.id, r.ts, *_place_values(r.place), r.quantity, r.value, r.unit) for r in batch.readings],
-            )
-        if batch.dead_letters:
-            cur.executemany(
-                _INSERT_DEAD_LETTER,
-                [(d.id, d.ts, d.topic, d.payload, d.reason, d.source) for d in batch.dead_letters],
-            )
-        changes = []
-        for a in sorted(batch.alerts, key=lambda a: a.revision):
-            row = cur.execute(
-                _UPSERT_ALERT,
-                (
-                    a.id,
-                    a.ts,
-                    a.kind,
-                    a.type,
-                    a.severity,
-                    a.route,
-                    *_place_values(a.place),
-                    a.source,
-                    a.title,
-                    a.dedup_key,
-                    a.active,
-                    a.count,
-                    a.last_seen,
-                    a.cleared_at,
-                    a.revision,
-                    a.last_event_id,
-                    Jsonb(a.attributes),
-                ),
-            ).fetchone()
-            if row is not None:
-                changes.append((row[0], _alert_change(row[1], row[2])))
-        if changes:
-            cur.execute("SELECT pg_advisory_xact_lock(%s)", (CHANGES_LOCK,))
-            cur.executemany(INSERT_CHANGE, changes)
-            cur.execute(f"NOTIFY {CHANGES_CHANNEL}")
+def _alert_row(a: Alert) -> tuple[Any, ...]:
+    return (a.id, a.ts, a.kind, a.type, a.severity, a.route, *_place_values(a.place), a.source, a.title,
+            a.dedup_key, a.active, a.count, a.last_seen, a.cleared_at, a.revision, a.last_event_id,
+            Jsonb(a.attributes))  # fmt: skip
+
+
+def _write_alerts(cur: psycopg.Cursor, alerts: list[Alert]) -> int:
+    ordered = sorted(alerts, key=lambda a: a.revision)
+    # One statement per copy (two copies of one alert cannot share an ON CONFLICT DO UPDATE), pipelined.
+    cur.executemany(_UPSERT_ALERT, [_alert_row(a) for a in ordered], returning=True)
+    changes, raised = [], []
+    while True:
+        row = cur.fetchone()
+        if row is not None:
+            changes.append((row[0], _alert_change(row[1], row[2])))
+            if row[1]:
+                raised.append(row[0])
+        if not cur.nextset():
+            break
+    links = {(a.id, a.last_event_id) for a in ordered if a.last_event_id is not None}
+    copy_insert(cur, "alert_events", ("alert_id", "event_id"), sorted(links))
+    if raised:
+        cur.execute(_SET_ON_DUTY, (raised,))
+    if changes:
+        cur.execute("SELECT pg_advisory_xact_lock(%s)", (CHANGES_LOCK,))
+        cur.executemany(INSERT_CHANGE, changes)
+        cur.execute(f"NOTIFY {CHANGES_CHANNEL}")
     return len(changes)
 
 
-ALERT_COLUMNS = (
-    "a.id, a.ts, a.kind, a.type, a.severity, a.route, a.sub_district, a.community, a.grid, a.site, a.device,"
-    " a.source, a.title, a.dedup_key, a.active, a.count, a.last_seen, a.cleared_at, a.revision,"
-    " a.last_event_id, a.attributes, a.status, a.status_by, a.status_at"
-)
+def _write_heartbeats(cur: psycopg.Cursor, heartbeats: list[Heartbeat]) -> None:
+    ordered = sorted(heartbeats, key=lambda h: h.ts)
+    cur.executemany(
+        _UPSERT_NODE,
+        [(h.node_id, *_place_values(h.place)[:4], h.started_at, h.ts, Jsonb(h.counters)) for h in ordered],
+    )
+    cur.executemany(
+        _UPSERT_DEVICE,
+        [
+            (
+                h.place.site,
+                d.device,
+                h.node_id,
+                *_place_values(h.place)[:3],
+                d.type,
+                d.online,
+                d.last_seen,
+                Jsonb(d.detail),
+                h.ts,
+            )
+            for h in ordered
+            for d in h.devices
+        ],
+    )
 
 
-def row_to_alert(row: tuple[Any, ...]) -> Alert:
-    """An Alert from a row selected with ALERT_COLUMNS (in that order)."""
-    (
-        id_,
-        ts,
-        kind,
-        type_,
-        severity,
-        route,
-        sub_district,
-        community,
-        grid,
-        site,
-        device,
-        source,
-        title,
-        dedup_key,
-        active,
-        count,
-        last_seen,
-        cleared_at,
-        revision,
-        last_event_id,
-        attributes,
-        status,
-        status_by,
-        status_at,
-    ) = row
-    return Alert(
-        id=id_, ts=ts, kind=kind, type=type_, severity=severity, route=route,
-        place=Place(sub_district=sub_district, community=community, grid=grid, site=site, device=device),
-        source=source, title=title, dedup_key=dedup_key, active=active, count=count, last_seen=last_seen,
-        cleared_at=cleared_at, revision=revision, last_event_id=last_event_id, attributes=attributes,
-        status=status, status_by=status_by, status_at=status_at,
-    )  # fmt: skip
+def write_batch(conn: psycopg.Connection, batch: Batch) -> int:
+    """Writes a batch in the caller's transaction; returns how many alert changes it logged."""
+    with conn.cursor() as cur:
+        copy_insert(cur, "events", EVENT_COLUMNS, [event_row(e) for e in batch.events])
+        copy_insert(cur, "readings", READING_COLUMNS, [reading_row(r) for r in batch.readings])
+        copy_insert(
+            cur,
+            "dead_letters",
+            _DEAD_LETTER_COLUMNS,
+            [(d.id, d.ts, d.topic, d.payload, d.reason, d.source) for d in batch.dead_letters],
+        )
+        if batch.heartbeats:
+            _write_heartbeats(cur, batch.heartbeats)
+        return _write_alerts(cur, batch.alerts) if batch.alerts else 0

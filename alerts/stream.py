@@ -19,7 +19,8 @@ from psycopg_pool import AsyncConnectionPool
 
 from alerts.auth import Principal
 from alerts.queries import AlertFilter, where
-from alerts.store import ALERT_COLUMNS, CHANGES_CHANNEL, row_to_alert
+from alerts.rows import ALERT_COLUMNS, row_to_alert
+from alerts.store import CHANGES_CHANNEL
 
 log = logging.getLogger(__name__)
 

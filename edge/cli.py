@@ -3,8 +3,11 @@
     patrolnet edge run --config node.yaml    run an edge node
     patrolnet ingest                         central ingest worker (run several)
     patrolnet api                            the alert API and its page
-    patrolnet db migrate                     apply the store's migrations
+    patrolnet webhooks                       deliver webhooks (run several)
+    patrolnet db migrate                     apply the store's migrations (and the TimescaleDB plan)
+    patrolnet db prune                       plain PostgreSQL: delete rows past their retention
     patrolnet apikey create --role fire ...  make an API key
+    patrolnet apikey list | revoke ID        see the keys (never the keys themselves); revoke one
     patrolnet config check node.yaml         validate a node config
     patrolnet demo                           everything, locally, on real services
 
@@ -22,6 +25,7 @@ import signal
 import sys
 import threading
 from pathlib import Path
+from uuid import UUID
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +68,9 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 
     database_url = setting("PATROLNET_DATABASE_URL")
     migrate(database_url)
-    worker = IngestWorker(setting("PATROLNET_MQTT_URL"), database_url, name=args.name)
+    worker = IngestWorker(
+        setting("PATROLNET_MQTT_URL"), database_url, name=args.name, batch_size=args.batch, flush_s=args.flush_ms / 1000
+    )
     worker.start()
     wait_for_signal()
     worker.stop()
@@ -75,20 +81,66 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 def cmd_api(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from alerts.api import create_app
     from alerts.store import migrate
+
+    migrate(setting("PATROLNET_DATABASE_URL"))
+    # An import string and a factory, so that each of several worker processes builds its own app.
+    uvicorn.run(
+        "alerts.api:app_from_env",
+        factory=True,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        access_log=args.access_log,
+        log_level="info",
+    )
+    return 0
+
+
+def cmd_webhooks(args: argparse.Namespace) -> int:
+    from alerts.store import migrate
+    from alerts.webhooks import WebhookDispatcher
 
     database_url = setting("PATROLNET_DATABASE_URL")
     migrate(database_url)
-    uvicorn.run(create_app(database_url), host=args.host, port=args.port, log_level="info")
+    dispatcher = WebhookDispatcher(database_url, name=args.name, public_url=setting("PATROLNET_PUBLIC_URL", ""))
+    dispatcher.start()
+    wait_for_signal()
+    dispatcher.stop()
+    log.info("webhooks stopped: %s", dict(dispatcher.counts))
     return 0
+
+
+def _retention(args: argparse.Namespace):
+    from dataclasses import fields
+
+    from alerts.timescale import Retention
+
+    try:
+        return Retention.from_env(**{f.name: getattr(args, f"retention_{f.name}") for f in fields(Retention)})
+    except ValueError as exc:
+        raise SystemExit(f"patrolnet: {exc}") from exc
 
 
 def cmd_db_migrate(args: argparse.Namespace) -> int:
     from alerts.store import migrate
 
-    applied = migrate(setting("PATROLNET_DATABASE_URL"))
+    applied = migrate(setting("PATROLNET_DATABASE_URL"), _retention(args))
     print("applied: " + ", ".join(applied) if applied else "the schema is up to date")
+    return 0
+
+
+def cmd_db_prune(args: argparse.Namespace) -> int:
+    import psycopg
+
+    from alerts import timescale
+
+    with psycopg.connect(setting("PATROLNET_DATABASE_URL"), autocommit=True) as conn:
+        if timescale.enabled(conn):
+            print("TimescaleDB's retention policies drop old chunks; nothing to do")
+            return 0
+        for sql, params in timescale.prune_statements(_retention(args)):
+            print(f"{sql.split(' WHERE')[0]}: {conn.execute(sql, params).rowcount} rows")
     return 0
 
 
@@ -104,6 +156,34 @@ def cmd_apikey_create(args: argparse.Namespace) -> int:
         site=args.site,
     )
     print(create_key(setting("PATROLNET_DATABASE_URL"), principal))
+    return 0
+
+
+def cmd_apikey_list(args: argparse.Namespace) -> int:
+    import psycopg
+
+    with psycopg.connect(setting("PATROLNET_DATABASE_URL")) as conn:
+        rows = conn.execute(
+            "SELECT id, role, name, concat_ws('/', sub_district, community, grid, site), created_at, revoked_at"
+            " FROM api_keys ORDER BY created_at"
+        ).fetchall()
+    for id_, role, name, scope, created, revoked in rows:
+        state = f"revoked {revoked:%Y-%m-%d %H:%M}" if revoked else "active"
+        print(f"{id_}  {role:<9} {state:<24} {scope or 'everywhere':<40} {name} (made {created:%Y-%m-%d})")
+    return 0
+
+
+def cmd_apikey_revoke(args: argparse.Namespace) -> int:
+    import psycopg
+
+    with psycopg.connect(setting("PATROLNET_DATABASE_URL")) as conn:
+        revoked = conn.execute(
+            "UPDATE api_keys SET revoked_at = now() WHERE id = %s AND revoked_at IS NULL RETURNING name", (args.id,)
+        ).fetchone()
+    if revoked is None:
+        print(f"patrolnet: no active key {args.id}", file=sys.stderr)
+        return 1
+    print(f"revoked {revoked[0]!r}; API processes stop accepting it within PATROLNET_KEY_CACHE_S (5 s)")
     return 0
 
 
@@ -129,7 +209,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
+    from dataclasses import fields
+
     from alerts.models import Role
+    from alerts.timescale import Retention
 
     top = argparse.ArgumentParser(prog="patrolnet", description=__doc__.split("\n\n")[0])
     top.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
@@ -142,15 +225,35 @@ def parser() -> argparse.ArgumentParser:
 
     ingest = sub.add_parser("ingest", help="central ingest worker: MQTT uplink into the store")
     ingest.add_argument("--name", default=f"ingest-{os.getpid()}", help="worker name (its MQTT session)")
+    ingest.add_argument("--batch", type=int, default=500, help="messages per transaction at most")
+    ingest.add_argument(
+        "--flush-ms", type=float, default=0, help="how long to wait for a batch to fill; 0: write what is queued"
+    )
     ingest.set_defaults(func=cmd_ingest)
 
     api = sub.add_parser("api", help="serve the alert API and its page")
     api.add_argument("--host", default="127.0.0.1")
     api.add_argument("--port", type=int, default=8000)
+    api.add_argument("--workers", type=int, default=1, help="worker processes (about one per core)")
+    api.add_argument("--access-log", action=argparse.BooleanOptionalAction, default=True, help="log every request")
     api.set_defaults(func=cmd_api)
 
+    hooks = sub.add_parser("webhooks", help="deliver webhooks: POST alert changes to registered URLs")
+    hooks.add_argument("--name", default=f"webhooks-{os.getpid()}", help="dispatcher name, for the logs")
+    hooks.set_defaults(func=cmd_webhooks)
+
     db = sub.add_parser("db", help="the store").add_subparsers(dest="db_command", required=True)
-    db.add_parser("migrate", help="apply the migrations").set_defaults(func=cmd_db_migrate)
+    migrate = db.add_parser("migrate", help="apply the migrations, and the TimescaleDB plan where available")
+    migrate.set_defaults(func=cmd_db_migrate)
+    prune = db.add_parser("prune", help="plain PostgreSQL: delete rows older than their retention period")
+    prune.set_defaults(func=cmd_db_prune)
+    for command in (migrate, prune):
+        for name in (f.name for f in fields(Retention)):
+            command.add_argument(
+                f"--retention-{name.replace('_', '-')}",
+                metavar="PERIOD",
+                help=f"e.g. '90 days' (env PATROLNET_RETENTION_{name.upper()})",
+            )
 
     apikey = sub.add_parser("apikey", help="API keys").add_subparsers(dest="apikey_command", required=True)
     create = apikey.add_parser("create", help="make a key; it is printed once")
@@ -159,6 +262,10 @@ def parser() -> argparse.ArgumentParser:
     for level in ("sub-district", "community", "grid", "site"):
         create.add_argument(f"--{level}", help=f"limit the key to this {level}")
     create.set_defaults(func=cmd_apikey_create)
+    apikey.add_parser("list", help="the keys' ids, roles and scopes").set_defaults(func=cmd_apikey_list)
+    revoke = apikey.add_parser("revoke", help="revoke a key by its id (see list)")
+    revoke.add_argument("id", type=UUID)
+    revoke.set_defaults(func=cmd_apikey_revoke)
 
     config = sub.add_parser("config", help="node configs").add_subparsers(dest="config_command", required=True)
     check = config.add_parser("check", help="validate a node config")

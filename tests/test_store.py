@@ -1,12 +1,22 @@
-"""The store on a real PostgreSQL: migrations, idempotent writes, newest alert copy wins."""
+"""The store on a real PostgreSQL: migrations, the TimescaleDB plan, idempotent writes, links, health, duty."""
 
 from __future__ import annotations
 
-import psycopg
+import os
+import subprocess
+import sys
+from datetime import UTC, datetime, timedelta
+from uuid import uuid4
+from zoneinfo import ZoneInfo
 
-from alerts.models import Event, EventKind, EventState, Place, Reading
+import psycopg
+import pytest
+
+from alerts import timescale
+from alerts.models import DeviceStatus, Event, EventKind, EventState, Heartbeat, Place, Reading
 from alerts.policy import AlertPolicy
 from alerts.store import Batch, migrate, migrations, write_batch
+from alerts.timescale import Retention
 from alerts.writer import decode
 
 PLACE = Place(sub_district="sd", community="c", grid="g", site="s", device="smoke-1")
@@ -67,3 +77,164 @@ def test_an_unreadable_uplink_message_becomes_a_dead_letter(database_url: str) -
     assert [r[0] for r in rows] == ["patrolnet/v1/s/events", "patrolnet/v1/s/readings", "patrolnet/v2/s/events"]
     assert "Field required" in rows[0][1] and "not a patrolnet/v1 topic" in rows[2][1]
     assert {r[2] for r in rows} == {"ingest-test"}
+
+
+def test_the_schema_answers_on_plain_postgresql(database_url: str) -> None:
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        assert not timescale.enabled(conn)
+        assert timescale.prepare(conn, Retention()) is False
+        tables = {t for (t,) in conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")}
+        brin = {i for (i,) in conn.execute("SELECT indexname FROM pg_indexes WHERE indexdef LIKE '%USING brin%'")}
+    assert {
+        "alert_events",
+        "nodes",
+        "devices",
+        "duty_rotation",
+        "reporters",
+        "webhooks",
+        "webhook_deliveries",
+    } <= tables
+    assert {"events_ts_brin", "readings_ts_brin", "alert_changes_at_brin", "alert_history_at_brin"} <= brin
+
+    now = datetime.now(UTC).replace(minute=10)
+    events = [
+        Event(kind=EventKind.FIRE, type="smoke", place=PLACE, source="n1", ts=now),
+        Event(kind=EventKind.FIRE, type="smoke", state=EventState.UPDATE, place=PLACE, source="n1", ts=now),
+        Event(kind=EventKind.FIRE, type="smoke", place=PLACE, source="n1", ts=now - timedelta(days=400)),
+    ]
+    write(database_url, Batch(events=events))
+    with psycopg.connect(database_url) as conn:
+        hourly = conn.execute(
+            "SELECT bucket, site, kind, events, starts FROM event_counts_hourly ORDER BY bucket DESC"
+        ).fetchall()
+        assert hourly[0] == (now.replace(minute=0, second=0, microsecond=0), "s", "fire", 2, 1)
+        # Plain PostgreSQL's retention: what TimescaleDB's policies would drop.
+        for sql, params in timescale.prune_statements(Retention(events="365 days")):
+            conn.execute(sql, params)
+        assert conn.execute("SELECT count(*) FROM events").fetchone()[0] == 2
+
+
+def test_the_timescaledb_plan_converts_compresses_retains_and_aggregates() -> None:
+    retention = Retention(events="30 days", readings="14 days", history="2 years", compress_after="3 days")
+    plan = timescale.statements(retention, hypertables=set(), compressed=set(), has_aggregate=False)
+    sql = [s for s, _ in plan]
+    for table, column in (("events", "ts"), ("readings", "ts"), ("alert_changes", "at"), ("alert_history", "at")):
+        create = next(i for i, s in enumerate(sql) if s.startswith(f"SELECT create_hypertable('{table}', '{column}'"))
+        assert "migrate_data => TRUE" in sql[create] and "if_not_exists => TRUE" in sql[create]
+        assert plan[create][1] == ("1 day",)
+        assert sql[create + 1].startswith(f"ALTER TABLE {table} SET (timescaledb.compress")
+        assert f"compress_orderby = '{column} DESC'" in sql[create + 1]
+        assert (f"SELECT add_compression_policy('{table}', compress_after => %s::interval)", ("3 days",)) in plan
+        # Policies are replaced, so a changed period takes effect on the next start.
+        remove = sql.index(f"SELECT remove_retention_policy('{table}', if_exists => TRUE)")
+        assert plan[remove + 1] == (
+            f"SELECT add_retention_policy('{table}', drop_after => %s::interval)",
+            (retention.keep(table),),
+        )
+    assert [retention.keep(t) for t in ("events", "readings", "alert_changes")] == ["30 days", "14 days", "2 years"]
+    drop = sql.index("DROP VIEW IF EXISTS event_counts_hourly")
+    assert "WITH (timescaledb.continuous)" in sql[drop + 1] and "time_bucket(INTERVAL '1 hour', ts)" in sql[drop + 1]
+    assert any("add_continuous_aggregate_policy('event_counts_hourly'" in s for s in sql)
+
+    # Run again on a converted database: only the policies are renewed.
+    done = set(timescale.HYPERTABLES)
+    again = [s for s, _ in timescale.statements(retention, done, done, has_aggregate=True)]
+    assert not [s for s in again if "create_hypertable" in s or s.startswith(("ALTER", "CREATE", "DROP"))]
+    assert timescale.bucket_sql(True) == "time_bucket(%s::interval, ts)"
+
+
+def test_retention_periods_come_from_flags_then_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PATROLNET_RETENTION_EVENTS", "60 days")
+    monkeypatch.setenv("PATROLNET_RETENTION_READINGS", "10 days")
+    retention = Retention.from_env(readings="20 days", history=None)
+    assert (retention.events, retention.readings, retention.history) == ("60 days", "20 days", "730 days")
+    with pytest.raises(ValueError, match="events: '1; DROP TABLE events' is not a period"):
+        Retention(events="1; DROP TABLE events")
+
+
+def test_events_keep_snapshots_and_each_alert_copy_links_its_event(database_url: str) -> None:
+    policy = AlertPolicy()
+    first = Event(kind=EventKind.FIRE, type="smoke", place=PLACE, source="n1", snapshot=b"\xff\xd8\xff\xe0jpeg")
+    second = Event(kind=EventKind.FIRE, type="smoke", place=PLACE, source="n1")
+    alerts = [policy.apply(first), policy.apply(second)]
+    write(database_url, Batch(events=[first, second], alerts=alerts))
+    write(database_url, Batch(alerts=alerts))  # redelivered copies link nothing twice
+    with psycopg.connect(database_url) as conn:
+        links = conn.execute("SELECT alert_id, event_id FROM alert_events ORDER BY linked_at").fetchall()
+        snapshot = conn.execute("SELECT snapshot FROM events WHERE id = %s", (first.id,)).fetchone()[0]
+    assert sorted(links) == sorted([(alerts[0].id, first.id), (alerts[0].id, second.id)])
+    assert bytes(snapshot) == b"\xff\xd8\xff\xe0jpeg"
+
+
+def heartbeat(ts: datetime, online: bool) -> Heartbeat:
+    place = PLACE.model_copy(update={"device": None})
+    return Heartbeat(
+        ts=ts,
+        node_id="node-1",
+        place=place,
+        started_at=ts - timedelta(hours=1),
+        devices=[DeviceStatus(device="smoke-1", type="zigbee2mqtt", online=online, detail={"battery": 80})],
+        counters={"spool": 3.0},
+    )
+
+
+def test_heartbeats_keep_the_newest_health_of_nodes_and_devices(database_url: str) -> None:
+    now = datetime.now(UTC)
+    newer, older = heartbeat(now, online=False), heartbeat(now - timedelta(seconds=30), online=True)
+    batch = Batch()
+    decode("patrolnet/v1/s/heartbeats", newer.model_dump_json().encode(), batch, "ingest-test")
+    assert batch.heartbeats == [newer]
+    write(database_url, batch)
+    write(database_url, Batch(heartbeats=[older]))
+    with psycopg.connect(database_url) as conn:
+        node = conn.execute("SELECT node_id, site, heartbeat_at, counters FROM nodes").fetchall()
+        devices = conn.execute("SELECT site, device, online, detail, node_id FROM devices").fetchall()
+    assert node == [("node-1", "s", newer.ts, {"spool": 3.0})]
+    assert devices == [("s", "smoke-1", False, {"battery": 80}, "node-1")]
+
+
+@pytest.mark.parametrize(
+    ("local", "expected"),
+    [
+        ("2024-05-06 09:00", "day shift"),  # Monday, within 08:00-20:00
+        ("2024-05-06 21:00", "night shift"),  # Monday evening, 20:00-06:00 runs past midnight
+        ("2024-05-07 05:00", "night shift"),  # ... into Tuesday morning
+        ("2024-05-07 07:00", None),  # Tuesday: nobody
+    ],
+)
+def test_the_person_on_duty_when_an_alert_is_raised_is_recorded(database_url: str, local: str, expected) -> None:
+    shifts = [("08:00", "20:00", "day shift"), ("20:00", "06:00", "night shift")]
+    with psycopg.connect(database_url) as conn:
+        for starts, ends, person in shifts:
+            conn.execute(
+                "INSERT INTO duty_rotation (id, sub_district, community, grid, weekday, starts, ends, person,"
+                " contact, timezone) VALUES (%s, 'sd', 'c', 'g', 1, %s, %s, %s, '555', 'Asia/Shanghai')",
+                (uuid4(), starts, ends, person),
+            )
+    ts = datetime.fromisoformat(local).replace(tzinfo=ZoneInfo("Asia/Shanghai"))
+    alert = AlertPolicy().apply(Event(kind=EventKind.FIRE, type="smoke", place=PLACE, source="n1", ts=ts))
+    write(database_url, Batch(alerts=[alert]))
+    with psycopg.connect(database_url) as conn:
+        assert conn.execute("SELECT on_duty FROM alerts").fetchone()[0] == expected
+
+
+def patrolnet(database_url: str, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PATROLNET_DATABASE_URL": database_url}
+    return subprocess.run([sys.executable, "-m", "edge.cli", *args], env=env, capture_output=True, text=True)
+
+
+def test_the_db_and_apikey_commands(database_url: str) -> None:
+    migrated = patrolnet(database_url, "db", "migrate", "--retention-events", "30 days")
+    assert (migrated.returncode, migrated.stdout) == (0, "the schema is up to date\n"), migrated.stderr
+    assert "is not a period" in patrolnet(database_url, "db", "migrate", "--retention-readings", "soon").stderr
+    pruned = patrolnet(database_url, "db", "prune", "--retention-readings", "1 day")
+    assert pruned.returncode == 0 and "DELETE FROM readings: 0 rows" in pruned.stdout
+
+    key = patrolnet(database_url, "apikey", "create", "--role", "fire", "--name", "desk", "--community", "c1")
+    assert key.stdout.startswith("pn_")
+    [listed] = patrolnet(database_url, "apikey", "list").stdout.splitlines()
+    key_id = listed.split()[0]
+    assert "fire" in listed and "active" in listed and "c1" in listed
+    assert patrolnet(database_url, "apikey", "revoke", key_id).returncode == 0
+    assert "revoked" in patrolnet(database_url, "apikey", "list").stdout
+    assert patrolnet(database_url, "apikey", "revoke", key_id).returncode == 1

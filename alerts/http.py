@@ -1,0 +1,151 @@
+"""What every API route shares: settings, the database pool, the caller and its permissions.
+
+A key is looked up by its SHA-256 hash and the answer kept for a few seconds
+per API process, so a busy desk costs one lookup per key every few seconds; a
+revoked key stops working within that time.
+
+Example:
+    >>> ApiSettings(report_max_bytes=1024).report_max_bytes
+    1024
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Annotated
+from uuid import UUID
+
+from fastapi import Depends, Header, HTTPException, Request
+from psycopg_pool import AsyncConnectionPool
+
+from alerts.auth import LOOKUP_SQL, Permission, Principal, hash_key, principal_from_row
+from alerts.queries import AlertFilter, ForbiddenKind, where
+from alerts.rows import ALERT_COLUMNS, StoredAlert, row_to_alert
+
+
+def _env_float(name: str, default: float) -> float:
+    return float(os.environ.get(name, default))
+
+
+@dataclass(frozen=True)
+class ApiSettings:
+    """API settings; ``from_env`` reads ``PATROLNET_<NAME>`` for each."""
+
+    public_url: str = ""  # where clients reach the API, for links in CAP and webhooks; default: the request's
+    cap_sender: str = "patrolnet"
+    report_max_bytes: int = 2_000_000
+    report_burst: float = 5.0  # reports a key may send at once ...
+    report_per_hour: float = 12.0  # ... and the rate its allowance refills at
+    node_stale_s: float = 90.0  # a node silent this long is shown unhealthy
+    key_cache_s: float = 5.0
+    metrics_token: str = field(default="", repr=False)  # a scrape token besides operator/admin keys
+
+    @classmethod
+    def from_env(cls) -> ApiSettings:
+        return cls(
+            public_url=os.environ.get("PATROLNET_PUBLIC_URL", ""),
+            cap_sender=os.environ.get("PATROLNET_CAP_SENDER", cls.cap_sender),
+            report_max_bytes=int(_env_float("PATROLNET_REPORT_MAX_BYTES", cls.report_max_bytes)),
+            report_burst=_env_float("PATROLNET_REPORT_BURST", cls.report_burst),
+            report_per_hour=_env_float("PATROLNET_REPORT_PER_HOUR", cls.report_per_hour),
+            node_stale_s=_env_float("PATROLNET_NODE_STALE_S", cls.node_stale_s),
+            key_cache_s=_env_float("PATROLNET_KEY_CACHE_S", cls.key_cache_s),
+            metrics_token=os.environ.get("PATROLNET_METRICS_TOKEN", ""),
+        )
+
+
+def get_pool(request: Request) -> AsyncConnectionPool:
+    return request.app.state.pool
+
+
+def get_settings(request: Request) -> ApiSettings:
+    return request.app.state.settings
+
+
+Pool = Annotated[AsyncConnectionPool, Depends(get_pool)]
+Settings = Annotated[ApiSettings, Depends(get_settings)]
+
+
+def api_key(
+    authorization: Annotated[str | None, Header(description="Bearer <API key>")] = None,
+    x_api_key: Annotated[str | None, Header(description="The API key, instead of Authorization")] = None,
+) -> str | None:
+    """The key a request carries, if any."""
+    if x_api_key:
+        return x_api_key
+    if authorization is not None:
+        scheme, _, token = authorization.partition(" ")
+        if scheme.lower() == "bearer" and token.strip():
+            return token.strip()
+    return None
+
+
+def _unauthorized(message: str) -> HTTPException:
+    return HTTPException(401, message, {"WWW-Authenticate": "Bearer"})
+
+
+async def lookup(request: Request, key: str) -> Principal | None:
+    """The principal of a key, from the per-process cache or the database."""
+    cache: dict[str, tuple[Principal | None, float]] = request.app.state.key_cache
+    hashed = hash_key(key)
+    hit = cache.get(hashed)
+    if hit is not None and hit[1] > time.monotonic():
+        return hit[0]
+    async with get_pool(request).connection() as conn:
+        row = await (await conn.execute(LOOKUP_SQL, (hashed,))).fetchone()
+    found = principal_from_row(row) if row else None
+    if len(cache) > 10_000:  # keys seen once (guesses) must not grow it without bound
+        cache.clear()
+    cache[hashed] = (found, time.monotonic() + get_settings(request).key_cache_s)
+    return found
+
+
+async def principal(request: Request, key: Annotated[str | None, Depends(api_key)]) -> Principal:
+    if not key:
+        raise _unauthorized("an API key is required: Authorization: Bearer <key>")
+    found = await lookup(request, key)
+    if found is None:
+        raise _unauthorized("unknown or revoked API key")
+    return found
+
+
+Who = Annotated[Principal, Depends(principal)]
+
+
+def require(permission: Permission):
+    """A dependency giving the caller, or 403 when its role lacks ``permission``."""
+
+    async def check(who: Who) -> Principal:
+        if not who.may(permission):
+            raise HTTPException(403, f"role {who.role} may not use this route ({permission})")
+        return who
+
+    return Annotated[Principal, Depends(check)]
+
+
+Reader = require(Permission.ALERTS)
+
+
+def where_or_403(flt: AlertFilter, who: Principal) -> tuple[str, list]:
+    try:
+        return where(flt, who)
+    except ForbiddenKind as exc:
+        raise HTTPException(403, str(exc)) from exc
+
+
+async def visible_alert(pool: AsyncConnectionPool, alert_id: UUID, who: Principal) -> StoredAlert:
+    """The alert if the caller may see it; 404 otherwise, so an id outside its scope reveals nothing."""
+    clause, params = where_or_403(AlertFilter(), who)
+    async with pool.connection() as conn:
+        sql = f"SELECT {ALERT_COLUMNS} FROM alerts a WHERE a.id = %s AND {clause}"
+        row = await (await conn.execute(sql, [alert_id, *params])).fetchone()
+    if row is None:
+        raise HTTPException(404, f"no alert {alert_id} that this key may see")
+    return row_to_alert(row)
+
+
+def base_url(request: Request) -> str:
+    """The API's public address, without a trailing slash."""
+    return (get_settings(request).public_url or str(request.base_url)).rstrip("/")

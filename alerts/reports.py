@@ -1,0 +1,123 @@
+"""Citizen reports: a registered reporter posts text and an optional photo; the grid's police get an alert.
+
+The photo's type is read from its first bytes (JPEG or PNG only) and its size
+is capped. Each reporter key has a token bucket kept in the database, not in
+the API process: with N API replicas behind a balancer a per-process bucket
+would let a key through N times as often, and the bucket row's lock makes
+concurrent reports from one key take their tokens one after the other.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from typing import Annotated
+from uuid import UUID
+
+import psycopg
+from fastapi import APIRouter, File, Form, HTTPException, Request, UploadFile
+from pydantic import BaseModel, Field
+
+from alerts.auth import Permission
+from alerts.http import Pool, Settings, require
+from alerts.media import image_type
+from alerts.models import ROUTES, Alert, Event, EventKind, Place, Severity
+from alerts.store import Batch, write_batch
+
+log = logging.getLogger(__name__)
+
+router = APIRouter(prefix="/api/v1", tags=["citizen reports"])
+ReporterKey = require(Permission.REPORT)
+
+# One token per report; the bucket refills at `rate` tokens a second up to `burst`.
+TAKE_TOKEN_SQL = """
+INSERT INTO rate_buckets AS b (key, tokens, at) VALUES (%(key)s, %(burst)s - 1, now())
+ON CONFLICT (key) DO UPDATE SET
+    tokens = least(%(burst)s, b.tokens + extract(epoch FROM now() - b.at) * %(rate)s) - 1, at = now()
+WHERE least(%(burst)s, b.tokens + extract(epoch FROM now() - b.at) * %(rate)s) >= 1
+RETURNING tokens"""
+
+
+class ReportReceipt(BaseModel):
+    alert_id: UUID = Field(description="The alert the community police received.")
+    event_id: UUID = Field(description="The report as an event.")
+    photo: bool = Field(description="Whether a photo came with it.")
+
+
+def report_batch(place: Place, reporter: str, contact: str, text: str, photo: bytes | None) -> Batch:
+    """The event and the alert a citizen report becomes.
+
+    >>> place = Place(sub_district="n", community="c", grid="g", site="market-street")
+    >>> batch = report_batch(place, "Tea shop", "", "Someone is trying car doors", None)
+    >>> batch.alerts[0].route, batch.alerts[0].kind, batch.alerts[0].last_event_id == batch.events[0].id
+    (<Role.POLICE: 'police'>, <EventKind.REPORT: 'report'>, True)
+    """
+    attributes = {"text": text, "reporter": reporter, "contact": contact}
+    title = f"Report from {reporter}: {text[:80]}"
+    event = Event(kind=EventKind.REPORT, type="citizen_report", severity=Severity.MAJOR, place=place,
+                  source=f"reporter:{reporter}", title=title, attributes=attributes, snapshot=photo)  # fmt: skip
+    alert = Alert(ts=event.ts, kind=event.kind, type=event.type, severity=event.severity, place=place,
+                  source=event.source, title=title, route=ROUTES[EventKind.REPORT], dedup_key=f"report/{event.id}",
+                  last_seen=event.ts, last_event_id=event.id, attributes=attributes)  # fmt: skip
+    return Batch(events=[event], alerts=[alert])
+
+
+def _write(database_url: str, batch: Batch) -> None:
+    with psycopg.connect(database_url, autocommit=True) as conn, conn.transaction():
+        write_batch(conn, batch)
+
+
+async def _read_photo(photo: UploadFile, limit: int) -> bytes:
+    data = await photo.read(limit + 1)
+    if len(data) > limit:
+        raise HTTPException(413, f"photo: larger than {limit} bytes")
+    if image_type(data) is None:
+        raise HTTPException(415, "photo: only JPEG and PNG images are accepted (checked by content, not name)")
+    return data
+
+
+@router.post(
+    "/reports",
+    status_code=201,
+    summary="A citizen reporter's text and optional photo (multipart), for the community police",
+    responses={
+        413: {"description": "photo too large"},
+        415: {"description": "photo not JPEG or PNG"},
+        429: {"description": "too many reports from this key; see Retry-After"},
+    },
+)
+async def post_report(
+    request: Request,
+    pool: Pool,
+    settings: Settings,
+    who: ReporterKey,
+    text: Annotated[str, Form(min_length=1, max_length=4000, description="What the reporter saw.")],
+    photo: Annotated[UploadFile | None, File(description="A JPEG or PNG picture.")] = None,
+) -> ReportReceipt:
+    async with pool.connection() as conn:
+        row = await (
+            await conn.execute(
+                "SELECT name, contact, sub_district, community, grid, site FROM reporters WHERE key_id = %s",
+                (who.key_id,),
+            )
+        ).fetchone()
+    if row is None:
+        raise HTTPException(403, "this reporter key is not registered: an admin registers reporters")
+    name, contact, sub_district, community, grid, site = row
+    if not text.strip():
+        raise HTTPException(422, "text: say what you saw")
+    data = await _read_photo(photo, settings.report_max_bytes) if photo is not None else None
+    rate = settings.report_per_hour / 3600
+    async with pool.connection() as conn:
+        bucket = {"key": f"report:{who.key_id}", "burst": settings.report_burst, "rate": rate}
+        if await (await conn.execute(TAKE_TOKEN_SQL, bucket)).fetchone() is None:
+            wait = math.ceil(1 / rate) if rate > 0 else 3600
+            raise HTTPException(
+                429, f"too many reports from this key; try again in {wait} s", {"Retry-After": str(wait)}
+            )
+    place = Place(sub_district=sub_district, community=community, grid=grid, site=site)
+    batch = report_batch(place, name, contact, text.strip(), data)
+    await asyncio.to_thread(_write, request.app.state.database_url, batch)
+    log.info("report from %s in %s/%s: alert %s", name, community, grid, batch.alerts[0].id)
+    return ReportReceipt(alert_id=batch.alerts[0].id, event_id=batch.events[0].id, photo=data is not None)

@@ -1,0 +1,68 @@
+"""The OASIS CAP 1.2 feed: the same alerts as the list, as CAP messages in an Atom feed, or one at a time."""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+from typing import Annotated
+from uuid import UUID
+
+from fastapi import APIRouter, Query, Request, Response
+
+from alerts.cap import atom_feed, cap_alert, cap_document
+from alerts.http import Pool, Reader, base_url, get_settings, visible_alert
+from alerts.media import image_type
+from alerts.queries import AlertPage
+from alerts.routes_alerts import page_of_alerts, snapshot_url
+
+log = logging.getLogger(__name__)
+
+router = APIRouter(prefix="/api/v1", tags=["cap"])
+CAP_TYPE = "application/cap+xml"
+ATOM_TYPE = "application/atom+xml"
+
+_SNAPSHOTS_SQL = """
+SELECT l.alert_id, e.id, substring(e.snapshot FROM 1 FOR 8)
+FROM alert_events l JOIN events e ON e.id = l.event_id
+WHERE l.alert_id = ANY(%s) AND e.snapshot IS NOT NULL
+ORDER BY e.ts, e.id"""
+
+
+async def _snapshots(pool: Pool, base: str, alert_ids: list[UUID]) -> dict[UUID, list[tuple[str, str]]]:
+    found: dict[UUID, list[tuple[str, str]]] = {}
+    async with pool.connection() as conn:
+        for alert_id, event_id, head in await (await conn.execute(_SNAPSHOTS_SQL, (alert_ids,))).fetchall():
+            mime = image_type(bytes(head)) or "application/octet-stream"
+            found.setdefault(alert_id, []).append((snapshot_url(base, event_id), mime))
+    return found
+
+
+@router.get(
+    "/alerts.cap",
+    summary="The alert list as an Atom feed of CAP 1.2 messages (same filters and cursor as the list)",
+    response_class=Response,
+    responses={200: {"content": {ATOM_TYPE: {}}, "description": "Atom feed; each entry's content is a CAP alert"}},
+)
+async def cap_feed(request: Request, pool: Pool, who: Reader, page: Annotated[AlertPage, Query()]) -> Response:
+    alerts = (await page_of_alerts(pool, who, page)).items
+    base = base_url(request)
+    snapshots = await _snapshots(pool, base, [a.id for a in alerts])
+    sender = get_settings(request).cap_sender
+    messages = [cap_alert(a, sender, base, snapshots.get(a.id)) for a in alerts]
+    updated = max((a.status_at or a.last_seen for a in alerts), default=datetime.now(UTC))
+    body = atom_feed(messages, f"patrolnet alerts for {who.name}", str(request.url), updated)
+    return Response(body, media_type=ATOM_TYPE)
+
+
+@router.get(
+    "/alerts/{alert_id}/cap",
+    summary="One alert as a CAP 1.2 message",
+    response_class=Response,
+    responses={200: {"content": {CAP_TYPE: {}}, "description": "a CAP 1.2 alert"}},
+)
+async def cap_one(request: Request, pool: Pool, alert_id: UUID, who: Reader) -> Response:
+    alert = await visible_alert(pool, alert_id, who)
+    base = base_url(request)
+    snapshots = (await _snapshots(pool, base, [alert.id])).get(alert.id)
+    body = cap_document(cap_alert(alert, get_settings(request).cap_sender, base, snapshots))
+    return Response(body, media_type=CAP_TYPE)

@@ -1,0 +1,101 @@
+"""Ingest on a real broker and database: ack after commit survives a killed worker; duplicates are one row."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+
+import paho.mqtt.client as mqtt
+import psycopg
+import pytest
+from conftest import REPO, eventually
+
+from alerts.models import DeviceStatus, Event, EventKind, Heartbeat, Place
+from edge.devstack import Service
+from ingest.mqtt import connect, make_client, uplink_topic
+
+PLACE = Place(sub_district="riverside", community="east-gate", grid="g07", site="willow-court", device="smoke-1")
+
+
+@pytest.fixture
+def publisher(broker: Service) -> Iterator[mqtt.Client]:
+    client, address, props = make_client(broker.url, "test-edge-uplink")
+    connect(client, address, props)
+    eventually(client.is_connected)
+    yield client
+    client.disconnect()
+    client.loop_stop()
+
+
+def publish(client: mqtt.Client, channel: str, payload: bytes) -> None:
+    client.publish(uplink_topic(PLACE.site, channel), payload, qos=1).wait_for_publish(timeout=5)
+
+
+def start_worker(broker: Service, database_url: str, name: str) -> subprocess.Popen:
+    env = {**os.environ, "PATROLNET_DATABASE_URL": database_url, "PATROLNET_MQTT_URL": broker.url}
+    return subprocess.Popen([sys.executable, "-m", "edge.cli", "ingest", "--name", name], cwd=REPO, env=env)
+
+
+def rows(database_url: str, sql: str) -> list[tuple]:
+    with psycopg.connect(database_url) as conn:
+        return conn.execute(sql).fetchall()
+
+
+def heartbeat() -> bytes:
+    beat = Heartbeat(
+        node_id="node-1",
+        place=PLACE.model_copy(update={"device": None}),
+        started_at=datetime.now(UTC),
+        devices=[DeviceStatus(device="smoke-1", type="zigbee2mqtt", online=True)],
+    )
+    return beat.model_dump_json().encode()
+
+
+def test_a_worker_killed_before_its_commit_loses_nothing_and_the_redelivery_lands_once(
+    broker: Service, database_url: str, publisher: mqtt.Client
+) -> None:
+    worker = start_worker(broker, database_url, "kill-test")
+    try:
+        # A heartbeat through the worker proves it is subscribed and writing; until then none arrives.
+        def beat_stored() -> list[tuple]:
+            publish(publisher, "heartbeats", heartbeat())
+            return rows(database_url, "SELECT node_id FROM nodes")
+
+        eventually(beat_stored, timeout=20, interval=0.3)
+
+        event = Event(kind=EventKind.FIRE, type="smoke", place=PLACE, source="node-1")
+        with psycopg.connect(database_url) as lock:
+            # Hold the table so the worker's transaction blocks between receipt and commit.
+            lock.execute("LOCK TABLE events IN ACCESS EXCLUSIVE MODE")
+            publish(publisher, "events", event.model_dump_json().encode())
+            eventually(
+                lambda: rows(
+                    database_url,
+                    "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'",
+                )
+            )
+            worker.send_signal(signal.SIGKILL)
+            worker.wait(timeout=10)
+            lock.rollback()
+        time.sleep(0.3)
+        assert rows(database_url, "SELECT count(*) FROM events") == [(0,)]
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+
+    # The same worker name is the same persistent MQTT session: the broker delivers the message again.
+    worker = start_worker(broker, database_url, "kill-test")
+    try:
+        eventually(lambda: rows(database_url, "SELECT id FROM events"), timeout=20)
+        publish(publisher, "events", event.model_dump_json().encode())  # and the edge resends it too
+        publish(publisher, "heartbeats", heartbeat())
+        eventually(lambda: len(rows(database_url, "SELECT 1 FROM nodes WHERE received_at > now() - '2 s'::interval")))
+        assert rows(database_url, "SELECT id FROM events") == [(event.id,)]
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(timeout=15) == 0
