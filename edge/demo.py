@@ -60,9 +60,9 @@ def run_demo(config: str, api_port: int) -> int:
         simulator = SensorSimulator(broker.url, node.sensors)
         simulator.start()
         stack.callback(simulator.stop)
-        print(f"\npatrolnet demo: open http://127.0.0.1:{api_port}/ and paste a key", flush=True)
+        print("\npatrolnet demo: the alert page for each desk (the key travels after '#', never to a server log):")
         for role, key in keys.items():
-            print(f"  {role:<9} {key}")
+            print(f"  {role:<9} http://127.0.0.1:{api_port}/#key={key}")
         print(f"services and logs in {work}; Ctrl-C stops everything\n", flush=True)
         wait_for_signal()
     return 0
