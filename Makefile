@@ -65,6 +65,12 @@ test: setup
 	$(BIN)/ruff format --check .
 	YOLO_CONFIG_DIR=$(CURDIR)/$(CACHE)/ultralytics $(BIN)/pytest
 
+# Figures, not tests: each prints what it measured next to a baseline measured in the same run.
+bench: setup
+	$(BIN)/python bench/bench_video.py
+	$(BIN)/python bench/bench_sensors.py
+	$(BIN)/python bench/bench_store.py
+
 lint: $(BIN)/.installed
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
