@@ -124,10 +124,12 @@ def overhead(frames: int) -> tuple[float, float]:
     return bare, full
 
 
-def streams(url: str, count: int, seconds: float) -> dict[str, float]:
+def streams(url: str, count: int, seconds: float, threads: int | None = None) -> dict[str, float]:
     events: list = []
     cameras = [camera(f"cam{i}", url) for i in range(count)]
-    pipeline = VideoPipeline(cameras, DetectorConfig(), SITE, "bench", "UTC", events.append)
+    detector = DetectorConfig()
+    detector.backend = detector.backend.model_copy(update={"threads": threads})
+    pipeline = VideoPipeline(cameras, detector, SITE, "bench", "UTC", events.append)
     pipeline.start()
     time.sleep(3)  # connect and warm up
     start = {cid: dict(s) for cid, s in pipeline.stats().items()}
@@ -156,6 +158,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=20.0, help="measuring time per stream count")
     parser.add_argument("--max-streams", type=int, default=16)
+    parser.add_argument(
+        "--detector-threads",
+        type=int,
+        default=None,
+        help="cap the detector's thread pool (default: all cores), leaving the rest to decoding",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     os.environ.setdefault("OPENCV_FFMPEG_CAPTURE_OPTIONS", FFMPEG_OPTIONS)
@@ -168,11 +176,14 @@ def main() -> None:
     with start_rtsp(clip, work / "rtsp") as rtsp:
         print(f"   live RTSP 640x480 10 fps: {live_decode(rtsp.url, 10):.2f} ms CPU/frame")
 
-        bare, full = overhead(200)
+        # The machine is shared: alternate the two sides and keep the median ratio of three rounds.
+        rounds = sorted((overhead(200) for _ in range(3)), key=lambda pair: pair[1] / pair[0])
+        bare, full = rounds[1]
         print(
             f"2. CPU per frame, 768x576 at {PACE_FPS} fps, every frame detected: "
             f"bare decode + inference {bare:.1f} ms, full pipeline {full:.1f} ms, "
-            f"ratio {full / bare:.3f} (overhead {100 * (full / bare - 1):+.1f}%)"
+            f"ratio {full / bare:.3f} (overhead {100 * (full / bare - 1):+.1f}%); "
+            f"median of ratios {', '.join(f'{f / b:.3f}' for b, f in rounds)}"
         )
 
         print("3. 640x480 10 fps RTSP streams with motion gating (vtest: people move in every frame)")
@@ -180,7 +191,7 @@ def main() -> None:
         sustained = 0
         count = 1
         while count <= args.max_streams:
-            r = streams(rtsp.url, count, args.seconds)
+            r = streams(rtsp.url, count, args.seconds, args.detector_threads)
             ok = r["min_fps"] >= 9.5 and r["p95"] < 1.0
             sustained = count if ok else sustained
             print(
