@@ -16,7 +16,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -153,6 +153,19 @@ def api(database_url: str) -> Iterator[ApiServer]:
         yield server
 
 
+def sse_messages(lines: Iterable[str]) -> Iterator[tuple[str, str, dict]]:
+    """(id, event, data as JSON) of each Server-Sent Events message in a stream's lines; comments skipped."""
+    fields: dict[str, str] = {}
+    for line in lines:
+        if line == "":
+            if "data" in fields:
+                yield fields.get("id", ""), fields.get("event", ""), json.loads(fields["data"])
+            fields = {}
+        elif not line.startswith(":"):
+            name, _, value = line.partition(": ")
+            fields[name] = value
+
+
 class SseReader:
     """Reads a Server-Sent Events stream in a thread; ``next()`` returns (id, event, data) in order."""
 
@@ -176,17 +189,8 @@ class SseReader:
             with self._client.stream("GET", url, headers=headers) as response:
                 self.status = response.status_code
                 self._open.set()
-                fields: dict[str, str] = {}
-                for line in response.iter_lines():
-                    if line == "":
-                        if "data" in fields:
-                            self._events.put(
-                                (fields.get("id", ""), fields.get("event", ""), json.loads(fields["data"]))
-                            )
-                        fields = {}
-                    elif not line.startswith(":"):
-                        name, _, value = line.partition(": ")
-                        fields[name] = value
+                for message in sse_messages(response.iter_lines()):
+                    self._events.put(message)
         except httpx.HTTPError:
             self._open.set()
 

@@ -17,7 +17,7 @@ from uuid import uuid4
 import httpx
 import psycopg
 import pytest
-from conftest import ApiServer, eventually
+from conftest import ApiServer, eventually, sse_messages
 
 from alerts.models import Alert, DeviceStatus, Event, EventKind, EventState, Heartbeat, Place, Reading
 from alerts.policy import AlertPolicy
@@ -130,17 +130,11 @@ def sse_take(
         assert response.status_code == 200, response.read()
         if before_reading is not None:
             before_reading()
-        fields: dict[str, str] = {}
         with contextlib.suppress(httpx.ReadTimeout):
-            for line in response.iter_lines():
-                if line == "" and "data" in fields:
-                    got.append((fields["id"], fields["event"], json.loads(fields["data"])))
-                    if len(got) == count:
-                        break
-                    fields = {}
-                elif line and not line.startswith(":"):
-                    name, _, value = line.partition(": ")
-                    fields[name] = value
+            for message in sse_messages(response.iter_lines()):
+                got.append(message)
+                if len(got) == count:
+                    break
     return got
 
 
