@@ -228,3 +228,15 @@ def nms_detections(
         confidence=confidence[chosen].astype(np.float32),
         class_name=names[classes[chosen]],
     )
+
+
+def offline_default(**changes: object) -> BackendConfig:
+    """The offline yolov3-tiny COCO model in ``default_model_dir()``, as ``make setup`` leaves it."""
+    folder = default_model_dir()
+    settings = {
+        "kind": "darknet",
+        "model": folder / "yolov3-tiny.weights",
+        "config": folder / "yolov3-tiny.cfg",
+        "names": folder / "coco.names",
+    }
+    return BackendConfig.model_validate(settings | changes)

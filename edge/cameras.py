@@ -25,7 +25,7 @@ import logging
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from detectors.backend import BackendConfig, DetectionFilter, default_model_dir
+from detectors.backend import BackendConfig, DetectionFilter, offline_default
 from detectors.motion import MotionSettings
 from detectors.rules import SceneConfig
 from detectors.tamper import TamperConfig
@@ -38,23 +38,13 @@ log = logging.getLogger(__name__)
 _ID = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 
 
-def _default_backend() -> BackendConfig:
-    folder = default_model_dir()
-    return BackendConfig(
-        kind="darknet",
-        model=folder / "yolov3-tiny.weights",
-        config=folder / "yolov3-tiny.cfg",
-        names=folder / "coco.names",
-    )
-
-
 class DetectorConfig(BaseModel):
     """The one detector worker of a node, shared by all its cameras."""
 
     model_config = ConfigDict(extra="forbid")
 
     backend: BackendConfig = Field(
-        default_factory=_default_backend,
+        default_factory=offline_default,
         title="Backend",
         description="Which model runs and on what: darknet (offline yolov3-tiny, the default), onnx, ultralytics.",
     )

@@ -16,11 +16,12 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
+import paho.mqtt.client as mqtt
 import psycopg
 import pytest
 import yaml
@@ -31,6 +32,7 @@ from alerts.writer import IngestWorker
 from edge.config import NodeConfig
 from edge.devstack import ApiThread, Service, start_mosquitto, start_postgres, start_rtsp
 from edge.node import EdgeNode
+from ingest.mqtt import connect, make_client
 
 REPO = Path(__file__).resolve().parent.parent
 FOOTAGE = REPO / ".cache" / "footage" / "vtest.h264"
@@ -129,6 +131,29 @@ class ApiServer(ApiThread):
         """Authorization headers of a new key for ``role``, limited to ``scope``."""
         key = create_key(self.database_url, Principal(name=f"test {role}", role=role, **scope))
         return {"Authorization": f"Bearer {key}"}
+
+
+@contextmanager
+def mqtt_client(
+    broker: Service, client_id: str, topic: str | None = None, on_message: Callable | None = None
+) -> Iterator[mqtt.Client]:
+    """A connected MQTT v5 client on the test broker, subscribed to ``topic`` (QoS 1) when one is given."""
+    client, address, props = make_client(broker.url, client_id)
+    subscribed = threading.Event()
+    if topic is not None:
+        client.on_connect = lambda c, *_: c.subscribe(topic, qos=1)
+        client.on_subscribe = lambda *_: subscribed.set()
+        client.on_message = on_message
+    else:
+        subscribed.set()
+    connect(client, address, props)
+    try:
+        eventually(client.is_connected)
+        assert subscribed.wait(10), f"no SUBACK for {topic}"
+        yield client
+    finally:
+        client.disconnect()
+        client.loop_stop()
 
 
 @contextmanager

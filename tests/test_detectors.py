@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from detectors.backend import Backend, BackendConfig, DetectionFilter, default_model_dir, load_backend
+from detectors.backend import Backend, BackendConfig, DetectionFilter, default_model_dir, load_backend, offline_default
 from detectors.detections import Detections
 from detectors.onnx import Letterbox, OnnxBackend, decode_output, letterbox, onnx_metadata
 
@@ -26,15 +26,7 @@ VEHICLES = {"car", "truck", "bus"}
 
 
 def darknet_config(**changes: object) -> BackendConfig:
-    folder = default_model_dir()
-    settings: dict[str, object] = {
-        "kind": "darknet",
-        "model": folder / "yolov3-tiny.weights",
-        "config": folder / "yolov3-tiny.cfg",
-        "names": folder / "coco.names",
-        "score": 0.3,
-    }
-    return BackendConfig.model_validate(settings | changes)
+    return offline_default(**({"score": 0.3} | changes))
 
 
 @pytest.fixture(scope="module")

@@ -13,12 +13,11 @@ import httpx
 import paho.mqtt.client as mqtt
 import psycopg
 import pytest
-from conftest import ApiServer, SseReader, edge_and_ingest, eventually
+from conftest import ApiServer, SseReader, edge_and_ingest, eventually, mqtt_client
 
 from edge.config import NodeConfig, parse_config
 from edge.devstack import Service
 from edge.node import EdgeNode
-from ingest.mqtt import connect, make_client
 
 SMOKE_TOPIC = "zigbee2mqtt/b3-stair-smoke"
 ALARM = {"smoke": True, "battery": 87, "battery_low": False, "tamper": False, "linkquality": 120}
@@ -41,11 +40,8 @@ sensors:
 @pytest.fixture
 def sensor(broker: Service) -> Iterator[mqtt.Client]:
     """A client standing in for zigbee2mqtt on the node's local broker."""
-    client, address, props = make_client(broker.url, "test-zigbee2mqtt")
-    connect(client, address, props)
-    yield client
-    client.disconnect()
-    client.loop_stop()
+    with mqtt_client(broker, "test-zigbee2mqtt") as client:
+        yield client
 
 
 def publish(client: mqtt.Client, payload: dict | bytes, topic: str = SMOKE_TOPIC) -> None:

@@ -17,14 +17,14 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 import psycopg
 import pytest
-from conftest import edge_and_ingest, eventually
+from conftest import edge_and_ingest, eventually, mqtt_client
 from test_fire_path import publish
 
 from alerts.models import Heartbeat, utc_now
 from edge.config import NodeConfig, parse_config
 from edge.devstack import Service
 from edge.node import EdgeNode
-from ingest.mqtt import connect, make_client, uplink_topic
+from ingest.mqtt import uplink_topic
 
 SMOKE_A, SMOKE_B = "zigbee2mqtt/b3-stair-smoke", "zigbee2mqtt/b5-bike-shed-smoke"
 KITCHEN = "tele/b2-kitchen/SENSOR"
@@ -53,12 +53,8 @@ sensors:
 @pytest.fixture
 def sensors(broker: Service) -> Iterator[mqtt.Client]:
     """A client standing in for zigbee2mqtt, Tasmota devices and native devices on the node's local broker."""
-    client, address, props = make_client(broker.url, "test-sensors")
-    connect(client, address, props)
-    eventually(client.is_connected)
-    yield client
-    client.disconnect()
-    client.loop_stop()
+    with mqtt_client(broker, "test-sensors") as client:
+        yield client
 
 
 @pytest.fixture
@@ -163,20 +159,15 @@ def test_low_battery_raises_trouble_by_flag_and_by_percentage(node, sensors, dat
 
 def test_heartbeat_expiry_raises_silence_and_the_node_reports_it_upstream(node, sensors, broker, database_url) -> None:
     heartbeats: queue.Queue[Heartbeat] = queue.Queue()
-    listener, address, props = make_client(broker.url, "test-heartbeats")
-    listener.on_connect = lambda client, *_: client.subscribe(uplink_topic("willow-court", "heartbeats"), qos=1)
-    listener.on_message = lambda client, userdata, m: heartbeats.put(Heartbeat.model_validate_json(m.payload))
-    connect(listener, address, props)
-    eventually(listener.is_connected)
-    publish(sensors, QUIET, SMOKE_B)
-    eventually(lambda: node.counts["readings"] == 5)
-    try:
+    topic = uplink_topic("willow-court", "heartbeats")
+    with mqtt_client(
+        broker, "test-heartbeats", topic, lambda c, u, m: heartbeats.put(Heartbeat.model_validate_json(m.payload))
+    ):
+        publish(sensors, QUIET, SMOKE_B)
+        eventually(lambda: node.counts["readings"] == 5)
         node.tick(utc_now() + timedelta(seconds=61))
         assert wait_events(database_url, 1) == [("smoke-b3-stair", "sensor_silent", "start")]
         heartbeat = heartbeats.get(timeout=10)
-    finally:
-        listener.disconnect()
-        listener.loop_stop()
     status = {d.device: d for d in heartbeat.devices}
     assert status["smoke-b3-stair"].online is False and status["smoke-b3-stair"].detail["conditions"] == ["silent"]
     assert status["smoke-b5-bikes"].online is True and status["smoke-b5-bikes"].detail["battery"] == 87.0

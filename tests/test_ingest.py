@@ -13,23 +13,19 @@ from datetime import UTC, datetime
 import paho.mqtt.client as mqtt
 import psycopg
 import pytest
-from conftest import REPO, eventually
+from conftest import REPO, eventually, mqtt_client
 
 from alerts.models import DeviceStatus, Event, EventKind, Heartbeat, Place
 from edge.devstack import Service
-from ingest.mqtt import connect, make_client, uplink_topic
+from ingest.mqtt import uplink_topic
 
 PLACE = Place(sub_district="riverside", community="east-gate", grid="g07", site="willow-court", device="smoke-1")
 
 
 @pytest.fixture
 def publisher(broker: Service) -> Iterator[mqtt.Client]:
-    client, address, props = make_client(broker.url, "test-edge-uplink")
-    connect(client, address, props)
-    eventually(client.is_connected)
-    yield client
-    client.disconnect()
-    client.loop_stop()
+    with mqtt_client(broker, "test-edge-uplink") as client:
+        yield client
 
 
 def publish(client: mqtt.Client, channel: str, payload: bytes) -> None:

@@ -11,14 +11,13 @@ import cv2
 import numpy as np
 import paho.mqtt.client as mqtt
 import pytest
-from conftest import eventually
+from conftest import eventually, mqtt_client
 from test_fire_path import ALARM, publish
 
 from alerts.models import Event, EventKind, EventState, Heartbeat
 from edge.config import parse_config
 from edge.devstack import Service
 from edge.node import EdgeNode
-from ingest.mqtt import connect, make_client
 
 NODE = """
 node_id: test-node
@@ -41,17 +40,12 @@ sensors:
 def uplink(broker: Service) -> Iterator[queue.Queue[tuple[str, dict]]]:
     """Everything the node sends upstream, as (channel, JSON)."""
     received: queue.Queue[tuple[str, dict]] = queue.Queue()
-    client, address, props = make_client(broker.url, "test-centre")
 
     def on_message(client: mqtt.Client, userdata, message: mqtt.MQTTMessage) -> None:
         received.put((message.topic.rsplit("/", 1)[1], json.loads(message.payload)))
 
-    client.on_message = on_message
-    client.on_connect = lambda c, *_: c.subscribe("patrolnet/v1/#", qos=1)
-    connect(client, address, props)
-    yield received
-    client.disconnect()
-    client.loop_stop()
+    with mqtt_client(broker, "test-centre", "patrolnet/v1/#", on_message):
+        yield received
 
 
 def next_on(received: queue.Queue[tuple[str, dict]], channel: str, match=lambda body: True) -> dict:
@@ -76,10 +70,8 @@ def test_the_node_watches_the_camera_and_puts_its_picture_on_the_fire_alarm(
         camera = next(d for d in heartbeat.devices if d.device == "cam-walkway")
         assert camera.type == "camera" and camera.online and camera.detail["frames_read"] > 0
 
-        sensor, address, props = make_client(broker.url, "test-zigbee2mqtt")
-        connect(sensor, address, props)
-        eventually(sensor.is_connected)
-        publish(sensor, ALARM)
+        with mqtt_client(broker, "test-zigbee2mqtt") as sensor:
+            publish(sensor, ALARM)
         fire = Event.model_validate(next_on(uplink, "events", lambda e: e["type"] == "smoke"))
         picture = cv2.imdecode(np.frombuffer(fire.snapshot, np.uint8), cv2.IMREAD_COLOR)
         assert picture.shape == (360, 480, 3), "the walkway camera's frame, scaled to the mosaic's height"
@@ -98,8 +90,6 @@ def test_the_node_watches_the_camera_and_puts_its_picture_on_the_fire_alarm(
         )
         confirmed = next_on(uplink, "alerts", lambda a: a["type"] == "smoke" and a["attributes"].get("confirmed"))
         assert confirmed["attributes"]["confirmed_by"] == ["cam-walkway", "smoke-b3-stair"]
-        sensor.disconnect()
-        sensor.loop_stop()
     finally:
         node.stop()
     eventually(lambda: node.counts["alerts"] >= 3)

@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 import pytest
 
-from detectors.backend import BackendConfig, default_model_dir, load_backend
+from detectors.backend import load_backend, offline_default
 from detectors.detections import Detections
 from detectors.tracking import Tracker, TrackerConfig
 
@@ -44,15 +44,7 @@ def detect_clip(stride: int = STRIDE) -> list[tuple[int, Detections]]:
 
     Cached: the rule tests replay the same detections, and the detector is most of the time spent.
     """
-    models = default_model_dir()
-    backend = load_backend(
-        BackendConfig(
-            kind="darknet",
-            model=models / "yolov3-tiny.weights",
-            config=models / "yolov3-tiny.cfg",
-            names=models / "coco.names",
-        )
-    )
+    backend = load_backend(offline_default())
     out: list[tuple[int, Detections]] = []
     batch: list[tuple[int, np.ndarray]] = []
     for item in vtest_frames(stride):

@@ -15,7 +15,7 @@ from pydantic import ValidationError
 from test_tracking import FPS, detect_clip, vtest_frames
 
 from alerts.models import Event, EventKind, EventState, Place
-from detectors.backend import BackendConfig, default_model_dir, load_backend
+from detectors.backend import load_backend, offline_default
 from detectors.detections import Detections
 from detectors.rules import RuleEngine, SceneConfig
 from detectors.tracking import Tracker
@@ -141,15 +141,7 @@ def test_intrusion_while_armed_is_one_event_per_visit(night: list[Event], clip: 
 
 
 def test_intrusion_snapshot_shows_the_person_boxed(night: list[Event]) -> None:
-    models = default_model_dir()
-    backend = load_backend(
-        BackendConfig(
-            kind="darknet",
-            model=models / "yolov3-tiny.weights",
-            config=models / "yolov3-tiny.cfg",
-            names=models / "coco.names",
-        )
-    )
+    backend = load_backend(offline_default())
     # Confident sightings only: the drawn box and label hide some of a faint person from the detector's second look.
     starts = [e for e in of(night, "intrusion:walkway", START) if e.attributes["score"] > 0.8][:4]
     assert len(starts) == 4
