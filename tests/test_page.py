@@ -1,0 +1,59 @@
+"""The alert page in a real browser: headless Chromium runs its JavaScript against the real API.
+
+``--dump-dom`` prints the document once the page's scripts have run, so the test reads what a desk sees.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import tempfile
+from datetime import UTC, datetime
+
+from conftest import ApiServer
+from test_api import EAST, raise_alert, write
+
+from alerts.models import DeviceStatus, EventKind, Heartbeat, Place, Severity
+from alerts.store import Batch
+
+CHROMIUM = [
+    "chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]  # fmt: skip
+
+
+def page_dom(url: str) -> str:
+    with tempfile.TemporaryDirectory() as profile:
+        result = subprocess.run(
+            [*CHROMIUM, f"--user-data-dir={profile}", "--virtual-time-budget=8000", "--dump-dom", url],
+            capture_output=True, text=True, timeout=60, check=True,
+        )  # fmt: skip
+    return result.stdout
+
+
+def test_the_fire_desk_sees_its_alarm_and_its_devices_but_no_police_alert(api: ApiServer) -> None:
+    _, fire = raise_alert(
+        api.database_url, EventKind.FIRE, title="Smoke alarm at Building 3, stairwell", severity=Severity.CRITICAL
+    )
+    raise_alert(api.database_url, EventKind.SECURITY, EAST.with_device("cam-1"), title="Intrusion: person in walkway")
+    site = Place(**EAST.model_dump(exclude={"device"}))
+    beat = Heartbeat(
+        node_id="node-1",
+        place=site,
+        started_at=datetime.now(UTC),
+        devices=[
+            DeviceStatus(device="smoke-1", type="zigbee2mqtt", online=True, detail={"battery": 87}),
+            DeviceStatus(device="cam-1", type="camera", online=False, detail={"fps": 0.0}),
+        ],
+    )
+    write(api.database_url, Batch(heartbeats=[beat]))
+    key = api.key("fire")["Authorization"].split()[1]
+
+    dom = page_dom(f"{api.url}/#key={key}&open={fire.id}")
+
+    assert "demo" not in dom and "test fire (fire)" in dom, "the page connected with the key from the address"
+    assert re.findall(r'data-open="([0-9a-f-]{36})"', dom) == [str(fire.id)], "one alert row: the fire desk's own"
+    assert "Smoke alarm at Building 3, stairwell" in dom and "Intrusion" not in dom
+    assert '<span class="sev critical">critical</span>' in dom
+    assert "willow-court/smoke-1 87%" in dom and 'class="device down"' in dom, "device chips, the camera down"
+    assert f'<span class="place">{fire.id}</span>' in dom, "the alert named after #open= is open"
