@@ -46,7 +46,6 @@ ResultCallback = Callable[[str, Any, Detections], None]
 
 @dataclass
 class CameraStats:
-    submitted: int = 0
     dropped: int = 0
     detected: int = 0
 
@@ -80,7 +79,6 @@ class DetectorWorker:
         with self._cond:
             waiting = self._queues.setdefault(camera_id, deque())
             stats = self.stats.setdefault(camera_id, CameraStats())
-            stats.submitted += 1
             if len(waiting) >= self.queue_depth:
                 waiting.popleft()
                 stats.dropped += 1

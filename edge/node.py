@@ -167,7 +167,12 @@ class EdgeNode:
             place=self.config.site.place(),
             started_at=self.started_at,
             devices=devices,
-            counters={**self.counts, "spool_pending": self.uplink.spool.pending()},
+            counters={
+                **self.counts,
+                "spool_pending": self.uplink.spool.pending(),
+                "uplink_acked": self.uplink.acked,
+                **(self.video.detector_counters() if self.video else {}),
+            },
         )
 
     def _run_timer(self) -> None:

@@ -163,6 +163,15 @@ class VideoPipeline:
                 tiles.append((frame.image, f"{camera.config.name or cid} {frame.ts:%H:%M:%S} UTC"))
         return mosaic(tiles) if tiles else None
 
+    def detector_counters(self) -> dict[str, float]:
+        """How the shared detector keeps up: batches, frames per batch, and seconds spent in the model."""
+        totals = self.worker.totals
+        return {
+            "detector_batches": totals.batches,
+            "detector_mean_batch": round(totals.mean_batch, 2),
+            "detector_busy_s": round(totals.busy_s, 1),
+        }
+
     def stats(self) -> dict[str, dict[str, float]]:
         """Per camera: capture, gate and detector counters, for heartbeats and benchmarks."""
         out = {}

@@ -69,6 +69,7 @@ def test_the_node_watches_the_camera_and_puts_its_picture_on_the_fire_alarm(
         heartbeat = Heartbeat.model_validate(next_on(uplink, "heartbeats", lambda h: len(h["devices"]) == 2))
         camera = next(d for d in heartbeat.devices if d.device == "cam-walkway")
         assert camera.type == "camera" and camera.online and camera.detail["frames_read"] > 0
+        assert heartbeat.counters["detector_batches"] > 0 and heartbeat.counters["uplink_acked"] > 0
 
         with mqtt_client(broker, "test-zigbee2mqtt") as sensor:
             publish(sensor, ALARM)
