@@ -26,6 +26,7 @@ from psycopg_pool import AsyncConnectionPool
 from alerts import metrics, reports, routes_admin, routes_alerts, routes_cap, routes_sensors, routes_webhooks
 from alerts.auth import Principal
 from alerts.http import ApiSettings, Pool, Who
+from alerts.settings import setting
 from alerts.stream import ChangeNotifier
 
 log = logging.getLogger(__name__)
@@ -97,6 +98,4 @@ def create_app(database_url: str, settings: ApiSettings | None = None, pool_size
 
 def app_from_env() -> FastAPI:
     """The app for ``PATROLNET_DATABASE_URL`` (or its ``_FILE``): uvicorn's factory for ``patrolnet api``."""
-    from edge.cli import setting
-
     return create_app(setting("PATROLNET_DATABASE_URL"))

@@ -11,9 +11,8 @@ Example:
 
 from __future__ import annotations
 
-import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Annotated
 from uuid import UUID
 
@@ -23,15 +22,12 @@ from psycopg_pool import AsyncConnectionPool
 from alerts.auth import LOOKUP_SQL, Permission, Principal, hash_key, principal_from_row
 from alerts.queries import AlertFilter, ForbiddenKind, where
 from alerts.rows import ALERT_COLUMNS, StoredAlert, row_to_alert
-
-
-def _env_float(name: str, default: float) -> float:
-    return float(os.environ.get(name, default))
+from alerts.settings import optional_setting
 
 
 @dataclass(frozen=True)
 class ApiSettings:
-    """API settings; ``from_env`` reads ``PATROLNET_<NAME>`` for each."""
+    """API settings; ``from_env`` reads ``PATROLNET_<NAME>`` (or ``PATROLNET_<NAME>_FILE``) for each."""
 
     public_url: str = ""  # where clients reach the API, for links in CAP and webhooks; default: the request's
     cap_sender: str = "patrolnet"
@@ -44,16 +40,12 @@ class ApiSettings:
 
     @classmethod
     def from_env(cls) -> ApiSettings:
-        return cls(
-            public_url=os.environ.get("PATROLNET_PUBLIC_URL", ""),
-            cap_sender=os.environ.get("PATROLNET_CAP_SENDER", cls.cap_sender),
-            report_max_bytes=int(_env_float("PATROLNET_REPORT_MAX_BYTES", cls.report_max_bytes)),
-            report_burst=_env_float("PATROLNET_REPORT_BURST", cls.report_burst),
-            report_per_hour=_env_float("PATROLNET_REPORT_PER_HOUR", cls.report_per_hour),
-            node_stale_s=_env_float("PATROLNET_NODE_STALE_S", cls.node_stale_s),
-            key_cache_s=_env_float("PATROLNET_KEY_CACHE_S", cls.key_cache_s),
-            metrics_token=os.environ.get("PATROLNET_METRICS_TOKEN", ""),
-        )
+        values = {}
+        for f in fields(cls):
+            value = optional_setting(f"PATROLNET_{f.name.upper()}")
+            if value is not None:
+                values[f.name] = type(f.default)(float(value)) if isinstance(f.default, int | float) else value
+        return cls(**values)
 
 
 def get_pool(request: Request) -> AsyncConnectionPool:

@@ -41,7 +41,7 @@ import psycopg
 
 from alerts.auth import Principal, create_key
 from alerts.store import migrate
-from edge.devstack import ApiThread, spawn, start_mosquitto, start_postgres
+from deploy.local.services import ApiThread, spawn, start_mosquitto, start_postgres
 from ingest.mqtt import connect, make_client, uplink_topic
 
 log = logging.getLogger(__name__)

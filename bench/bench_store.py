@@ -42,7 +42,7 @@ from alerts.auth import Principal, create_key  # noqa: E402
 from alerts.models import Place, Reading  # noqa: E402
 from alerts.rows import ALERT_COLUMNS  # noqa: E402
 from alerts.store import READING_COLUMNS, copy_insert, migrate, reading_row  # noqa: E402
-from edge.devstack import free_port, start_mosquitto, start_postgres, wait_for_port  # noqa: E402
+from deploy.local.services import free_port, start_mosquitto, start_postgres, wait_for_port  # noqa: E402
 from ingest.mqtt import connect, make_client, uplink_topic  # noqa: E402
 
 log = logging.getLogger(__name__)

@@ -27,9 +27,9 @@ from pathlib import Path
 import cv2
 
 from alerts.models import Place
-from detectors.backend import load_backend
+from deploy.local.services import start_rtsp
+from detectors.load import load_backend
 from edge.cameras import CameraConfig, DetectorConfig
-from edge.devstack import start_rtsp
 from edge.video import VideoPipeline
 from ingest.capture import FFMPEG_OPTIONS
 

@@ -2,7 +2,7 @@
 
 A backend turns a list of BGR frames (any sizes, one list per batch) into one
 :class:`~detectors.detections.Detections` per frame, in that frame's pixels.
-Three kinds exist behind :func:`load_backend`: ``darknet`` and ``onnx`` run on
+Three kinds exist behind :func:`detectors.load.load_backend`: ``darknet`` and ``onnx`` run on
 OpenCV DNN alone (no torch, for small edge devices), ``ultralytics`` runs
 anything ultralytics loads and is an optional extra.
 
@@ -176,28 +176,6 @@ class BackendConfig(BaseModel):
     def names_path(self) -> Path:
         """The class names file: ``names``, else ``coco.names`` beside the model."""
         return self.names or self.model.with_name("coco.names")
-
-
-def load_backend(cfg: BackendConfig) -> Backend:
-    """The backend ``cfg`` names, loaded and warmed up; FileNotFoundError with a hint when files are missing."""
-    # Imported here: the backend modules import this one, and ultralytics (torch) must stay optional.
-    if cfg.kind == "darknet":
-        from detectors.darknet import DarknetBackend
-
-        return DarknetBackend(cfg)
-    if cfg.kind == "onnx":
-        from detectors.onnx import OnnxBackend
-
-        return OnnxBackend(cfg)
-    try:
-        from detectors.ultralytics_backend import UltralyticsBackend
-
-        return UltralyticsBackend(cfg)
-    except ImportError as exc:
-        raise ImportError(
-            f"the ultralytics backend needs the optional extra: pip install 'patrolnet[ultralytics]' ({exc}); "
-            "without torch use kind=onnx or kind=darknet"
-        ) from exc
 
 
 def nms_detections(

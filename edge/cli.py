@@ -21,33 +21,12 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import signal
 import sys
-import threading
-from pathlib import Path
 from uuid import UUID
 
+from alerts.settings import setting, wait_for_signal
+
 log = logging.getLogger(__name__)
-
-
-def setting(name: str, default: str | None = None) -> str:
-    """An environment setting, or the content of the file named by ``<name>_FILE``."""
-    value = os.environ.get(name)
-    if value:
-        return value
-    path = os.environ.get(f"{name}_FILE")
-    if path:
-        return Path(path).read_text(encoding="utf-8").strip()
-    if default is not None:
-        return default
-    raise SystemExit(f"patrolnet: set {name} (or {name}_FILE)")
-
-
-def wait_for_signal() -> None:
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
-    stop.wait()
 
 
 def cmd_edge_run(args: argparse.Namespace) -> int:
@@ -203,7 +182,7 @@ def cmd_config_check(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from edge.demo import run_demo
+    from deploy.local.demo import run_demo
 
     return run_demo(config=args.config, api_port=args.port)
 

@@ -21,8 +21,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from alerts.models import Event, Place
-from detectors.backend import load_backend
 from detectors.detections import Detections
+from detectors.load import load_backend
 from detectors.motion import MotionGate
 from detectors.rules import RuleEngine
 from detectors.snapshot import mosaic

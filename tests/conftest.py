@@ -29,8 +29,8 @@ import yaml
 from alerts.auth import Principal, create_key
 from alerts.store import migrate
 from alerts.writer import IngestWorker
+from deploy.local.services import ApiThread, Service, start_mosquitto, start_postgres, start_rtsp
 from edge.config import NodeConfig
-from edge.devstack import ApiThread, Service, start_mosquitto, start_postgres, start_rtsp
 from edge.node import EdgeNode
 from ingest.mqtt import connect, make_client
 

@@ -16,7 +16,7 @@ from conftest import eventually
 from pydantic import ValidationError
 
 from alerts.models import Event, EventKind, EventState, Place, Severity
-from edge.devstack import Service, start_rtsp
+from deploy.local.services import Service, start_rtsp
 from ingest.capture import CameraSource, CaptureSettings, backoff_delay, redact
 
 VTEST = Path("/usr/share/doc/opencv-doc/examples/data/vtest.avi")

@@ -11,7 +11,7 @@ import time
 import httpx
 from conftest import REPO, eventually
 
-from edge.devstack import free_port
+from deploy.local.services import free_port
 
 
 def test_the_demo_raises_camera_and_fire_alerts_and_stops_cleanly() -> None:

@@ -16,8 +16,9 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from detectors.backend import Backend, BackendConfig, DetectionFilter, default_model_dir, load_backend, offline_default
+from detectors.backend import Backend, BackendConfig, DetectionFilter, default_model_dir, offline_default
 from detectors.detections import Detections
+from detectors.load import load_backend
 from detectors.onnx import Letterbox, OnnxBackend, decode_output, letterbox, onnx_metadata
 
 VTEST = Path("/usr/share/doc/opencv-doc/examples/data/vtest.avi")
@@ -197,7 +198,8 @@ def test_ultralytics_without_the_extra_names_it(tmp_path: Path) -> None:
     script = f"""
 import sys
 sys.modules["torch"] = sys.modules["ultralytics"] = None  # what an edge node without the extra has
-from detectors.backend import BackendConfig, load_backend
+from detectors.backend import BackendConfig
+from detectors.load import load_backend
 try:
     load_backend(BackendConfig(kind="ultralytics", model={str(model)!r}))
 except ImportError as exc:

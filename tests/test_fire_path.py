@@ -15,8 +15,8 @@ import psycopg
 import pytest
 from conftest import ApiServer, SseReader, edge_and_ingest, eventually, mqtt_client
 
+from deploy.local.services import Service
 from edge.config import NodeConfig, parse_config
-from edge.devstack import Service
 from edge.node import EdgeNode
 
 SMOKE_TOPIC = "zigbee2mqtt/b3-stair-smoke"

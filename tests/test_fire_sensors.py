@@ -21,8 +21,8 @@ from conftest import edge_and_ingest, eventually, mqtt_client
 from test_fire_path import publish
 
 from alerts.models import Heartbeat, utc_now
+from deploy.local.services import Service
 from edge.config import NodeConfig, parse_config
-from edge.devstack import Service
 from edge.node import EdgeNode
 from ingest.mqtt import uplink_topic
 

@@ -16,7 +16,7 @@ import pytest
 from conftest import REPO, eventually, mqtt_client
 
 from alerts.models import DeviceStatus, Event, EventKind, Heartbeat, Place
-from edge.devstack import Service
+from deploy.local.services import Service
 from ingest.mqtt import uplink_topic
 
 PLACE = Place(sub_district="riverside", community="east-gate", grid="g07", site="willow-court", device="smoke-1")

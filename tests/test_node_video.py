@@ -15,8 +15,8 @@ from conftest import eventually, mqtt_client
 from test_fire_path import ALARM, publish
 
 from alerts.models import Event, EventKind, EventState, Heartbeat
+from deploy.local.services import Service
 from edge.config import parse_config
-from edge.devstack import Service
 from edge.node import EdgeNode
 
 NODE = """

@@ -9,7 +9,7 @@ from conftest import _service_folder, eventually, mqtt_client
 from test_fire_path import ALARM, node_config, publish
 
 from alerts.writer import IngestWorker
-from edge.devstack import Service, free_port, start_mosquitto
+from deploy.local.services import Service, free_port, start_mosquitto
 from edge.node import EdgeNode
 from edge.outbox import Spool
 

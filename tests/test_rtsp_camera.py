@@ -7,7 +7,7 @@ import time
 
 import cv2
 
-from edge.devstack import Service
+from deploy.local.services import Service
 
 os.environ.setdefault("OPENCV_FFMPEG_CAPTURE_OPTIONS", "rtsp_transport;tcp|analyzeduration;100000|probesize;32768")
 

@@ -11,8 +11,9 @@ import cv2
 import numpy as np
 import pytest
 
-from detectors.backend import load_backend, offline_default
+from detectors.backend import offline_default
 from detectors.detections import Detections
+from detectors.load import load_backend
 from detectors.tracking import Tracker, TrackerConfig
 
 VTEST = Path("/usr/share/doc/opencv-doc/examples/data/vtest.avi")

@@ -17,8 +17,9 @@ import numpy as np
 import pytest
 from conftest import YOLO_INPUT_SIZE
 
-from detectors.backend import Backend, BackendConfig, load_backend
+from detectors.backend import Backend, BackendConfig
 from detectors.detections import Detections
+from detectors.load import load_backend
 from detectors.ultralytics_backend import UltralyticsBackend
 
 VTEST = Path("/usr/share/doc/opencv-doc/examples/data/vtest.avi")

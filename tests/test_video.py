@@ -16,10 +16,11 @@ import pytest
 from conftest import _service_folder, eventually
 
 from alerts.models import Event, EventKind, EventState, Place
-from detectors.backend import BackendConfig, load_backend
+from deploy.local.services import Service, start_rtsp
+from detectors.backend import BackendConfig
+from detectors.load import load_backend
 from detectors.visual_fire import VisualFire, VisualFireConfig
 from edge.cameras import CameraConfig, DetectorConfig
-from edge.devstack import Service, start_rtsp
 from edge.video import VideoPipeline
 
 SITE = Place(sub_district="riverside", community="east-gate", grid="g07", site="willow-court")

@@ -15,8 +15,9 @@ from pydantic import ValidationError
 from test_tracking import FPS, detect_clip, vtest_frames
 
 from alerts.models import Event, EventKind, EventState, Place
-from detectors.backend import load_backend, offline_default
+from detectors.backend import offline_default
 from detectors.detections import Detections
+from detectors.load import load_backend
 from detectors.rules import RuleEngine, SceneConfig
 from detectors.tracking import Tracker
 from detectors.zones import LineConfig, LineCounter, PolygonZone, Schedule, ScheduleConfig

@@ -5,7 +5,7 @@ that never ends, shared by every client, at real-time rate. This script is that 
 GStreamer's RTSP server from Debian. GStreamer's Python bindings exist only for Debian's own
 interpreter, so it runs as a separate process:
 
-    /usr/bin/python3 edge/rtsp_server.py --file vtest.h264 --port 8554 [--path /cam]
+    /usr/bin/python3 deploy/local/rtsp_server.py --file vtest.h264 --port 8554 [--path /cam]
 
 It prints ``READY rtsp://HOST:PORT/PATH`` once it listens (``--port 0`` picks a free port and the
 line tells which), and exits cleanly on SIGTERM or SIGINT.

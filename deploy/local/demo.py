@@ -20,15 +20,15 @@ import yaml
 
 from alerts.auth import Principal, create_key
 from alerts.models import Role
+from alerts.settings import wait_for_signal
 from alerts.store import migrate
-from edge.cli import wait_for_signal
+from deploy.local.services import spawn, start_mosquitto, start_postgres, start_rtsp, wait_for_port
+from deploy.local.simulator import SensorSimulator
 from edge.config import load_config
-from edge.devstack import spawn, start_mosquitto, start_postgres, start_rtsp, wait_for_port
-from edge.simulator import SensorSimulator
 
 log = logging.getLogger(__name__)
 
-FOOTAGE = Path(__file__).resolve().parents[1] / ".cache" / "footage" / "vtest.h264"
+FOOTAGE = Path(__file__).resolve().parents[2] / ".cache" / "footage" / "vtest.h264"
 """Made by `make setup` from Debian's opencv-doc."""
 
 
