@@ -201,6 +201,15 @@ class Heartbeat(_Stamped):
     )
 
 
+class NodeStatus(_Stamped):
+    """Whether a node's uplink is connected: published retained on ``patrolnet/v1/<site>/status`` when the node
+    connects (online) and, as its MQTT last will, by the broker when the node vanishes (offline)."""
+
+    node_id: str = Field(title="Node", description="The edge node it speaks of.")
+    place: Place = Field(title="Place", description="The node's site (no device).")
+    online: bool = Field(title="Online", description="True when the node connected; false when it went away.")
+
+
 class DeadLetter(_Stamped):
     """A message that could not be understood, kept with the reason."""
 

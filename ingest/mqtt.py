@@ -1,7 +1,8 @@
 """MQTT plumbing shared by the edge node and the central ingest: URLs, topics, clients.
 
 Topics on the uplink are versioned: ``patrolnet/v1/<site>/<channel>`` where the
-channel is one of ``events``, ``alerts``, ``readings``, ``deadletters`` or ``heartbeats``.
+channel is one of ``events``, ``alerts``, ``readings``, ``deadletters``, ``heartbeats`` or ``status``
+(a node's retained online status and last will).
 
 Example:
     >>> uplink_topic("willow-court", "events")
@@ -25,7 +26,7 @@ from paho.mqtt.properties import Properties
 log = logging.getLogger(__name__)
 
 TOPIC_PREFIX = "patrolnet/v1"
-CHANNELS = ("events", "alerts", "readings", "deadletters", "heartbeats")
+CHANNELS = ("events", "alerts", "readings", "deadletters", "heartbeats", "status")
 UPLINK_FILTER = f"{TOPIC_PREFIX}/+/+"
 
 
