@@ -147,6 +147,10 @@ listener {port} 127.0.0.1
 allow_anonymous true
 persistence true
 persistence_location {folder}/
+# Written every second, not only at shutdown: a SIGKILLed broker keeps its sessions and queued messages.
+autosave_interval 1
+# zigbee2mqtt publishes at QoS 0: queue those too for a persistent session whose client is away.
+queue_qos0_messages true
 max_queued_messages 100000
 max_inflight_messages 1000
 log_dest file {folder}/mosquitto.log
