@@ -37,6 +37,7 @@ from typing import Annotated, Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from alerts.debounce import Debounce
 from alerts.models import Event, EventKind, EventState, Place, Severity
 from detectors.detections import Detections
 from detectors.snapshot import Box, render
@@ -192,10 +193,8 @@ class Sighting:
 
 @dataclass
 class _Condition:
-    since: float
-    last_seen: float
+    switch: Debounce
     seen: list[Sighting]
-    started: bool = False
     last_emit: float = 0.0
 
 
@@ -206,8 +205,9 @@ class _Emit:
     attributes: dict[str, Any] = field(default_factory=dict)
 
 
-class _Debounce:
-    """Conditions by key: START after ``hold_s`` present, UPDATE every ``update_s``, END ``leave_s`` after gone."""
+class _Conditions:
+    """Conditions by key, each a :class:`Debounce`: START after ``hold_s`` present, UPDATE every ``update_s``,
+    END ``leave_s`` after gone."""
 
     def __init__(self, hold_s: float, leave_s: float, update_s: float | None) -> None:
         self.hold_s, self.leave_s, self.update_s = hold_s, leave_s, update_s
@@ -216,24 +216,26 @@ class _Debounce:
     def step(self, ts: float, present: dict[Hashable, list[Sighting]]) -> list[_Emit]:
         emits = []
         for key, seen in present.items():
-            c = self.conditions.setdefault(key, _Condition(since=ts, last_seen=ts, seen=seen))
-            c.last_seen, c.seen = ts, seen
-            due = (not c.started and ts - c.since >= self.hold_s) or (
-                c.started and self.update_s is not None and ts - c.last_emit >= self.update_s
-            )
-            if due:
-                emits.append(_Emit(EventState.UPDATE if c.started else EventState.START, seen, self._age(c, ts)))
-                c.started, c.last_emit = True, ts
+            c = self.conditions.setdefault(key, _Condition(Debounce(self.hold_s, self.leave_s), seen))
+            c.seen = seen
+            if c.switch.update(True, ts):
+                emits.append(_Emit(EventState.START, seen, self._age(c, ts)))
+                c.last_emit = ts
+            elif c.switch.on and self.update_s is not None and ts - c.last_emit >= self.update_s:
+                emits.append(_Emit(EventState.UPDATE, seen, self._age(c, ts)))
+                c.last_emit = ts
         for key, c in list(self.conditions.items()):
-            if key not in present and ts - c.last_seen >= self.leave_s:
-                del self.conditions[key]
-                if c.started:
-                    emits.append(_Emit(EventState.END, c.seen, self._age(c, c.last_seen)))
+            if key not in present:
+                ended = c.switch.update(None, ts) is False
+                if not c.switch.held:
+                    del self.conditions[key]
+                if ended:
+                    emits.append(_Emit(EventState.END, c.seen, self._age(c, c.switch.last_seen)))
         return emits
 
     @staticmethod
     def _age(c: _Condition, ts: float) -> dict[str, Any]:
-        return {"duration_s": round(ts - c.since, 1)}
+        return {"duration_s": round(ts - c.switch.since, 1)}
 
 
 class _Frame:
@@ -278,7 +280,7 @@ class _TrackRule:
 
     def __init__(self, config: IntrusionRule | LoiteringRule | IllegalParkingRule, hold_s: float) -> None:
         self.config = config
-        self.debounce = _Debounce(hold_s, config.leave_s, config.update_s)
+        self.debounce = _Conditions(hold_s, config.leave_s, config.update_s)
 
     def step(self, frame: _Frame, armed: bool) -> list[_Emit]:
         return self.debounce.step(frame.ts, self._present(frame) if armed else {})
@@ -317,7 +319,7 @@ class _ZoneRule:
 
     def __init__(self, config: ZoneOccupiedRule | CrowdRule, hold_s: float, min_count: int) -> None:
         self.config, self.min_count = config, min_count
-        self.debounce = _Debounce(hold_s, config.leave_s, config.update_s)
+        self.debounce = _Conditions(hold_s, config.leave_s, config.update_s)
 
     def step(self, frame: _Frame, armed: bool) -> list[_Emit]:
         seen = [frame.sighting(r) for r in frame.rows(self.config.zone, self.config.classes)] if armed else []

@@ -14,12 +14,12 @@ from pathlib import Path
 import pytest
 from conftest import eventually
 from pydantic import ValidationError
+from vtest import VTEST
 
 from alerts.models import Event, EventKind, EventState, Place, Severity
 from deploy.local.services import Service, start_rtsp
 from ingest.capture import CameraSource, CaptureSettings, backoff_delay, redact
 
-VTEST = Path("/usr/share/doc/opencv-doc/examples/data/vtest.avi")
 VTEST_FRAMES = 795
 SITE = Place(sub_district="north", community="c1", grid="g1", site="willow-court")
 

@@ -15,13 +15,13 @@ import cv2
 import numpy as np
 import pytest
 from pydantic import ValidationError
+from vtest import VTEST
 
 from detectors.backend import Backend, BackendConfig, DetectionFilter, default_model_dir, offline_default
 from detectors.detections import Detections
 from detectors.load import load_backend
 from detectors.onnx import Letterbox, OnnxBackend, decode_output, letterbox, onnx_metadata
 
-VTEST = Path("/usr/share/doc/opencv-doc/examples/data/vtest.avi")
 SAMPLES = (100, 300, 400, 500, 700)
 VEHICLES = {"car", "truck", "bus"}
 

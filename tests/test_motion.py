@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import itertools
-from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 from pydantic import ValidationError
+from vtest import VTEST
 
 from detectors.motion import MotionGate, MotionSettings
 
-VTEST = Path("/usr/share/doc/opencv-doc/examples/data/vtest.avi")
 FPS = 10
 WARM_UP = 10
 WHOLE_FRAME = [(0.0, 0.0), (1.0, 0.0), (1.0, 1.0), (0.0, 1.0)]

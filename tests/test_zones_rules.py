@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import yaml
 from pydantic import ValidationError
-from test_tracking import FPS, detect_clip, vtest_frames
+from vtest import FPS, detect_clip, vtest_frames
 
 from alerts.models import Event, EventKind, EventState, Place
 from detectors.backend import offline_default
