@@ -32,7 +32,7 @@ import logging
 from collections.abc import Hashable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, cast
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -74,7 +74,7 @@ class _Rule(_Config):
     @property
     def target(self) -> str:
         """The zone or line the rule watches."""
-        return getattr(self, "zone", None) or getattr(self, "line", "")
+        return str(getattr(self, "zone", None) or getattr(self, "line", ""))
 
     @property
     def label(self) -> str:
@@ -153,9 +153,9 @@ class SceneConfig(_Config):
 
     @model_validator(mode="after")
     def _references(self) -> SceneConfig:
-        for what, names in (("zone", [z.name for z in self.zones]), ("line", [x.name for x in self.lines])):
-            if len(set(names)) < len(names):
-                raise ValueError(f"{what} names must be unique: {names}")
+        for what, listed in (("zone", [z.name for z in self.zones]), ("line", [x.name for x in self.lines])):
+            if len(set(listed)) < len(listed):
+                raise ValueError(f"{what} names must be unique: {listed}")
         known = {"zone": {z.name for z in self.zones}, "line": {x.name for x in self.lines}, "schedule": self.schedules}
         for rule in self.rules:
             for what, names in known.items():
@@ -309,7 +309,8 @@ class _ParkingRule(_TrackRule):
             if ref is None or np.hypot(x - ref[0], y - ref[1]) > self.config.max_move * (y2 - y1):
                 ref = self._still[s[0].track] = (x, y, ref[2] + 1 if ref else 0)
             present[(s[0].track, ref[2])] = s
-        live = {track for track, _ in [*self.debounce.conditions, *present]}  # keys are (track, stop number)
+        keys = cast("list[tuple[int, int]]", [*self.debounce.conditions, *present])  # (track, stop number)
+        live = {track for track, _ in keys}
         self._still = {track: ref for track, ref in self._still.items() if track in live}
         return present
 
@@ -340,7 +341,9 @@ class _LineRule:
                 self.counts[direction] += 1
                 if self.config.direction in (direction, "both"):
                     counts = {"count_in": self.counts["in"], "count_out": self.counts["out"]}
-                    emits.append(_Emit(EventState.INSTANT, [frame.sighting(row)], {"direction": direction, **counts}))
+                    emits.append(
+                        _Emit(EventState.INSTANT, [frame.sighting(int(row))], {"direction": direction, **counts})
+                    )
         return emits
 
 
@@ -377,7 +380,7 @@ class RuleEngine:
         """Events raised by ``detections`` (tracked) of ``frame`` (BGR), taken at ``ts`` (seconds since the epoch)."""
         crossings = {name: line.trigger(detections, frame.shape) for name, line in self.lines.items()}
         view = _Frame(detections, frame.shape, ts, self.zones, crossings)
-        events = []
+        events: list[Event] = []
         for rule in self.rules:
             armed = self._schedules.get(rule.config.schedule or "", self._always).armed(ts)
             events.extend(self._event(rule.config, emit, frame, ts) for emit in rule.step(view, armed))
