@@ -8,8 +8,9 @@ A condition is one situation with one life: one track in a zone (intrusion,
 loitering, illegal parking) or one zone's state (occupied, crowd). It raises a
 START once it has held long enough, an UPDATE every ``update_s`` while it goes
 on, and an END once it has been gone for ``leave_s`` (a track that left the
-zone or was lost, or a schedule that disarmed). A line crossing is a moment:
-one START per crossing. Only tracked detections count (id -1 is unconfirmed).
+zone or was lost, or a schedule that disarmed): an :class:`alerts.debounce.Debounce`
+with updates on top. A line crossing is a moment: one START per crossing. Only
+tracked detections count (id -1 is unconfirmed).
 
 Example:
     >>> from alerts.models import Place

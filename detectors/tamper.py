@@ -19,7 +19,7 @@ next to nothing per frame. Three tests, in order, the first that applies wins:
 A blinded picture cannot say whether the camera is in focus or where it
 points, so those conditions hold still rather than clear. A condition must hold
 ``confirm_s`` to start, so one dark frame is not an alarm, and be gone
-``clear_s`` to end. The baseline and the reference edges are learned over the
+``clear_s`` to end (a :class:`alerts.debounce.Debounce` each). The baseline and the reference edges are learned over the
 first ``learn_s`` and then follow slow changes (seasons, a tree growing) with
 a time constant of ``refresh_s``, but only while the camera is healthy.
 
