@@ -42,6 +42,7 @@ def raise_alert(
         **fields,
     )
     alert = AlertPolicy().apply(event)
+    assert alert is not None, "a new event raises an alert"
     write(database_url, Batch(events=[event], alerts=[alert]))
     return event, alert
 

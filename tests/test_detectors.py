@@ -178,7 +178,7 @@ def test_missing_model_says_how_to_get_it(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="needs config"):
         load_backend(BackendConfig(kind="darknet", model=default_model_dir() / "yolov3-tiny.weights"))
     with pytest.raises(ValidationError):
-        BackendConfig(kind="tflite", model=tmp_path / "m.tflite")
+        BackendConfig(kind="tflite", model=tmp_path / "m.tflite")  # type: ignore[arg-type]
     with pytest.raises(ValidationError):
         BackendConfig(kind="onnx", model=tmp_path / "m.onnx", input_size=300)
 

@@ -53,6 +53,7 @@ def panned(frame: np.ndarray) -> np.ndarray:
 
 def elsewhere(frame: np.ndarray) -> np.ndarray:
     view = cv2.imread(str(DATA / "building.jpg"))
+    assert view is not None
     return cv2.resize(view, (frame.shape[1], frame.shape[0]))
 
 
