@@ -38,7 +38,7 @@ def product_modules() -> dict[str, Path]:
 
 
 def imports(path: Path, known: set[str]) -> list[tuple[str, int]]:
-    """(product module, line) of every import in the file; ``from package import module`` names the module."""
+    """(product module, first line) of what the file imports; ``from package import module`` names the module."""
     found = []
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
         if isinstance(node, ast.Import):
@@ -50,7 +50,8 @@ def imports(path: Path, known: set[str]) -> list[tuple[str, int]]:
                 (f"{base}.{alias.name}" if f"{base}.{alias.name}" in known else base, node.lineno)
                 for alias in node.names
             ]
-    return [(name, line) for name, line in found if name in known]
+    first = {name: line for name, line in reversed(found) if name in known}
+    return sorted(first.items(), key=lambda item: item[1])
 
 
 def graph() -> dict[str, list[tuple[str, int]]]:
