@@ -40,6 +40,7 @@ import paho.mqtt.client as mqtt
 import psycopg
 
 from alerts.auth import Principal, create_key
+from alerts.models import Role
 from alerts.store import migrate
 from deploy.local.services import ApiThread, spawn, start_mosquitto, start_postgres
 from ingest.mqtt import connect, make_client, uplink_topic
@@ -129,7 +130,9 @@ def bare_rate(url: str, messages: int) -> float:
 
 def count_readings(database_url: str) -> int:
     with psycopg.connect(database_url) as conn:
-        return conn.execute("SELECT count(*) FROM readings").fetchone()[0]
+        row = conn.execute("SELECT count(*) FROM readings").fetchone()
+    assert row is not None
+    return int(row[0])
 
 
 def wait_for_pipeline(url: str, database_url: str) -> None:
@@ -286,7 +289,7 @@ def alarm_latencies(url: str, api_url: str, key: str, alarms: int, background: f
     return latencies
 
 
-def percentile(values: list[float], q: float) -> float:
+def percentile(values: list[float], q: int) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[q - 1] if len(values) > 1 else values[0]
 
 
@@ -305,6 +308,8 @@ def main() -> int:
         db = stack.enter_context(start_postgres(folder(work, "postgres")))
         broker = stack.enter_context(start_mosquitto(folder(work, "mosquitto")))
         migrate(db.url)
+        assert broker.proc is not None
+        broker_pid = broker.proc.pid
         bare = bare_rate(broker.url, args.messages)
 
         config = work / "node.yaml"
@@ -314,7 +319,7 @@ def main() -> int:
             parts = {
                 "edge node": spawn(["edge", "run", "--config", str(config)], env, pipeline).pid,
                 "ingest": spawn(["ingest", "--name", "bench-ingest"], env, pipeline).pid,
-                "mosquitto": broker.proc.pid,
+                "mosquitto": broker_pid,
                 "publisher (this process)": os.getpid(),
             }
             wait_for_pipeline(broker.url, db.url)
@@ -323,7 +328,7 @@ def main() -> int:
             rate, rows = pipeline_rate(broker.url, db.url, args.messages)
             wall = time.perf_counter() - wall
             cpu = {name: s - before[name] for name, s in cpu_by_part(parts, db.folder / "pgdata").items()}
-            key = create_key(db.url, Principal(name="bench fire desk", role="fire"))
+            key = create_key(db.url, Principal(name="bench fire desk", role=Role.FIRE))
             with ApiThread(db.url) as api:
                 latencies = alarm_latencies(broker.url, api.url, key, args.alarms, args.background)
 

@@ -39,7 +39,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from alerts.auth import Principal, create_key  # noqa: E402
-from alerts.models import Place, Reading  # noqa: E402
+from alerts.models import Place, Reading, Role  # noqa: E402
 from alerts.rows import ALERT_COLUMNS  # noqa: E402
 from alerts.store import READING_COLUMNS, copy_insert, migrate, reading_row  # noqa: E402
 from deploy.local.services import free_port, start_mosquitto, start_postgres, wait_for_port  # noqa: E402
@@ -55,6 +55,12 @@ def folder(prefix: str) -> Path:
     path = Path(tempfile.mkdtemp(prefix=prefix))
     os.chmod(path, 0o755)
     return path
+
+
+def count_readings(conn: psycopg.Connection) -> int:
+    row = conn.execute("SELECT count(*) FROM readings").fetchone()
+    assert row is not None
+    return int(row[0])
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -103,7 +109,7 @@ def bench_write_strategies(url: str, batches: int = 40, size: int = 500) -> dict
                 with conn.transaction():
                     write(conn, rows)
             results[name] = batches * size / (time.perf_counter() - start)
-            assert conn.execute("SELECT count(*) FROM readings").fetchone()[0] == batches * size
+            assert count_readings(conn) == batches * size
         conn.execute("TRUNCATE readings")
     return results
 
@@ -172,7 +178,7 @@ def bench_ingest(url: str, broker_url: str, messages: int, per_message: int) -> 
             start = time.perf_counter()
             publish_all(broker_url, bodies)
             total = messages * per_message
-            while conn.execute("SELECT count(*) FROM readings").fetchone()[0] < total:
+            while count_readings(conn) < total:
                 time.sleep(0.05)
             return total / (time.perf_counter() - start), bare
     finally:
@@ -280,7 +286,7 @@ def bench_list(
     for role, scope, _ in QUERIES:
         name = f"{role} {scope}"
         if name not in keys:
-            keys[name] = {"Authorization": f"Bearer {create_key(url, Principal(name=name, role=role, **scope))}"}
+            keys[name] = {"Authorization": f"Bearer {create_key(url, Principal(name=name, role=Role(role), **scope))}"}
     port = free_port()
     env = {**os.environ, "PATROLNET_DATABASE_URL": url}
     command = ["api", "--port", str(port), "--workers", str(workers), "--no-access-log"]
@@ -311,7 +317,7 @@ def sql_latencies(url: str, limit: int, rounds: int = 300) -> list[float]:
     with psycopg.connect(url, autocommit=True) as conn:
         for i in range(rounds):
             role, scope, params = QUERIES[i % len(QUERIES)]
-            clause, args = where(AlertPage(**params, limit=limit), Principal(name="b", role=role, **scope))
+            clause, args = where(AlertPage(**params, limit=limit), Principal(name="b", role=Role(role), **scope))
             sql = f"SELECT {ALERT_COLUMNS} FROM alerts a WHERE {clause} ORDER BY a.ts DESC, a.id DESC LIMIT %s"
             start = time.perf_counter()
             conn.execute(sql, [*args, limit + 1]).fetchall()
@@ -355,8 +361,8 @@ def main() -> int:
         base = statistics.median(results["SQL alone (1 client)"])
         for name, values in results.items():
             p50, p99 = percentile(values, 0.5) * 1000, percentile(values, 0.99) * 1000
-            rate = f"{len(values) / args.seconds:>6,.0f} req/s" if name == "list route" else " " * 12
-            print(f"   {name:<22} p50 {p50:6.2f} ms  p99 {p99:6.2f} ms  {rate}  p50 = {p50 / base / 1000:5.1f} x SQL")
+            served = f"{len(values) / args.seconds:>6,.0f} req/s" if name == "list route" else " " * 12
+            print(f"   {name:<22} p50 {p50:6.2f} ms  p99 {p99:6.2f} ms  {served}  p50 = {p50 / base / 1000:5.1f} x SQL")
     return 0
 
 

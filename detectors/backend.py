@@ -192,9 +192,9 @@ def nms_detections(
     keep = confidence >= score
     boxes, confidence, classes = boxes[keep], confidence[keep], classes[keep]
     xywh = np.concatenate([boxes[:, :2] - boxes[:, 2:] / 2, boxes[:, 2:]], axis=1)
-    chosen = np.asarray(
-        cv2.dnn.NMSBoxesBatched(xywh, confidence, classes.astype(np.int32), score, nms), dtype=np.int64
-    ).reshape(-1)
+    # OpenCV's stubs ask for sequences; the binding takes arrays, without a copy into Python lists.
+    kept = cv2.dnn.NMSBoxesBatched(xywh, confidence, classes.astype(np.int32), score, nms)  # type: ignore[arg-type]
+    chosen = np.asarray(kept, dtype=np.int64).reshape(-1)
     xyxy = np.concatenate([xywh[chosen, :2], xywh[chosen, :2] + xywh[chosen, 2:]], axis=1)
     height, width = frame_shape[:2]
     np.clip(xyxy, 0, [width, height, width, height], out=xyxy)

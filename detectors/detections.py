@@ -36,7 +36,7 @@ class Detections:
     """(N,) float32 scores in 0..1."""
     class_name: np.ndarray
     """(N,) str class names, e.g. person, car, smoke."""
-    tracker_id: np.ndarray = field(default=None)  # type: ignore[assignment]
+    tracker_id: np.ndarray = field(default=None)  # type: ignore[arg-type]  # None: filled in by __post_init__
     """(N,) int64 track ids; -1 where untracked."""
 
     def __post_init__(self) -> None:

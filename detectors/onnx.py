@@ -99,6 +99,7 @@ def _fields(buf: memoryview) -> Iterator[tuple[int, int | memoryview]]:
     while pos < len(buf):
         key, pos = _varint(buf, pos)
         field, wire = key >> 3, key & 7
+        value: int | memoryview
         if wire == 0:
             value, pos = _varint(buf, pos)
         elif wire == 2:

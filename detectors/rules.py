@@ -8,8 +8,9 @@ A condition is one situation with one life: one track in a zone (intrusion,
 loitering, illegal parking) or one zone's state (occupied, crowd). It raises a
 START once it has held long enough, an UPDATE every ``update_s`` while it goes
 on, and an END once it has been gone for ``leave_s`` (a track that left the
-zone or was lost, or a schedule that disarmed). A line crossing is a moment:
-one START per crossing. Only tracked detections count (id -1 is unconfirmed).
+zone or was lost, or a schedule that disarmed): an :class:`alerts.debounce.Debounce`
+with updates on top. A line crossing is a moment: one START per crossing. Only
+tracked detections count (id -1 is unconfirmed).
 
 Example:
     >>> from alerts.models import Place
@@ -32,11 +33,12 @@ import logging
 from collections.abc import Hashable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, cast
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from alerts.debounce import Debounce
 from alerts.models import Event, EventKind, EventState, Place, Severity
 from detectors.detections import Detections
 from detectors.snapshot import Box, render
@@ -73,7 +75,7 @@ class _Rule(_Config):
     @property
     def target(self) -> str:
         """The zone or line the rule watches."""
-        return getattr(self, "zone", None) or getattr(self, "line", "")
+        return str(getattr(self, "zone", None) or getattr(self, "line", ""))
 
     @property
     def label(self) -> str:
@@ -152,9 +154,9 @@ class SceneConfig(_Config):
 
     @model_validator(mode="after")
     def _references(self) -> SceneConfig:
-        for what, names in (("zone", [z.name for z in self.zones]), ("line", [x.name for x in self.lines])):
-            if len(set(names)) < len(names):
-                raise ValueError(f"{what} names must be unique: {names}")
+        for what, listed in (("zone", [z.name for z in self.zones]), ("line", [x.name for x in self.lines])):
+            if len(set(listed)) < len(listed):
+                raise ValueError(f"{what} names must be unique: {listed}")
         known = {"zone": {z.name for z in self.zones}, "line": {x.name for x in self.lines}, "schedule": self.schedules}
         for rule in self.rules:
             for what, names in known.items():
@@ -192,10 +194,8 @@ class Sighting:
 
 @dataclass
 class _Condition:
-    since: float
-    last_seen: float
+    switch: Debounce
     seen: list[Sighting]
-    started: bool = False
     last_emit: float = 0.0
 
 
@@ -206,8 +206,9 @@ class _Emit:
     attributes: dict[str, Any] = field(default_factory=dict)
 
 
-class _Debounce:
-    """Conditions by key: START after ``hold_s`` present, UPDATE every ``update_s``, END ``leave_s`` after gone."""
+class _Conditions:
+    """Conditions by key, each a :class:`Debounce`: START after ``hold_s`` present, UPDATE every ``update_s``,
+    END ``leave_s`` after gone."""
 
     def __init__(self, hold_s: float, leave_s: float, update_s: float | None) -> None:
         self.hold_s, self.leave_s, self.update_s = hold_s, leave_s, update_s
@@ -216,24 +217,26 @@ class _Debounce:
     def step(self, ts: float, present: dict[Hashable, list[Sighting]]) -> list[_Emit]:
         emits = []
         for key, seen in present.items():
-            c = self.conditions.setdefault(key, _Condition(since=ts, last_seen=ts, seen=seen))
-            c.last_seen, c.seen = ts, seen
-            due = (not c.started and ts - c.since >= self.hold_s) or (
-                c.started and self.update_s is not None and ts - c.last_emit >= self.update_s
-            )
-            if due:
-                emits.append(_Emit(EventState.UPDATE if c.started else EventState.START, seen, self._age(c, ts)))
-                c.started, c.last_emit = True, ts
+            c = self.conditions.setdefault(key, _Condition(Debounce(self.hold_s, self.leave_s), seen))
+            c.seen = seen
+            if c.switch.update(True, ts):
+                emits.append(_Emit(EventState.START, seen, self._age(c, ts)))
+                c.last_emit = ts
+            elif c.switch.on and self.update_s is not None and ts - c.last_emit >= self.update_s:
+                emits.append(_Emit(EventState.UPDATE, seen, self._age(c, ts)))
+                c.last_emit = ts
         for key, c in list(self.conditions.items()):
-            if key not in present and ts - c.last_seen >= self.leave_s:
-                del self.conditions[key]
-                if c.started:
-                    emits.append(_Emit(EventState.END, c.seen, self._age(c, c.last_seen)))
+            if key not in present:
+                ended = c.switch.update(None, ts) is False
+                if not c.switch.held:
+                    del self.conditions[key]
+                if ended:
+                    emits.append(_Emit(EventState.END, c.seen, self._age(c, c.switch.last_seen)))
         return emits
 
     @staticmethod
     def _age(c: _Condition, ts: float) -> dict[str, Any]:
-        return {"duration_s": round(ts - c.since, 1)}
+        return {"duration_s": round(ts - c.switch.since, 1)}
 
 
 class _Frame:
@@ -278,7 +281,7 @@ class _TrackRule:
 
     def __init__(self, config: IntrusionRule | LoiteringRule | IllegalParkingRule, hold_s: float) -> None:
         self.config = config
-        self.debounce = _Debounce(hold_s, config.leave_s, config.update_s)
+        self.debounce = _Conditions(hold_s, config.leave_s, config.update_s)
 
     def step(self, frame: _Frame, armed: bool) -> list[_Emit]:
         return self.debounce.step(frame.ts, self._present(frame) if armed else {})
@@ -307,7 +310,8 @@ class _ParkingRule(_TrackRule):
             if ref is None or np.hypot(x - ref[0], y - ref[1]) > self.config.max_move * (y2 - y1):
                 ref = self._still[s[0].track] = (x, y, ref[2] + 1 if ref else 0)
             present[(s[0].track, ref[2])] = s
-        live = {track for track, _ in [*self.debounce.conditions, *present]}  # keys are (track, stop number)
+        keys = cast("list[tuple[int, int]]", [*self.debounce.conditions, *present])  # (track, stop number)
+        live = {track for track, _ in keys}
         self._still = {track: ref for track, ref in self._still.items() if track in live}
         return present
 
@@ -317,7 +321,7 @@ class _ZoneRule:
 
     def __init__(self, config: ZoneOccupiedRule | CrowdRule, hold_s: float, min_count: int) -> None:
         self.config, self.min_count = config, min_count
-        self.debounce = _Debounce(hold_s, config.leave_s, config.update_s)
+        self.debounce = _Conditions(hold_s, config.leave_s, config.update_s)
 
     def step(self, frame: _Frame, armed: bool) -> list[_Emit]:
         seen = [frame.sighting(r) for r in frame.rows(self.config.zone, self.config.classes)] if armed else []
@@ -338,7 +342,9 @@ class _LineRule:
                 self.counts[direction] += 1
                 if self.config.direction in (direction, "both"):
                     counts = {"count_in": self.counts["in"], "count_out": self.counts["out"]}
-                    emits.append(_Emit(EventState.INSTANT, [frame.sighting(row)], {"direction": direction, **counts}))
+                    emits.append(
+                        _Emit(EventState.INSTANT, [frame.sighting(int(row))], {"direction": direction, **counts})
+                    )
         return emits
 
 
@@ -375,7 +381,7 @@ class RuleEngine:
         """Events raised by ``detections`` (tracked) of ``frame`` (BGR), taken at ``ts`` (seconds since the epoch)."""
         crossings = {name: line.trigger(detections, frame.shape) for name, line in self.lines.items()}
         view = _Frame(detections, frame.shape, ts, self.zones, crossings)
-        events = []
+        events: list[Event] = []
         for rule in self.rules:
             armed = self._schedules.get(rule.config.schedule or "", self._always).armed(ts)
             events.extend(self._event(rule.config, emit, frame, ts) for emit in rule.step(view, armed))

@@ -27,6 +27,9 @@ BOX_COLOUR = (0, 0, 255)
 ZONE_COLOUR = (0, 255, 255)
 """Yellow (BGR): the zone or line the rule watches."""
 
+Points = Sequence[Sequence[float]] | np.ndarray
+"""(x, y) pairs in frame fractions."""
+
 
 @dataclass(frozen=True, slots=True)
 class Box:
@@ -38,8 +41,8 @@ class Box:
 def render(
     frame: np.ndarray,
     boxes: Sequence[Box],
-    polygon: Sequence[Sequence[float]] | None = None,
-    line: Sequence[Sequence[float]] | None = None,
+    polygon: Points | None = None,
+    line: Points | None = None,
     quality: int = 85,
 ) -> bytes:
     """JPEG of ``frame`` (BGR) with ``boxes`` in pixels and a ``polygon`` or ``line`` in frame fractions."""
@@ -59,8 +62,8 @@ def mosaic(tiles: Sequence[tuple[np.ndarray, str]], height: int = 360, quality: 
 def draw(
     frame: np.ndarray,
     boxes: Sequence[Box],
-    polygon: Sequence[Sequence[float]] | None = None,
-    line: Sequence[Sequence[float]] | None = None,
+    polygon: Points | None = None,
+    line: Points | None = None,
 ) -> np.ndarray:
     """A copy of ``frame`` with ``boxes`` in pixels and a ``polygon`` or ``line`` in frame fractions drawn on."""
     image = frame.copy()

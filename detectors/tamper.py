@@ -19,7 +19,7 @@ next to nothing per frame. Three tests, in order, the first that applies wins:
 A blinded picture cannot say whether the camera is in focus or where it
 points, so those conditions hold still rather than clear. A condition must hold
 ``confirm_s`` to start, so one dark frame is not an alarm, and be gone
-``clear_s`` to end. The baseline and the reference edges are learned over the
+``clear_s`` to end (a :class:`alerts.debounce.Debounce` each). The baseline and the reference edges are learned over the
 first ``learn_s`` and then follow slow changes (seasons, a tree growing) with
 a time constant of ``refresh_s``, but only while the camera is healthy.
 
@@ -38,7 +38,6 @@ Example:
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -46,6 +45,7 @@ import cv2
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from alerts.debounce import Debounce
 from alerts.models import Event, EventKind, EventState, Place, Severity
 from detectors.snapshot import render
 
@@ -105,20 +105,13 @@ class TamperConfig(BaseModel):
     )
 
 
-@dataclass(slots=True)
-class _Condition:
-    pending_since: float | None = None
-    clear_since: float | None = None
-    active: bool = False
-
-
 class TamperDetector:
     """One camera's tamper checks: frames in, trouble Events out."""
 
     def __init__(self, place: Place, source: str, config: TamperConfig | None = None) -> None:
         self.place, self.source = place, source
         self.config = config or TamperConfig()
-        self._conditions = {kind: _Condition() for kind in TITLES}
+        self._conditions = {kind: Debounce(self.config.confirm_s, self.config.clear_s) for kind in TITLES}
         self._last_check: float | None = None
         self.reset()
 
@@ -160,7 +153,7 @@ class TamperDetector:
         score = None if defocused else self._scene_score(edges)
         moved = None if score is None else score < cfg.scene_match
         self.measures |= {"sharpness_baseline": round(self._sharpness, 3), "scene_match": score}
-        if not (defocused or moved or any(c.active for c in self._conditions.values())):
+        if not (defocused or moved or any(c.on for c in self._conditions.values())):
             self._learn(sharpness, edges, min(1.0, cfg.interval_s / cfg.refresh_s))
         return {"camera_blinded": False, "camera_defocused": defocused, "camera_moved": moved}
 
@@ -183,23 +176,12 @@ class TamperDetector:
         return round((found - chance) / (1.0 - chance), 3) if chance < 1 else 0.0
 
     def _step(self, kind: str, value: bool | None, frame: np.ndarray, ts: float) -> Event | None:
-        c, cfg = self._conditions[kind], self.config
         if value is None:
+            return None  # a check that cannot tell holds the condition as it is
+        switched = self._conditions[kind].update(value, ts)
+        if switched is None:
             return None
-        if value:
-            c.clear_since = None
-            c.pending_since = ts if c.pending_since is None else c.pending_since
-            if not c.active and ts - c.pending_since >= cfg.confirm_s:
-                c.active = True
-                return self._event(kind, EventState.START, frame, ts)
-            return None
-        c.pending_since = None
-        if c.active:
-            c.clear_since = ts if c.clear_since is None else c.clear_since
-            if ts - c.clear_since >= cfg.clear_s:
-                c.active, c.clear_since = False, None
-                return self._event(kind, EventState.END, frame, ts)
-        return None
+        return self._event(kind, EventState.START if switched else EventState.END, frame, ts)
 
     def _event(self, kind: str, state: EventState, frame: np.ndarray, ts: float) -> Event:
         log.info("%s %s on %s: %s", kind, state.value, self.place.device, self.measures)

@@ -142,7 +142,7 @@ class Tracker:
             timestamp=ts,
         )
         local = np.full(n, -1, dtype=np.int64)
-        if len(tracked):
+        if len(tracked) and tracked.tracker_id is not None:
             local[tracked.data["row"]] = tracked.tracker_id
         alive = {t.tracker_id for t in tracker.tracks}
         self._ids = {k: v for k, v in self._ids.items() if k[0] != key or k[1] in alive}

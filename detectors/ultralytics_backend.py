@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
@@ -76,7 +76,8 @@ class UltralyticsBackend:
         # One run on a blank frame: an exported model is loaded only here, with these settings (asking it for
         # its names first would load it twice), and the first real batch does not pay for the lazy setup.
         self._predict([np.zeros((cfg.input_size, cfg.input_size, 3), dtype=np.uint8)])
-        by_id: dict[int, str] = self._model.predictor.model.names
+        predictor: Any = self._model.predictor  # ultralytics declares it None; the first predict made it
+        by_id: dict[int, str] = predictor.model.names
         if cfg.names is None:
             self.names: list[str] = [by_id[i] for i in range(len(by_id))]
         else:
@@ -93,6 +94,7 @@ class UltralyticsBackend:
             return []
         out = []
         for result in self._predict(frames):
+            assert result.boxes is not None, "a box task's results have boxes"
             boxes = result.boxes.cpu()
             out.append(
                 Detections(
@@ -104,11 +106,15 @@ class UltralyticsBackend:
         return out
 
     def _predict(self, frames: list[np.ndarray]) -> list[Results]:
-        return self._model.predict(
-            frames,
-            imgsz=self._cfg.input_size,
-            conf=self._cfg.score,
-            iou=self._cfg.nms,
-            device=self._device,
-            verbose=False,
+        # Without stream=True, predict returns a list of Results; its annotation allows a generator and tensors too.
+        return cast(
+            "list[Results]",
+            self._model.predict(
+                frames,
+                imgsz=self._cfg.input_size,
+                conf=self._cfg.score,
+                iou=self._cfg.nms,
+                device=self._device,
+                verbose=False,
+            ),
         )

@@ -33,11 +33,15 @@ from detectors.snapshot import Box, render
 log = logging.getLogger(__name__)
 
 
+SHOWS: dict[str, Literal["smoke", "flame"]] = {"smoke": "smoke", "fire": "flame", "flame": "flame"}
+"""What the class names of common fire models show."""
+
+
 class VisualFireConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     classes: dict[str, Literal["smoke", "flame"]] = Field(
-        default_factory=lambda: {"smoke": "smoke", "fire": "flame", "flame": "flame"},
+        default_factory=SHOWS.copy,
         title="Classes",
         description="Model class name -> what it shows (smoke or flame).",
     )

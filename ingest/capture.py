@@ -51,6 +51,7 @@ import cv2
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from alerts.debounce import Debounce
 from alerts.models import Event, EventKind, EventState, Place, Severity, utc_now
 
 log = logging.getLogger(__name__)
@@ -212,7 +213,8 @@ class CameraSource:
         self._frames_read = self._frames_dropped = self._reconnects = 0
         self._ended = False
         self._event_lock = threading.Lock()
-        self._announced = False
+        self._online = Debounce(0.0, settings.offline_grace_s)
+        """Frames are its sightings: offline after the grace without one, online again at the next."""
         self._threads = [
             threading.Thread(target=self._read_forever, name=f"capture-{camera_id}", daemon=True),
             threading.Thread(target=self._watch, name=f"capture-watchdog-{camera_id}", daemon=True),
@@ -222,6 +224,8 @@ class CameraSource:
         if self._started:
             raise RuntimeError(f"camera {self.camera_id} was started already")
         self._started = time.monotonic()
+        # The grace runs from the start, as if a frame had come then: a camera that never answers goes offline too.
+        self._online.update(True, self._started)
         for thread in self._threads:
             thread.start()
 
@@ -363,12 +367,10 @@ class CameraSource:
                 self._frames_dropped += 1
             self._buffer.append(frame)
             self._latest = frame
-            previous, self._last_frame = self._last_frame, now
+            self._last_frame = now
             self._times.append(now)
             self._cond.notify()
-        # Read after _last_frame is set, so that the watchdog either sees the new frame or has announced.
-        if self._announced:
-            self._announce_back(now - (previous or self._started))
+        self._announce_back(now)
 
     def _finish(self) -> None:
         log.info("camera %s: end of %s", self.camera_id, redact(self.settings.url))
@@ -383,27 +385,23 @@ class CameraSource:
         while not self._stop.wait(tick):
             if self._ended:
                 return
-            if not self._announced:
-                self._announce_offline()
-
-    def _age(self) -> float:
-        return time.monotonic() - (self._last_frame or self._started)
+            self._announce_offline()
 
     def _announce_offline(self) -> None:
         with self._event_lock:
-            age = self._age()
-            if self._announced or age < self.settings.offline_grace_s:
+            now = time.monotonic()
+            if self._online.update(None, now) is not False:
                 return
-            self._announced = True
+            age = now - self._online.last_seen
             log.warning("camera %s: no frame for %.1f s, offline", self.camera_id, age)
             attributes = {"camera": self.camera_id, "last_frame_age_s": round(age, 1), "reconnects": self._reconnects}
             self._emit(EventState.START, f"Camera {self.name} offline", attributes)
 
-    def _announce_back(self, offline_s: float) -> None:
+    def _announce_back(self, now: float) -> None:
         with self._event_lock:
-            if not self._announced:
+            offline_s = now - self._online.last_seen
+            if not self._online.update(True, now):
                 return
-            self._announced = False
             log.info("camera %s: back online after %.1f s", self.camera_id, offline_s)
             attributes = {"camera": self.camera_id, "offline_s": round(offline_s, 1), "reconnects": self._reconnects}
             self._emit(EventState.END, f"Camera {self.name} back online", attributes)

@@ -3,7 +3,6 @@ health, snapshots, reports, duty, webhooks, metrics, OpenAPI, and a table of bad
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import hmac
 import http.server
@@ -15,51 +14,16 @@ from typing import ClassVar
 from uuid import uuid4
 
 import httpx
-import psycopg
 import pytest
-from conftest import ApiServer, eventually, sse_messages
+from api_helpers import EAST, JPEG, WEST, get, raise_alert, sse_take, write
+from conftest import ApiServer, eventually
 
-from alerts.models import Alert, DeviceStatus, Event, EventKind, EventState, Heartbeat, Place, Reading
+from alerts.models import DeviceStatus, Event, EventKind, EventState, Heartbeat, Reading
 from alerts.policy import AlertPolicy
-from alerts.store import Batch, write_batch
+from alerts.store import Batch
 from alerts.webhooks import WebhookDispatcher
 
-EAST = Place(sub_district="riverside", community="east-gate", grid="g07", site="willow-court", device="smoke-1")
-WEST = Place(sub_district="lakeside", community="west-lake", grid="g02", site="pine-yard", device="cam-2")
-JPEG = b"\xff\xd8\xff\xe0" + b"\x00" * 64
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 64
-
-
-def write(database_url: str, batch: Batch) -> None:
-    with psycopg.connect(database_url, autocommit=True) as conn, conn.transaction():
-        write_batch(conn, batch)
-
-
-def raise_alert(
-    database_url: str,
-    kind: EventKind = EventKind.FIRE,
-    place: Place = EAST,
-    ts: datetime | None = None,
-    snapshot: bytes | None = None,
-    **fields,
-) -> tuple[Event, Alert]:
-    """An event and the new alert it raises, stored as ingest would store them."""
-    event = Event(
-        kind=kind,
-        type=fields.pop("type", kind.value),
-        place=place,
-        source="node-1",
-        ts=ts or datetime.now(UTC),
-        snapshot=snapshot,
-        **fields,
-    )
-    alert = AlertPolicy().apply(event)
-    write(database_url, Batch(events=[event], alerts=[alert]))
-    return event, alert
-
-
-def get(api: ApiServer, path: str, headers: dict[str, str], **params) -> httpx.Response:
-    return httpx.get(f"{api.url}{path}", headers=headers, params=params)
 
 
 def ids(response: httpx.Response) -> list[str]:
@@ -115,27 +79,6 @@ def test_one_alert_lists_its_events_snapshots_and_audit_trail(api: ApiServer) ->
     picture = httpx.get(detail["events"][0]["snapshot_url"], headers=fire)
     assert picture.status_code == 200 and picture.headers["content-type"] == "image/jpeg"
     assert picture.content == JPEG
-
-
-def sse_take(
-    url: str, headers: dict[str, str], count: int, before_reading=None, quiet_s: float = 5.0
-) -> list[tuple[str, str, dict]]:
-    """The first ``count`` SSE messages (id, event, data), or fewer if the stream falls quiet for ``quiet_s``.
-
-    Not conftest's SseReader: closing its client from another thread leaves the socket open, and the
-    server then waits for the stream at shutdown.
-    """
-    got: list[tuple[str, str, dict]] = []
-    with httpx.stream("GET", url, headers=headers, timeout=httpx.Timeout(5.0, read=quiet_s)) as response:
-        assert response.status_code == 200, response.read()
-        if before_reading is not None:
-            before_reading()
-        with contextlib.suppress(httpx.ReadTimeout):
-            for message in sse_messages(response.iter_lines()):
-                got.append(message)
-                if len(got) == count:
-                    break
-    return got
 
 
 def test_a_reconnecting_stream_gets_exactly_what_it_missed(api: ApiServer) -> None:

@@ -13,8 +13,8 @@ from datetime import UTC, datetime
 
 import httpx
 import pytest
+from api_helpers import EAST, JPEG, WEST, get, raise_alert, sse_take, write
 from conftest import ApiServer
-from test_api import EAST, JPEG, WEST, get, raise_alert, sse_take, write
 
 from alerts.auth import ROLE_KINDS, Permission, Principal
 from alerts.cap import NS

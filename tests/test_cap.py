@@ -12,8 +12,8 @@ import xml.etree.ElementTree as ET
 from datetime import UTC, datetime
 
 import httpx
+from api_helpers import EAST, JPEG, get, raise_alert
 from conftest import ApiServer
-from test_api import EAST, JPEG, get, raise_alert
 
 from alerts.cap import ENUMS, NS
 

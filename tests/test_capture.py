@@ -10,28 +10,40 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import eventually
 from pydantic import ValidationError
+from vtest import VTEST
 
 from alerts.models import Event, EventKind, EventState, Place, Severity
 from deploy.local.services import Service, start_rtsp
-from ingest.capture import CameraSource, CaptureSettings, backoff_delay, redact
+from ingest.capture import CameraSource, CaptureSettings, Frame, backoff_delay, redact
 
-VTEST = Path("/usr/share/doc/opencv-doc/examples/data/vtest.avi")
 VTEST_FRAMES = 795
 SITE = Place(sub_district="north", community="c1", grid="g1", site="willow-court")
 
 
 @contextmanager
-def camera(url: str, **settings: object) -> Iterator[tuple[CameraSource, queue.Queue[Event]]]:
+def camera(url: str, **settings: Any) -> Iterator[tuple[CameraSource, queue.Queue[Event]]]:
     events: queue.Queue[Event] = queue.Queue()
     source = CameraSource(
         "gate", CaptureSettings(url=url, **settings), place=SITE, node_id="node-1", name="Gate", on_event=events.put
     )
     with source:
         yield source, events
+
+
+def take(source: CameraSource) -> Frame:
+    frame = source.get(timeout=1)
+    assert frame is not None, "no frame within a second"
+    return frame
+
+
+def pid(service: Service) -> int:
+    assert service.proc is not None
+    return service.proc.pid
 
 
 def drain(events: queue.Queue[Event]) -> list[Event]:
@@ -108,7 +120,7 @@ def test_a_frozen_camera_is_reported_stale_while_the_read_blocks_and_stop_does_n
         with camera(rtsp_camera.url, backoff_min_s=0.1, backoff_max_s=0.2, **settings) as (source, events):
             eventually(lambda: source.stats().frames_read >= 5)
             # SIGSTOP freezes the server with its connection open: the next read blocks until its timeout.
-            os.kill(rtsp_camera.proc.pid, signal.SIGSTOP)
+            os.kill(pid(rtsp_camera), signal.SIGSTOP)
             eventually(lambda: not source.stats().online, timeout=1.5)
             offline = events.get(timeout=2.5)
             assert offline.state is EventState.START
@@ -118,7 +130,7 @@ def test_a_frozen_camera_is_reported_stale_while_the_read_blocks_and_stop_does_n
             assert time.monotonic() - stopping < settings["read_timeout_s"] + 1.5
             assert drain(events) == []
     finally:
-        os.kill(rtsp_camera.proc.pid, signal.SIGCONT)
+        os.kill(pid(rtsp_camera), signal.SIGCONT)
 
 
 def test_a_frozen_camera_is_reopened_and_comes_back(rtsp_camera: Service) -> None:
@@ -126,22 +138,22 @@ def test_a_frozen_camera_is_reopened_and_comes_back(rtsp_camera: Service) -> Non
     try:
         with camera(rtsp_camera.url, backoff_min_s=0.1, backoff_max_s=0.2, **settings) as (source, events):
             eventually(lambda: source.stats().frames_read >= 5)
-            os.kill(rtsp_camera.proc.pid, signal.SIGSTOP)
+            os.kill(pid(rtsp_camera), signal.SIGSTOP)
             assert events.get(timeout=3).state is EventState.START
             eventually(lambda: source.stats().reconnects >= 1, timeout=3)
-            os.kill(rtsp_camera.proc.pid, signal.SIGCONT)
+            os.kill(pid(rtsp_camera), signal.SIGCONT)
             assert events.get(timeout=8).state is EventState.END
             read = source.stats().frames_read
             eventually(lambda: source.stats().frames_read >= read + 5)
     finally:
-        os.kill(rtsp_camera.proc.pid, signal.SIGCONT)
+        os.kill(pid(rtsp_camera), signal.SIGCONT)
 
 
 def test_a_looping_file_goes_past_its_end_and_a_plain_one_ends(footage: Path) -> None:
     with camera(str(VTEST), loop=True, file_fps=0, buffer_size=1000) as (source, events):
         eventually(lambda: source.stats().frames_read > VTEST_FRAMES + 50, timeout=15)
         assert not source.ended and source.stats().reconnects == 0
-        frames = [source.get(timeout=1) for _ in range(VTEST_FRAMES + 10)]
+        frames = [take(source) for _ in range(VTEST_FRAMES + 10)]
         assert [f.seq for f in frames] == list(range(1, VTEST_FRAMES + 11))
         # Past the end the picture starts again: the first frame of the second pass is the first frame.
         assert (frames[VTEST_FRAMES].image == frames[0].image).all()
@@ -165,7 +177,7 @@ def test_a_file_plays_at_its_own_rate_when_asked() -> None:
 
 def test_settings_refuse_mistakes_and_backoff_grows_with_jitter() -> None:
     with pytest.raises(ValidationError, match="extra"):
-        CaptureSettings(url="rtsp://cam/1", read_timeout=5)
+        CaptureSettings(url="rtsp://cam/1", read_timeout=5)  # type: ignore[call-arg]
     with pytest.raises(ValidationError, match="files only"):
         CaptureSettings(url="rtsp://cam/1", loop=True)
     with pytest.raises(ValidationError, match="backoff_min_s"):

@@ -5,7 +5,6 @@ zigbee2mqtt smoke detector --MQTT--> edge node --uplink--> ingest --> PostgreSQL
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,27 +13,12 @@ import paho.mqtt.client as mqtt
 import psycopg
 import pytest
 from conftest import ApiServer, SseReader, edge_and_ingest, eventually, mqtt_client
+from fire_helpers import ALARM, SMOKE_TOPIC, node_config, publish
 
 from deploy.local.services import Service
-from edge.config import NodeConfig, parse_config
 from edge.node import EdgeNode
 
-SMOKE_TOPIC = "zigbee2mqtt/b3-stair-smoke"
-ALARM = {"smoke": True, "battery": 87, "battery_low": False, "tamper": False, "linkquality": 120}
 CLEAR = {**ALARM, "smoke": False}
-
-
-def node_config(broker_url: str, spool: Path) -> NodeConfig:
-    return parse_config(
-        f"""
-node_id: test-node
-site: {{id: willow-court, sub_district: riverside, community: east-gate, grid: g07}}
-broker: {{url: "{broker_url}"}}
-uplink: {{spool: "{spool}"}}
-sensors:
-  - {{id: smoke-b3-stair, adapter: zigbee2mqtt, topic: {SMOKE_TOPIC}, name: "Building 3, stairwell"}}
-"""
-    )
 
 
 @pytest.fixture
@@ -42,11 +26,6 @@ def sensor(broker: Service) -> Iterator[mqtt.Client]:
     """A client standing in for zigbee2mqtt on the node's local broker."""
     with mqtt_client(broker, "test-zigbee2mqtt") as client:
         yield client
-
-
-def publish(client: mqtt.Client, payload: dict | bytes, topic: str = SMOKE_TOPIC) -> None:
-    body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
-    client.publish(topic, body, qos=1).wait_for_publish(timeout=5)
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ import paho.mqtt.client as mqtt
 import psycopg
 import pytest
 from conftest import edge_and_ingest, eventually, mqtt_client
-from test_fire_path import publish
+from fire_helpers import publish
 
 from alerts.models import Heartbeat, utc_now
 from deploy.local.services import Service

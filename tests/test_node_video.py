@@ -12,7 +12,7 @@ import numpy as np
 import paho.mqtt.client as mqtt
 import pytest
 from conftest import eventually, mqtt_client
-from test_fire_path import ALARM, publish
+from fire_helpers import ALARM, publish
 
 from alerts.models import Event, EventKind, EventState, Heartbeat
 from deploy.local.services import Service

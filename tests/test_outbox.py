@@ -6,7 +6,7 @@ from pathlib import Path
 
 import psycopg
 from conftest import _service_folder, eventually, mqtt_client
-from test_fire_path import ALARM, node_config, publish
+from fire_helpers import ALARM, node_config, publish
 
 from alerts.writer import IngestWorker
 from deploy.local.services import Service, free_port, start_mosquitto

@@ -10,8 +10,8 @@ import subprocess
 import tempfile
 from datetime import UTC, datetime
 
+from api_helpers import EAST, raise_alert, write
 from conftest import ApiServer
-from test_api import EAST, raise_alert, write
 
 from alerts.models import DeviceStatus, EventKind, Heartbeat, Place, Severity
 from alerts.store import Batch

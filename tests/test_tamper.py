@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 
 import cv2
 import numpy as np
 import pytest
+from vtest import DATA, FPS, vtest_frames
 
 from alerts.models import Event, EventKind, EventState, Place
 from detectors.tamper import TamperConfig, TamperDetector
 
-DATA = Path("/usr/share/doc/opencv-doc/examples/data")
-VTEST = DATA / "vtest.avi"
-FPS = 10.0
 STRIDE = 5
 """A check every half second needs only every fifth frame decoded."""
 CONFIG = TamperConfig(interval_s=0.5, confirm_s=3, clear_s=3, learn_s=5)
@@ -23,24 +20,12 @@ PLACE = Place(sub_district="sd", community="c", grid="g", site="s", device="cam1
 Tamper = Callable[[np.ndarray], np.ndarray]
 
 
-def frames() -> Iterator[tuple[float, np.ndarray]]:
-    """(time, frame) of every STRIDE-th frame of vtest.avi."""
-    if not VTEST.exists():
-        pytest.fail(f"{VTEST} is missing: install Debian's opencv-doc (`make setup` does)")
-    capture = cv2.VideoCapture(str(VTEST))
-    index = 0
-    while capture.grab():
-        if index % STRIDE == 0:
-            yield index / FPS, capture.retrieve()[1]
-        index += 1
-    capture.release()
-
-
 def play(*windows: tuple[float, float, Tamper]) -> list[tuple[float, Event]]:
     """(time, event) of the clip, each window's tamper applied to its frames from its start to its end (seconds)."""
     detector = TamperDetector(PLACE, "node-1", CONFIG)
     events = []
-    for ts, frame in frames():
+    for index, frame in vtest_frames(STRIDE):
+        ts = index / FPS
         shown = next((tamper(frame) for start, end, tamper in windows if start <= ts < end), frame)
         events += [(ts, e) for e in detector.process(shown, ts)]
     return events
@@ -68,6 +53,7 @@ def panned(frame: np.ndarray) -> np.ndarray:
 
 def elsewhere(frame: np.ndarray) -> np.ndarray:
     view = cv2.imread(str(DATA / "building.jpg"))
+    assert view is not None
     return cv2.resize(view, (frame.shape[1], frame.shape[0]))
 
 

@@ -16,13 +16,13 @@ import cv2
 import numpy as np
 import pytest
 from conftest import YOLO_INPUT_SIZE
+from vtest import VTEST
 
 from detectors.backend import Backend, BackendConfig
 from detectors.detections import Detections
 from detectors.load import load_backend
 from detectors.ultralytics_backend import UltralyticsBackend
 
-VTEST = Path("/usr/share/doc/opencv-doc/examples/data/vtest.avi")
 SCORE = 1e-6
 
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import yaml
 from pydantic import ValidationError
-from test_tracking import FPS, detect_clip, vtest_frames
+from vtest import FPS, detect_clip, vtest_frames
 
 from alerts.models import Event, EventKind, EventState, Place
 from detectors.backend import offline_default
@@ -220,7 +220,8 @@ def detections(*objects: tuple[int, str, tuple[float, float, float, float]]) -> 
 
 
 FRAME = np.zeros((240, 320, 3), np.uint8)
-YARD = {"zones": [{"name": "yard", "polygon": [[0.25, 0.25], [0.75, 0.25], [0.75, 0.75], [0.25, 0.75]]}]}
+YARD_POLYGON = [[0.25, 0.25], [0.75, 0.25], [0.75, 0.75], [0.25, 0.75]]
+YARD = {"zones": [{"name": "yard", "polygon": YARD_POLYGON}]}
 
 
 def play(rule: dict[str, object], steps: list[tuple[float, Detections]]) -> list[tuple[float, EventState]]:
@@ -277,7 +278,7 @@ def test_line_ignores_jitter_on_the_line_and_crossings_past_its_ends() -> None:
 
 
 def test_zones_survive_a_resolution_change() -> None:
-    zone = PolygonZone(YARD["zones"][0]["polygon"])
+    zone = PolygonZone(YARD_POLYGON)
     d = detections((1, "person", (100, 50, 120, 100)), (2, "person", (10, 50, 30, 100)))
     big = Detections(d.xyxy * 6, d.confidence, d.class_name, d.tracker_id)
     assert zone.trigger(d, (240, 320)).tolist() == zone.trigger(big, (1440, 1920)).tolist() == [True, False]

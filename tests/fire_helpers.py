@@ -1,0 +1,31 @@
+"""Helpers of the fire-path tests: a zigbee2mqtt smoke detector's topic and alarm, a node watching it, a publisher."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+
+from edge.config import NodeConfig, parse_config
+
+SMOKE_TOPIC = "zigbee2mqtt/b3-stair-smoke"
+ALARM = {"smoke": True, "battery": 87, "battery_low": False, "tamper": False, "linkquality": 120}
+
+
+def node_config(broker_url: str, spool: Path) -> NodeConfig:
+    return parse_config(
+        f"""
+node_id: test-node
+site: {{id: willow-court, sub_district: riverside, community: east-gate, grid: g07}}
+broker: {{url: "{broker_url}"}}
+uplink: {{spool: "{spool}"}}
+sensors:
+  - {{id: smoke-b3-stair, adapter: zigbee2mqtt, topic: {SMOKE_TOPIC}, name: "Building 3, stairwell"}}
+"""
+    )
+
+
+def publish(client: mqtt.Client, payload: dict | bytes, topic: str = SMOKE_TOPIC) -> None:
+    body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+    client.publish(topic, body, qos=1).wait_for_publish(timeout=5)
