@@ -8,9 +8,10 @@ store refuses a copy of an alert from a site other than the one that raised it
 Each refusal is a reason string, which ingest keeps with the message as a dead letter.
 
 Example:
-    >>> from alerts.models import Alert, EventKind, Place
+    >>> from alerts.models import Alert, Place
     >>> place = Place(sub_district="riverside", community="east-gate", grid="g07", site="willow-court")
-    >>> alert = Alert(kind=EventKind.FIRE, type="smoke", place=place, source="n1", title="Smoke", dedup_key="k")
+    >>> alert = Alert(kind="fire", type="smoke", severity="critical", route="fire", place=place, source="n1",
+    ...               dedup_key="k")
     >>> bound_to("willow-court", alert) is alert
     True
     >>> bound_to("oak-yard", alert)
