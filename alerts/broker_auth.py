@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
+from paho.mqtt.reasoncodes import ReasonCode
 
 from alerts.writer import SHARE_GROUP
 from ingest.mqtt import CHANNELS, TOPIC_PREFIX, UPLINK_FILTER, connect, make_client, uplink_topic
@@ -167,7 +168,7 @@ class BrokerAdmin:
         self._responses: list[dict[str, Any]] = []
         self._refused: str | None = None
         self._client.on_connect = self._on_connect
-        self._client.on_subscribe = lambda client, userdata, mid, codes, props: self._ready.set()
+        self._client.on_subscribe = self._on_subscribe
         self._client.on_message = self._on_message
 
     def __enter__(self) -> BrokerAdmin:
@@ -184,12 +185,21 @@ class BrokerAdmin:
         self._client.disconnect()
         self._client.loop_stop()
 
-    def _on_connect(self, client: mqtt.Client, userdata: object, flags: object, reason_code, props: object) -> None:
+    def _on_connect(
+        self, client: mqtt.Client, userdata: object, flags: object, reason_code: ReasonCode, props: object
+    ) -> None:
         if reason_code.is_failure:
             self._refused = str(reason_code)
             self._ready.set()
             return
         client.subscribe(f"{CONTROL_TOPIC}/response", qos=1)
+
+    def _on_subscribe(
+        self, client: mqtt.Client, userdata: object, mid: int, codes: list[ReasonCode], props: object
+    ) -> None:
+        if any(code.is_failure for code in codes):
+            self._refused = f"not allowed to read the plugin's answers ({codes[0]}): not the admin client?"
+        self._ready.set()
 
     def _on_message(self, client: mqtt.Client, userdata: object, message: mqtt.MQTTMessage) -> None:
         try:

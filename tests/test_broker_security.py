@@ -301,3 +301,15 @@ def test_the_broker_command_adds_rotates_and_removes_a_node_while_the_broker_run
     assert _patrolnet(secure_broker, "remove", "elm-row-01").returncode == 0
     with node_probe(secure_broker, "elm-row-01", password=second) as gone:
         assert gone.connack.is_failure
+
+
+def test_the_broker_command_needs_the_admin(secure_broker: SecureBroker) -> None:
+    env = {**os.environ, "PATROLNET_BROKER_ADMIN_URL": secure_broker.url("node-a")}
+    cmd = [sys.executable, "-m", "edge.cli", "broker", "add-node", "--site", PLACE_B.site, "--node", "intruder"]
+    done = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1 and "not allowed to read the plugin's answers" in done.stderr, done.stderr
+    wrong = {**env, "PATROLNET_BROKER_ADMIN_URL": secure_broker.url("admin", "wrong")}
+    done = subprocess.run(cmd, env=wrong, cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1 and "cannot reach the broker's control API: Not authorized" in done.stderr
+    with Probe(secure_broker.ports[1883], "intruder", "anything") as intruder:
+        assert intruder.connack.is_failure
