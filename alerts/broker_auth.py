@@ -17,6 +17,11 @@ and the ingest client); afterwards ``BrokerAdmin`` changes it live through the p
 ``$CONTROL/dynamic-security/v1`` topic, as the admin client. Passwords are 32 random bytes,
 URL-safe, so they go into ``mqtt://user:password@host`` URLs as they are.
 
+A node's username is bound to its uplink's client id: MQTT lets a CONNECT with a session's client id
+take that session over, so a node that borrowed an ingest worker's id would take the worker's session
+and shared subscription, and the two would throw each other off in turn. Measured here: unbound, a
+node's CONNECT as ``patrolnet-ingest-1`` resumed the worker's session (session present).
+
 Example:
     >>> [acl["topic"] for acl in node_role("willow-court")["acls"]][:2]
     ['patrolnet/v1/willow-court/events', 'patrolnet/v1/willow-court/alerts']
@@ -68,6 +73,11 @@ def checked_name(kind: str, name: str) -> str:
     if not _NAME.match(name):
         raise ValueError(f"{kind} {name!r} must be letters, digits, '.', '_' or '-'")
     return name
+
+
+def node_client_id(node_id: str) -> str:
+    """The MQTT client id of an edge node's uplink (edge/node.py), which its broker username is bound to."""
+    return f"patrolnet-edge-{checked_name('node', node_id)}-uplink"
 
 
 def new_password() -> str:
@@ -220,13 +230,17 @@ class BrokerAdmin:
                 raise BrokerAdminError(f"{response.get('command')}: {error}")
         return self._responses
 
-    def add_node(self, site: str, node: str, password: str) -> None:
-        """A node of ``site``: its client, with the site's role (made the first time)."""
+    def add_node(self, site: str, node: str, password: str, client_id: str | None = None) -> None:
+        """A node of ``site``: its client, with the site's role (made the first time), bound to the node's
+        uplink client id (``node_client_id``) so that it cannot take over another client's session."""
         self.run([{"command": "createRole", **node_role(site)}], tolerate=("Role already exists",))
-        self.add_client(node, password, site_role_name(site), f"edge node of site {site}")
+        bound = client_id or node_client_id(node)
+        self.add_client(node, password, site_role_name(site), f"edge node of site {site}", bound)
 
-    def add_client(self, username: str, password: str, role: str, textname: str) -> None:
+    def add_client(self, username: str, password: str, role: str, textname: str, client_id: str | None = None) -> None:
         client = {"username": checked_name("username", username), "password": password, "textname": textname}
+        if client_id is not None:
+            client["clientid"] = checked_name("client id", client_id)
         self.run([{"command": "createClient", **client, "roles": [{"rolename": role}]}])
 
     def add_ingest(self, username: str, password: str) -> None:

@@ -214,7 +214,7 @@ def cmd_broker(args: argparse.Namespace) -> int:
         with BrokerAdmin(setting("PATROLNET_BROKER_ADMIN_URL")) as admin:
             password = new_password()
             if args.broker_command == "add-node":
-                admin.add_node(args.site, args.node, password)
+                admin.add_node(args.site, args.node, password, args.client_id)
             elif args.broker_command == "add-ingest":
                 admin.add_ingest(args.name, password)
             elif args.broker_command == "rotate":
@@ -313,7 +313,10 @@ def parser() -> argparse.ArgumentParser:
     init.add_argument("--config", required=True, help="e.g. /var/lib/mosquitto/dynamic-security.json")
     add_node = broker.add_parser("add-node", help="an edge node: publish under its site, read its commands")
     add_node.add_argument("--site", required=True, help="the site id of the node's config")
-    add_node.add_argument("--node", required=True, help="the node's broker username, e.g. its node_id")
+    add_node.add_argument("--node", required=True, help="the node's node_id, its broker username")
+    add_node.add_argument(
+        "--client-id", help="the only MQTT client id it may use; default its uplink's, patrolnet-edge-<node>-uplink"
+    )
     add_ingest = broker.add_parser("add-ingest", help="an ingest client: join the share group, read the uplink")
     add_ingest.add_argument("--name", required=True, help="broker username")
     rotate = broker.add_parser("rotate", help="a new password; the old one stops working at once")

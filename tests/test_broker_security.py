@@ -23,10 +23,12 @@ from conftest import REPO, ApiServer, eventually
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
-from alerts.broker_auth import BrokerAdmin, write_initial_config
+from alerts.broker_auth import BrokerAdmin, node_client_id, write_initial_config
 from alerts.models import Alert, EventKind, Heartbeat, NodeStatus, Place, Role, Severity
 from alerts.writer import SHARE_GROUP, IngestWorker
 from deploy.local.services import Service, start_mosquitto_config
+from edge.config import parse_config
+from edge.node import EdgeNode
 from ingest.mqtt import UPLINK_FILTER, uplink_topic
 
 CENTRAL = REPO / "deploy" / "mosquitto-central.conf"
@@ -82,9 +84,9 @@ class Probe:
     """An MQTT v5 client that records what the broker answers: CONNACK, SUBACKs, PUBACKs, messages."""
 
     def __init__(self, port: int, user: str | None, password: str | None = None, *, cafile: Path | None = None,
-                 will: tuple[str, bytes] | None = None) -> None:  # fmt: skip
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"probe-{uuid.uuid4().hex[:8]}",
-                                  protocol=mqtt.MQTTv5)  # fmt: skip
+                 will: tuple[str, bytes] | None = None, client_id: str | None = None) -> None:  # fmt: skip
+        client_id = client_id or f"probe-{uuid.uuid4().hex[:8]}"
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
         if user is not None:
             self.client.username_pw_set(user, password if password is not None else PASSWORDS[user])
         if cafile is not None:
@@ -134,7 +136,9 @@ class Probe:
 
 
 def node_probe(broker: SecureBroker, user: str, **kwargs: object) -> Probe:
-    return Probe(broker.ports[1883], user, **kwargs)
+    """A client of ``user`` on the plain listener; a node's with the client id its username is bound to."""
+    client_id = None if user in ("admin", "ingest") else node_client_id(user)
+    return Probe(broker.ports[1883], user, client_id=client_id, **kwargs)
 
 
 def test_strangers_are_refused_on_both_listeners_and_nodes_connect_over_tls(secure_broker: SecureBroker) -> None:
@@ -144,7 +148,7 @@ def test_strangers_are_refused_on_both_listeners_and_nodes_connect_over_tls(secu
         with probe:
             assert probe.connack.is_failure, probe.connack
             assert probe.connack.value in (134, NOT_AUTHORIZED)
-    with Probe(tls, "node-a", cafile=secure_broker.folder / "ca.crt") as node:
+    with Probe(tls, "node-a", cafile=secure_broker.folder / "ca.crt", client_id=node_client_id("node-a")) as node:
         assert not node.connack.is_failure
         assert node.publish(uplink_topic(PLACE_A.site, "events"), b"{}") in (0, 16)
 
@@ -304,7 +308,7 @@ def test_the_broker_command_adds_rotates_and_removes_a_node_while_the_broker_run
 
 
 def test_the_broker_command_needs_the_admin(secure_broker: SecureBroker) -> None:
-    env = {**os.environ, "PATROLNET_BROKER_ADMIN_URL": secure_broker.url("node-a")}
+    env = {**os.environ, "PATROLNET_BROKER_ADMIN_URL": secure_broker.url("ingest")}
     cmd = [sys.executable, "-m", "edge.cli", "broker", "add-node", "--site", PLACE_B.site, "--node", "intruder"]
     done = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=60)
     assert done.returncode == 1 and "not allowed to read the plugin's answers" in done.stderr, done.stderr
@@ -313,3 +317,37 @@ def test_the_broker_command_needs_the_admin(secure_broker: SecureBroker) -> None
     assert done.returncode == 1 and "cannot reach the broker's control API: Not authorized" in done.stderr
     with Probe(secure_broker.ports[1883], "intruder", "anything") as intruder:
         assert intruder.connack.is_failure
+
+
+def test_a_node_cannot_take_over_an_ingest_workers_session(secure_broker: SecureBroker, ingest: IngestWorker) -> None:
+    borrowed = Probe(secure_broker.ports[1883], "node-a", client_id="patrolnet-secure-ingest")
+    with borrowed:
+        assert borrowed.connack.is_failure
+    with node_probe(secure_broker, "node-a") as a:
+        for _ in range(5):
+            assert a.publish(uplink_topic(PLACE_A.site, "readings"), b"[]") == 0
+    eventually(lambda: ingest.counts["messages"] == 5)  # the worker kept its session and its share
+
+
+def test_a_real_edge_node_with_its_new_credentials_reaches_the_centre(
+    secure_broker: SecureBroker, ingest: IngestWorker, broker: Service, database_url: str, tmp_path: Path
+) -> None:
+    added = _patrolnet(secure_broker, "add-node", "--site", "elm-row", "--node", "elm-row-01")
+    assert added.returncode == 0, added.stderr
+    uplink = f"mqtt://elm-row-01:{added.stdout.strip()}@127.0.0.1:{secure_broker.ports[1883]}"
+    config = parse_config(f"""
+node_id: elm-row-01
+site: {{id: elm-row, sub_district: riverside, community: east-gate, grid: g07}}
+broker: {{url: "{broker.url}"}}
+uplink: {{url: "{uplink}", spool: "{tmp_path / 'outbox.sqlite3'}", heartbeat_s: 0.5}}
+sensors: [{{id: smoke-1, adapter: native, topic: patrolnet/sensors/smoke-1}}]
+""")  # fmt: skip
+    node = EdgeNode(config)
+    node.start()
+    try:
+        assert node.wait_ready()
+        eventually(lambda: _rows(database_url, "SELECT node_id, site FROM nodes"), timeout=20)
+    finally:
+        node.stop()
+    assert _rows(database_url, "SELECT node_id, site FROM nodes") == [("elm-row-01", "elm-row")]
+    assert _rows(database_url, "SELECT reason FROM dead_letters") == []
