@@ -42,6 +42,7 @@ import pwd
 import re
 import secrets
 import threading
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -250,17 +251,33 @@ class BrokerAdmin:
     def rotate(self, username: str, password: str) -> None:
         """A new password; the client's connections are closed (disable, enable), so the old one is done."""
         name = checked_name("username", username)
-        self.run(
-            [
-                {"command": "setClientPassword", "username": name, "password": password},
-                {"command": "disableClient", "username": name},
-                {"command": "enableClient", "username": name},
-            ]
-        )
+        change = {"command": "setClientPassword", "username": name, "password": password}
+        if name == self._address.username:
+            self._rotate_self(change)
+            return
+        self.run([change, *({"command": toggle, "username": name} for toggle in ("disableClient", "enableClient"))])
+
+    def _rotate_self(self, change: dict[str, Any]) -> None:
+        """The plugin closes the admin's own connection when its password changes, before it answers: the proof
+        is a new connection with the new password."""
+        self._client.publish(CONTROL_TOPIC, json.dumps({"commands": [change]}), qos=1)
+        a = self._address
+        url = f"{'mqtts' if a.tls else 'mqtt'}://{a.username}:{change['password']}@{a.host}:{a.port}"
+        deadline = time.monotonic() + self.timeout
+        while True:
+            try:
+                with BrokerAdmin(url, timeout=2.0):
+                    return
+            except BrokerAdminError:
+                if time.monotonic() > deadline:
+                    raise
 
     def remove(self, username: str) -> None:
-        """Deletes the client; the broker closes its connections."""
-        self.run([{"command": "deleteClient", "username": checked_name("username", username)}])
+        """Deletes the client; the broker closes its connections. Not the admin itself: nobody could add one."""
+        name = checked_name("username", username)
+        if name == self._address.username:
+            raise ValueError(f"{name!r} is the admin this command runs as: it would lock everybody out")
+        self.run([{"command": "deleteClient", "username": name}])
 
     def clients(self) -> list[str]:
         answer = self.run([{"command": "listClients", "verbose": False, "count": -1, "offset": 0}])

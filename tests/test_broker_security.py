@@ -265,8 +265,8 @@ def test_a_copy_from_another_site_cannot_clear_an_alarm(
     assert _rows(database_url, "SELECT change FROM alert_changes WHERE alert_id = %s", raised.id) == [("raised",)]
 
 
-def _patrolnet(broker: SecureBroker, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PATROLNET_BROKER_ADMIN_URL": broker.url("admin")}
+def _patrolnet(broker: SecureBroker, *args: str, admin: str | None = None) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PATROLNET_BROKER_ADMIN_URL": broker.url("admin", admin)}
     cmd = [sys.executable, "-m", "edge.cli", "broker", *args]
     return subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=60)
 
@@ -303,6 +303,13 @@ def test_the_broker_command_adds_rotates_and_removes_a_node_while_the_broker_run
         assert not new.connack.is_failure
         assert new.publish(topic, b"{}") in (0, 16)
     assert _patrolnet(secure_broker, "remove", "elm-row-01").returncode == 0
+    refused = _patrolnet(secure_broker, "remove", "admin")
+    assert refused.returncode == 1 and "would lock everybody out" in refused.stderr
+    admin_rotated = _patrolnet(secure_broker, "rotate", "admin")
+    assert admin_rotated.returncode == 0, admin_rotated.stderr
+    assert _patrolnet(secure_broker, "list").returncode == 1
+    listed = _patrolnet(secure_broker, "list", admin=admin_rotated.stdout.strip())
+    assert listed.returncode == 0 and "elm-row-01" not in listed.stdout.split()
     with node_probe(secure_broker, "elm-row-01", password=second) as gone:
         assert gone.connack.is_failure
 
