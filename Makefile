@@ -11,8 +11,9 @@ FOOTAGE := $(CACHE)/footage/vtest.h264
 VTEST := /usr/share/doc/opencv-doc/examples/data/vtest.avi
 MODEL_SHA256 := dccea06f59b781ec1234ddf8d1e94b9519a97f4245748a7d4db75d5b7080a42c
 # chromium: the tests run the alert page's JavaScript in it.
+# systemd: the tests run systemd-analyze verify on deploy/systemd; openssl makes the test broker's TLS certificate.
 DEBS := postgresql mosquitto ffmpeg opencv-doc gstreamer1.0-rtsp gir1.2-gst-rtsp-server-1.0 python3-gst-1.0 \
-	gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad chromium
+	gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad chromium systemd openssl
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
 .PHONY: setup system-packages demo test lint format bench clean

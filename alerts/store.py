@@ -22,7 +22,9 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from alerts import timescale
+from alerts.identity import foreign_copy
 from alerts.models import Alert, DeadLetter, Event, Heartbeat, Place, Reading
+from ingest.mqtt import uplink_topic
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +143,7 @@ ON CONFLICT (id) DO UPDATE SET
     severity = EXCLUDED.severity, title = EXCLUDED.title, active = EXCLUDED.active, count = EXCLUDED.count,
     last_seen = EXCLUDED.last_seen, cleared_at = EXCLUDED.cleared_at, revision = EXCLUDED.revision,
     last_event_id = EXCLUDED.last_event_id, attributes = EXCLUDED.attributes, updated_at = now()
-WHERE alerts.revision < EXCLUDED.revision
+WHERE alerts.revision < EXCLUDED.revision AND alerts.site = EXCLUDED.site
 RETURNING id, (xmax = 0) AS inserted, active"""
 
 # The rotation entry covering the alert's local time in the entry's timezone; a range ending before
@@ -187,6 +189,23 @@ def _alert_row(a: Alert) -> tuple[Any, ...]:
     return (a.id, a.ts, a.kind, a.type, a.severity, a.route, *_place_values(a.place), a.source, a.title,
             a.dedup_key, a.active, a.count, a.last_seen, a.cleared_at, a.revision, a.last_event_id,
             Jsonb(a.attributes))  # fmt: skip
+
+
+def _foreign_copies(cur: psycopg.Cursor, alerts: list[Alert]) -> tuple[list[Alert], list[DeadLetter]]:
+    """The copies that may be written, and dead letters for those from a site other than the one that raised
+    the alert (stored, or earlier in the batch); the upsert's site guard covers a raise by a concurrent worker."""
+    raised_by = dict(cur.execute("SELECT id, site FROM alerts WHERE id = ANY(%s)", ([a.id for a in alerts],)))
+    kept, refused = [], []
+    for alert in alerts:
+        reason = foreign_copy(raised_by.setdefault(alert.id, alert.place.site), alert)
+        if reason is None:
+            kept.append(alert)
+        else:
+            log.warning("dead letter: %s", reason)
+            payload = alert.model_dump_json().encode()
+            topic = uplink_topic(alert.place.site, "alerts")
+            refused.append(DeadLetter(topic=topic, payload=payload, reason=reason, source="store"))
+    return kept, refused
 
 
 def _write_alerts(cur: psycopg.Cursor, alerts: list[Alert]) -> int:
@@ -242,14 +261,15 @@ def _write_heartbeats(cur: psycopg.Cursor, heartbeats: list[Heartbeat]) -> None:
 def write_batch(conn: psycopg.Connection, batch: Batch) -> int:
     """Writes a batch in the caller's transaction; returns how many alert changes it logged."""
     with conn.cursor() as cur:
+        alerts, refused = _foreign_copies(cur, batch.alerts) if batch.alerts else ([], [])
         copy_insert(cur, "events", EVENT_COLUMNS, [event_row(e) for e in batch.events])
         copy_insert(cur, "readings", READING_COLUMNS, [reading_row(r) for r in batch.readings])
         copy_insert(
             cur,
             "dead_letters",
             _DEAD_LETTER_COLUMNS,
-            [(d.id, d.ts, d.topic, d.payload, d.reason, d.source) for d in batch.dead_letters],
+            [(d.id, d.ts, d.topic, d.payload, d.reason, d.source) for d in [*batch.dead_letters, *refused]],
         )
         if batch.heartbeats:
             _write_heartbeats(cur, batch.heartbeats)
-        return _write_alerts(cur, batch.alerts) if batch.alerts else 0
+        return _write_alerts(cur, alerts) if alerts else 0

@@ -24,6 +24,7 @@ import paho.mqtt.client as mqtt
 import psycopg
 from pydantic import TypeAdapter, ValidationError
 
+from alerts.identity import bound_to
 from alerts.models import Alert, DeadLetter, Event, Heartbeat, Reading
 from alerts.store import Batch, write_batch
 from ingest.mqtt import UPLINK_FILTER, connect, make_client, parse_uplink_topic
@@ -37,15 +38,15 @@ _READINGS = TypeAdapter(list[Reading])
 def decode(topic: str, payload: bytes, batch: Batch, worker: str) -> None:
     """Adds one uplink message to a batch, or a dead letter saying why it could not be."""
     try:
-        _, channel = parse_uplink_topic(topic)
+        site, channel = parse_uplink_topic(topic)
         if channel == "events":
-            batch.events.append(Event.model_validate_json(payload))
+            batch.events.append(bound_to(site, Event.model_validate_json(payload)))
         elif channel == "alerts":
-            batch.alerts.append(Alert.model_validate_json(payload))
+            batch.alerts.append(bound_to(site, Alert.model_validate_json(payload)))
         elif channel == "readings":
-            batch.readings.extend(_READINGS.validate_json(payload))
+            batch.readings.extend(bound_to(site, _READINGS.validate_json(payload)))
         elif channel == "heartbeats":
-            batch.heartbeats.append(Heartbeat.model_validate_json(payload))
+            batch.heartbeats.append(bound_to(site, Heartbeat.model_validate_json(payload)))
         else:
             batch.dead_letters.append(DeadLetter.model_validate_json(payload))
     except (ValueError, ValidationError) as exc:

@@ -9,6 +9,8 @@
     patrolnet apikey create --role fire ...  make an API key
     patrolnet apikey list | revoke ID        see the keys (never the keys themselves); revoke one
     patrolnet config check node.yaml         validate a node config
+    patrolnet broker add-node --site S --node N   broker credentials of an edge node (also init, add-ingest,
+                                             rotate, remove, list)
     patrolnet demo                           everything, locally, on real services
 
 Connection settings come from the environment: ``PATROLNET_DATABASE_URL`` and
@@ -181,6 +183,55 @@ def cmd_config_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def _broker_secret(args: argparse.Namespace, password: str) -> None:
+    """The new password, printed once, or written to a file only its owner reads."""
+    if args.password_file is None:
+        print(password)
+        return
+    fd = os.open(args.password_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as file:
+        file.write(password + "\n")
+    print(f"password written to {args.password_file}", file=sys.stderr)
+
+
+def cmd_broker(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from alerts.broker_auth import BrokerAdmin, BrokerAdminError, new_password, write_initial_config
+    from ingest.mqtt import parse_url
+
+    try:
+        if args.broker_command == "init":
+            admin, ingest = (parse_url(setting(name)) for name in ("PATROLNET_BROKER_ADMIN_URL", "PATROLNET_MQTT_URL"))
+            if not (admin.username and admin.password and ingest.username and ingest.password):
+                raise ValueError("both URLs need a username and a password: mqtt://user:password@host:port")
+            if not write_initial_config(
+                Path(args.config), (admin.username, admin.password), (ingest.username, ingest.password)
+            ):
+                print(f"{args.config} exists: left as it is (the broker owns it now)", file=sys.stderr)
+            return 0
+        with BrokerAdmin(setting("PATROLNET_BROKER_ADMIN_URL")) as admin:
+            password = new_password()
+            if args.broker_command == "add-node":
+                admin.add_node(args.site, args.node, password, args.client_id)
+            elif args.broker_command == "add-ingest":
+                admin.add_ingest(args.name, password)
+            elif args.broker_command == "rotate":
+                admin.rotate(args.username, password)
+            elif args.broker_command == "remove":
+                admin.remove(args.username)
+                return 0
+            else:
+                print("\n".join(admin.clients()))
+                return 0
+        _broker_secret(args, password)
+        return 0
+    except (ValueError, BrokerAdminError) as exc:
+        print(f"patrolnet broker: {exc}", file=sys.stderr)
+        return 1
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from deploy.local.demo import run_demo
 
@@ -250,6 +301,33 @@ def parser() -> argparse.ArgumentParser:
     check = config.add_parser("check", help="validate a node config")
     check.add_argument("file")
     check.set_defaults(func=cmd_config_check)
+
+    broker = sub.add_parser(
+        "broker", help="broker credentials and ACLs (Mosquitto dynamic security; env PATROLNET_BROKER_ADMIN_URL)"
+    ).add_subparsers(dest="broker_command", required=True)
+    init = broker.add_parser(
+        "init",
+        help="the plugin's file before the broker's first start: admin and ingest clients, from the "
+        "URLs in PATROLNET_BROKER_ADMIN_URL and PATROLNET_MQTT_URL",
+    )
+    init.add_argument("--config", required=True, help="e.g. /var/lib/mosquitto/dynamic-security.json")
+    add_node = broker.add_parser("add-node", help="an edge node: publish under its site, read its commands")
+    add_node.add_argument("--site", required=True, help="the site id of the node's config")
+    add_node.add_argument("--node", required=True, help="the node's node_id, its broker username")
+    add_node.add_argument(
+        "--client-id", help="the only MQTT client id it may use; default its uplink's, patrolnet-edge-<node>-uplink"
+    )
+    add_ingest = broker.add_parser("add-ingest", help="an ingest client: join the share group, read the uplink")
+    add_ingest.add_argument("--name", required=True, help="broker username")
+    rotate = broker.add_parser("rotate", help="a new password; the old one stops working at once")
+    remove = broker.add_parser("remove", help="delete a client; its connections are closed")
+    for command in (rotate, remove):
+        command.add_argument("username")
+    for command in (add_node, add_ingest, rotate):
+        command.add_argument("--password-file", help="write the new password here (mode 0600) instead of printing it")
+    listing = broker.add_parser("list", help="the broker's clients")
+    for command in (init, add_node, add_ingest, rotate, remove, listing):
+        command.set_defaults(func=cmd_broker)
 
     demo = sub.add_parser("demo", help="run everything locally on real services")
     demo.add_argument("--config", default="deploy/node.example.yaml", help="node config to run")

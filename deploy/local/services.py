@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import os
 import pwd
+import re
 import shutil
 import socket
 import subprocess
@@ -174,6 +175,48 @@ def start_mosquitto(folder: str | Path, port: int | None = None) -> Service:
     url = f"mqtt://127.0.0.1:{port}"
     log.info("Mosquitto on %s", url)
     return Service("mosquitto", url, port, folder, proc=proc)
+
+
+_DEPLOYED_PATHS = re.compile(r"(?<=\s)/(?:etc|var/lib)/mosquitto/(?:\S+/)?(\S*)")
+
+
+def start_mosquitto_config(conf_path: str | Path, folder: str | Path, ports: dict[int, int] | None = None) -> Service:
+    """Mosquitto started from one of deploy/'s configs, moved onto loopback and into ``folder``.
+
+    Each ``listener PORT`` moves to ``ports[PORT]`` (a free port when not given; ``ports`` is filled in)
+    on 127.0.0.1; files under /etc/mosquitto/ and /var/lib/mosquitto/ are looked for in ``folder`` by
+    their names (put the password, ACL, certificate and plugin files there first); the log goes to
+    ``folder``/mosquitto.log. The URL is the first listener's.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    ports = {} if ports is None else ports
+    lines, listening = [], []
+    for line in Path(conf_path).read_text(encoding="utf-8").splitlines():
+        words = line.split()
+        if words[:1] == ["listener"]:
+            listening.append(ports.setdefault(int(words[1]), free_port()))
+            line = f"listener {listening[-1]} 127.0.0.1"
+        elif words[:1] == ["bind_interface"]:
+            continue
+        elif words[:1] == ["log_dest"]:
+            line = f"log_dest file {folder}/mosquitto.log"
+        lines.append(_DEPLOYED_PATHS.sub(lambda m: f"{folder}/{m.group(1)}", line))
+    conf = folder / "mosquitto.conf"
+    conf.write_text("\n".join(lines) + "\n")
+    _chown_to(folder, "mosquitto")
+    binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+    proc = subprocess.Popen([binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for port in listening:
+            wait_for_port(port, 15, proc)
+    except (RuntimeError, TimeoutError) as exc:
+        proc.kill()
+        log_file = folder / "mosquitto.log"
+        raise RuntimeError(f"{exc}: {log_file.read_text() if log_file.exists() else 'no log'}") from exc
+    url = f"mqtt://127.0.0.1:{listening[0]}"
+    log.info("Mosquitto from %s on %s", conf_path, ports)
+    return Service("mosquitto", url, listening[0], folder, proc=proc)
 
 
 def start_rtsp(h264_file: str | Path, folder: str | Path, port: int | None = None, path: str = "/cam") -> Service:

@@ -1,0 +1,360 @@
+"""Broker security against a real Mosquitto started from deploy/mosquitto-central.conf: credentials, site-bound
+ACLs, the ingest share group kept to ingest, TLS, identity bound to the topic in ingest and the store, and the
+``patrolnet broker`` command end to end."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import paho.mqtt.client as mqtt
+import psycopg
+import pytest
+from conftest import REPO, ApiServer, eventually
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.reasoncodes import ReasonCode
+
+from alerts.broker_auth import BrokerAdmin, node_client_id, write_initial_config
+from alerts.models import Alert, EventKind, Heartbeat, NodeStatus, Place, Role, Severity
+from alerts.writer import SHARE_GROUP, IngestWorker
+from deploy.local.services import Service, start_mosquitto_config
+from edge.config import parse_config
+from edge.node import EdgeNode
+from ingest.mqtt import UPLINK_FILTER, uplink_topic
+
+CENTRAL = REPO / "deploy" / "mosquitto-central.conf"
+NOT_AUTHORIZED = 135
+SHARE = f"$share/{SHARE_GROUP}/{UPLINK_FILTER}"
+PLACE_A = Place(sub_district="riverside", community="east-gate", grid="g07", site="willow-court")
+PLACE_B = Place(sub_district="riverside", community="north-bank", grid="g02", site="oak-yard")
+PASSWORDS = {"admin": "admin-secret", "ingest": "ingest-secret", "node-a": "a-secret", "node-b": "b-secret"}
+
+
+@dataclass
+class SecureBroker:
+    service: Service
+    folder: Path
+    ports: dict[int, int]
+
+    def url(self, user: str, password: str | None = None) -> str:
+        return f"mqtt://{user}:{password or PASSWORDS[user]}@127.0.0.1:{self.ports[1883]}"
+
+
+def _self_signed(folder: Path) -> None:
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+         "-days", "2", "-subj", "/CN=patrolnet-test", "-addext", "subjectAltName=IP:127.0.0.1",
+         "-keyout", str(folder / "server.key"), "-out", str(folder / "server.crt")],
+        check=True, capture_output=True, timeout=30,
+    )  # fmt: skip
+    (folder / "ca.crt").write_bytes((folder / "server.crt").read_bytes())
+
+
+def start_secure_broker(folder: Path, ports: dict[int, int]) -> SecureBroker:
+    return SecureBroker(start_mosquitto_config(CENTRAL, folder, ports), folder, ports)
+
+
+@pytest.fixture
+def secure_broker() -> Iterator[SecureBroker]:
+    folder = Path(tempfile.mkdtemp(prefix="patrolnet-central-"))
+    os.chmod(folder, 0o755)
+    _self_signed(folder)
+    admin, ingest = ("admin", PASSWORDS["admin"]), ("ingest", PASSWORDS["ingest"])
+    assert write_initial_config(folder / "dynamic-security.json", admin, ingest)
+    broker = start_secure_broker(folder, {})
+    try:
+        with BrokerAdmin(broker.url("admin")) as control:
+            control.add_node(PLACE_A.site, "node-a", PASSWORDS["node-a"])
+            control.add_node(PLACE_B.site, "node-b", PASSWORDS["node-b"])
+        yield broker
+    finally:
+        broker.service.stop()
+
+
+class Probe:
+    """An MQTT v5 client that records what the broker answers: CONNACK, SUBACKs, PUBACKs, messages."""
+
+    def __init__(self, port: int, user: str | None, password: str | None = None, *, cafile: Path | None = None,
+                 will: tuple[str, bytes] | None = None, client_id: str | None = None) -> None:  # fmt: skip
+        client_id = client_id or f"probe-{uuid.uuid4().hex[:8]}"
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+        if user is not None:
+            self.client.username_pw_set(user, password if password is not None else PASSWORDS[user])
+        if cafile is not None:
+            self.client.tls_set(ca_certs=str(cafile))
+        if will is not None:
+            self.client.will_set(will[0], will[1], qos=1, retain=True)
+        self.connack: ReasonCode | None = None
+        self.acks: dict[int, list[ReasonCode]] = {}
+        self.messages: list[tuple[str, bytes]] = []
+        self._answered = threading.Condition()
+        self.client.on_connect = self._on_connect
+        self.client.on_subscribe = lambda c, u, mid, codes, p: self._ack(mid, list(codes))
+        self.client.on_publish = lambda c, u, mid, code, p: self._ack(mid, [code])
+        self.client.on_message = lambda c, u, m: self.messages.append((m.topic, m.payload))
+        self.port = port
+
+    def __enter__(self) -> Probe:
+        self.client.connect("127.0.0.1", self.port)
+        self.client.loop_start()
+        eventually(lambda: self.connack is not None)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+    def _on_connect(self, client: mqtt.Client, userdata: object, flags: object, code: ReasonCode, p: object) -> None:
+        self.connack = code
+
+    def _ack(self, mid: int, codes: list[ReasonCode]) -> None:
+        with self._answered:
+            self.acks[mid] = codes
+            self._answered.notify_all()
+
+    def _wait(self, mid: int) -> int:
+        with self._answered:
+            assert self._answered.wait_for(lambda: mid in self.acks, timeout=10), f"no answer to message {mid}"
+            return self.acks[mid][0].value
+
+    def subscribe(self, topic: str) -> int:
+        """The SUBACK's reason code: 1 (granted QoS 1) or a refusal."""
+        return self._wait(self.client.subscribe(topic, qos=1)[1])
+
+    def publish(self, topic: str, payload: bytes, retain: bool = False) -> int:
+        """The PUBACK's reason code."""
+        return self._wait(self.client.publish(topic, payload, qos=1, retain=retain).mid)
+
+
+def node_probe(broker: SecureBroker, user: str, **kwargs: object) -> Probe:
+    """A client of ``user`` on the plain listener; a node's with the client id its username is bound to."""
+    client_id = None if user in ("admin", "ingest") else node_client_id(user)
+    return Probe(broker.ports[1883], user, client_id=client_id, **kwargs)
+
+
+def test_strangers_are_refused_on_both_listeners_and_nodes_connect_over_tls(secure_broker: SecureBroker) -> None:
+    plain, tls = secure_broker.ports[1883], secure_broker.ports[8883]
+    for probe in (Probe(plain, None), Probe(plain, "node-a", "wrong"), Probe(plain, "nobody", "x"),
+                  Probe(tls, None, cafile=secure_broker.folder / "ca.crt")):  # fmt: skip
+        with probe:
+            assert probe.connack.is_failure, probe.connack
+            assert probe.connack.value in (134, NOT_AUTHORIZED)
+    with Probe(tls, "node-a", cafile=secure_broker.folder / "ca.crt", client_id=node_client_id("node-a")) as node:
+        assert not node.connack.is_failure
+        assert node.publish(uplink_topic(PLACE_A.site, "events"), b"{}") in (0, 16)
+
+
+def test_a_node_publishes_and_reads_only_its_own_site(secure_broker: SecureBroker) -> None:
+    a_commands, b_commands = (f"patrolnet/v1/{p.site}/commands/#" for p in (PLACE_A, PLACE_B))
+    with (
+        node_probe(secure_broker, "node-a") as a,
+        node_probe(secure_broker, "node-b") as b,
+        node_probe(secure_broker, "ingest") as ingest,
+    ):
+        assert ingest.subscribe(SHARE) == 1
+        assert b.subscribe(b_commands) == 1
+        assert a.subscribe(a_commands) == 1
+        for stolen in (b_commands, uplink_topic(PLACE_B.site, "alerts"), SHARE, f"$share/{SHARE_GROUP}/#", "#",
+                       "patrolnet/v1/+/+", "$SYS/#", "$CONTROL/dynamic-security/v1/response"):  # fmt: skip
+            assert a.subscribe(stolen) == NOT_AUTHORIZED, stolen
+        for forged in ("events", "alerts", "heartbeats", "status"):
+            assert a.publish(uplink_topic(PLACE_B.site, forged), b"forged") == NOT_AUTHORIZED
+        assert a.publish("patrolnet/v1/oak-yard/commands/open-gate", b"forged") == NOT_AUTHORIZED
+        assert a.publish(f"patrolnet/v1/{PLACE_A.site}/commands/x", b"own commands are read-only") == NOT_AUTHORIZED
+        sent = 20
+        for n in range(sent):
+            assert a.publish(uplink_topic(PLACE_A.site, "readings"), str(n).encode()) == 0
+        # Ingest alone holds the share group although node A tried to join it: every message reaches it.
+        eventually(lambda: len(ingest.messages) >= sent)
+        time.sleep(0.5)
+        print(f"sent {sent} / received by ingest {len(ingest.messages)} / lost {sent - len(ingest.messages)}")
+        assert sorted(int(p) for _, p in ingest.messages) == list(range(sent))
+        assert {t for t, _ in ingest.messages} == {uplink_topic(PLACE_A.site, "readings")}
+        assert b.messages == [] and a.messages == []
+
+
+def test_a_nodes_retained_status_and_last_will_pass_and_a_forged_will_does_not(secure_broker: SecureBroker) -> None:
+    a_status, b_status = uplink_topic(PLACE_A.site, "status"), uplink_topic(PLACE_B.site, "status")
+    offline = NodeStatus(node_id="node-a", place=PLACE_A, online=False).model_dump_json().encode()
+    online = NodeStatus(node_id="node-a", place=PLACE_A, online=True).model_dump_json().encode()
+    with node_probe(secure_broker, "ingest") as ingest:
+        assert ingest.subscribe(SHARE) == 1
+        for will_topic in (b_status, a_status):
+            node = node_probe(secure_broker, "node-a", will=(will_topic, offline)).__enter__()
+            assert not node.connack.is_failure
+            if will_topic == a_status:
+                assert node.publish(a_status, online, retain=True) == 0
+            node.client.socket().close()  # vanishes without DISCONNECT: the broker sends the will
+            node.client.loop_stop()
+            time.sleep(1.0)
+        eventually(lambda: (a_status, offline) in ingest.messages)
+        assert [t for t, _ in ingest.messages] == [a_status, a_status]
+    with node_probe(secure_broker, "ingest") as late:
+        assert late.subscribe(uplink_topic("+", "status")) == NOT_AUTHORIZED
+
+
+def _alert(place: Place, **changes: object) -> Alert:
+    return Alert(kind=EventKind.FIRE, type="smoke", severity=Severity.CRITICAL, place=place.model_copy(update={
+        "device": "smoke-1"}), source="node", title="Smoke", route=Role.FIRE, dedup_key=f"{place.site}/smoke-1",
+        **changes)  # fmt: skip
+
+
+def _rows(database_url: str, sql: str, *params: object) -> list[tuple]:
+    with psycopg.connect(database_url) as conn:
+        return conn.execute(sql, params).fetchall()
+
+
+@pytest.fixture
+def ingest(secure_broker: SecureBroker, database_url: str) -> Iterator[IngestWorker]:
+    worker = IngestWorker(secure_broker.url("ingest"), database_url, name="secure-ingest")
+    worker.start()
+    assert worker.wait_ready()
+    yield worker
+    worker.stop()
+
+
+def test_a_forged_place_on_a_nodes_own_topic_is_dead_lettered_and_never_reaches_the_other_desk(
+    secure_broker: SecureBroker, ingest: IngestWorker, database_url: str
+) -> None:
+    forged = _alert(PLACE_B)
+    heartbeat = Heartbeat(node_id="node-b", place=PLACE_B, started_at=forged.ts)
+    genuine = _alert(PLACE_A)
+    with node_probe(secure_broker, "node-a") as a:
+        assert a.publish(uplink_topic(PLACE_A.site, "alerts"), forged.model_dump_json().encode()) == 0
+        assert a.publish(uplink_topic(PLACE_A.site, "heartbeats"), heartbeat.model_dump_json().encode()) == 0
+        assert a.publish(uplink_topic(PLACE_A.site, "alerts"), genuine.model_dump_json().encode()) == 0
+    eventually(lambda: _rows(database_url, "SELECT 1 FROM alerts WHERE id = %s", genuine.id))
+    letters = _rows(database_url, "SELECT topic, reason FROM dead_letters ORDER BY ts")
+    assert [topic for topic, _ in letters] == [uplink_topic(PLACE_A.site, c) for c in ("alerts", "heartbeats")]
+    assert all("payload place.site 'oak-yard' differs from the topic's site 'willow-court'" in r for _, r in letters)
+    assert _rows(database_url, "SELECT id FROM alerts WHERE community = %s", PLACE_B.community) == []
+    assert _rows(database_url, "SELECT node_id FROM nodes") == []
+    with ApiServer(database_url) as api:
+        desk_b = httpx.get(f"{api.url}/api/v1/alerts", headers=api.key("fire", community=PLACE_B.community))
+        desk_a = httpx.get(f"{api.url}/api/v1/alerts", headers=api.key("fire", community=PLACE_A.community))
+    assert desk_b.status_code == 200 and desk_b.json()["items"] == []
+    assert [item["id"] for item in desk_a.json()["items"]] == [str(genuine.id)]
+
+
+def test_a_copy_from_another_site_cannot_clear_an_alarm(
+    secure_broker: SecureBroker, ingest: IngestWorker, database_url: str
+) -> None:
+    raised = _alert(PLACE_B)
+    clearing = raised.model_copy(update={"revision": 9, "active": False, "place": PLACE_A})
+    with node_probe(secure_broker, "node-b") as b, node_probe(secure_broker, "node-a") as a:
+        assert b.publish(uplink_topic(PLACE_B.site, "alerts"), raised.model_dump_json().encode()) == 0
+        eventually(lambda: _rows(database_url, "SELECT 1 FROM alerts WHERE id = %s", raised.id))
+        assert a.publish(uplink_topic(PLACE_A.site, "alerts"), clearing.model_dump_json().encode()) == 0
+        eventually(lambda: _rows(database_url, "SELECT 1 FROM dead_letters"))
+    assert _rows(database_url, "SELECT active, revision, site FROM alerts WHERE id = %s", raised.id) == [
+        (True, 1, PLACE_B.site)
+    ]
+    (reason,) = _rows(database_url, "SELECT reason FROM dead_letters")[0]
+    assert reason == (
+        f"alert {raised.id} was raised by site 'oak-yard'; a copy from site 'willow-court' may not change it"
+    )
+    assert _rows(database_url, "SELECT change FROM alert_changes WHERE alert_id = %s", raised.id) == [("raised",)]
+
+
+def _patrolnet(broker: SecureBroker, *args: str, admin: str | None = None) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PATROLNET_BROKER_ADMIN_URL": broker.url("admin", admin)}
+    cmd = [sys.executable, "-m", "edge.cli", "broker", *args]
+    return subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=60)
+
+
+def test_the_broker_command_adds_rotates_and_removes_a_node_while_the_broker_runs(
+    secure_broker: SecureBroker, tmp_path: Path
+) -> None:
+    secret = tmp_path / "elm-row-01.password"
+    added = _patrolnet(secure_broker, "add-node", "--site", "elm-row", "--node", "elm-row-01", "--password-file",
+                       str(secret))  # fmt: skip
+    assert added.returncode == 0, added.stderr
+    assert added.stdout == "" and oct(secret.stat().st_mode & 0o777) == "0o600"
+    first = secret.read_text().strip()
+    assert len(first) >= 40
+    topic = uplink_topic("elm-row", "events")
+    with node_probe(secure_broker, "elm-row-01", password=first) as node:
+        assert not node.connack.is_failure
+        assert node.publish(topic, b"{}") in (0, 16)
+        assert node.publish(uplink_topic(PLACE_A.site, "events"), b"{}") == NOT_AUTHORIZED
+        rotated = _patrolnet(secure_broker, "rotate", "elm-row-01")
+        assert rotated.returncode == 0, rotated.stderr
+        second = rotated.stdout.strip()
+        eventually(lambda: not node.client.is_connected())  # the old password's connection is closed
+    with node_probe(secure_broker, "elm-row-01", password=first) as old:
+        assert old.connack.is_failure
+    assert "elm-row-01" in _patrolnet(secure_broker, "list").stdout.split()
+    refused = _patrolnet(secure_broker, "add-node", "--site", "#", "--node", "x")
+    assert refused.returncode == 1 and "site '#' must be" in refused.stderr
+    # The plugin keeps its changes in its file: a restarted broker still knows the new password.
+    secure_broker.service.stop()
+    restarted = start_secure_broker(secure_broker.folder, secure_broker.ports)
+    secure_broker.service = restarted.service
+    with node_probe(secure_broker, "elm-row-01", password=second) as new:
+        assert not new.connack.is_failure
+        assert new.publish(topic, b"{}") in (0, 16)
+    assert _patrolnet(secure_broker, "remove", "elm-row-01").returncode == 0
+    refused = _patrolnet(secure_broker, "remove", "admin")
+    assert refused.returncode == 1 and "would lock everybody out" in refused.stderr
+    admin_rotated = _patrolnet(secure_broker, "rotate", "admin")
+    assert admin_rotated.returncode == 0, admin_rotated.stderr
+    assert _patrolnet(secure_broker, "list").returncode == 1
+    listed = _patrolnet(secure_broker, "list", admin=admin_rotated.stdout.strip())
+    assert listed.returncode == 0 and "elm-row-01" not in listed.stdout.split()
+    with node_probe(secure_broker, "elm-row-01", password=second) as gone:
+        assert gone.connack.is_failure
+
+
+def test_the_broker_command_needs_the_admin(secure_broker: SecureBroker) -> None:
+    env = {**os.environ, "PATROLNET_BROKER_ADMIN_URL": secure_broker.url("ingest")}
+    cmd = [sys.executable, "-m", "edge.cli", "broker", "add-node", "--site", PLACE_B.site, "--node", "intruder"]
+    done = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1 and "not allowed to read the plugin's answers" in done.stderr, done.stderr
+    wrong = {**env, "PATROLNET_BROKER_ADMIN_URL": secure_broker.url("admin", "wrong")}
+    done = subprocess.run(cmd, env=wrong, cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1 and "cannot reach the broker's control API: Not authorized" in done.stderr
+    with Probe(secure_broker.ports[1883], "intruder", "anything") as intruder:
+        assert intruder.connack.is_failure
+
+
+def test_a_node_cannot_take_over_an_ingest_workers_session(secure_broker: SecureBroker, ingest: IngestWorker) -> None:
+    borrowed = Probe(secure_broker.ports[1883], "node-a", client_id="patrolnet-secure-ingest")
+    with borrowed:
+        assert borrowed.connack.is_failure
+    with node_probe(secure_broker, "node-a") as a:
+        for _ in range(5):
+            assert a.publish(uplink_topic(PLACE_A.site, "readings"), b"[]") == 0
+    eventually(lambda: ingest.counts["messages"] == 5)  # the worker kept its session and its share
+
+
+def test_a_real_edge_node_with_its_new_credentials_reaches_the_centre(
+    secure_broker: SecureBroker, ingest: IngestWorker, broker: Service, database_url: str, tmp_path: Path
+) -> None:
+    added = _patrolnet(secure_broker, "add-node", "--site", "elm-row", "--node", "elm-row-01")
+    assert added.returncode == 0, added.stderr
+    uplink = f"mqtt://elm-row-01:{added.stdout.strip()}@127.0.0.1:{secure_broker.ports[1883]}"
+    config = parse_config(f"""
+node_id: elm-row-01
+site: {{id: elm-row, sub_district: riverside, community: east-gate, grid: g07}}
+broker: {{url: "{broker.url}"}}
+uplink: {{url: "{uplink}", spool: "{tmp_path / 'outbox.sqlite3'}", heartbeat_s: 0.5}}
+sensors: [{{id: smoke-1, adapter: native, topic: patrolnet/sensors/smoke-1}}]
+""")  # fmt: skip
+    node = EdgeNode(config)
+    node.start()
+    try:
+        assert node.wait_ready()
+        eventually(lambda: _rows(database_url, "SELECT node_id, site FROM nodes"), timeout=20)
+    finally:
+        node.stop()
+    assert _rows(database_url, "SELECT node_id, site FROM nodes") == [("elm-row-01", "elm-row")]
+    assert _rows(database_url, "SELECT reason FROM dead_letters") == []
