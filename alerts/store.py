@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
+from uuid import UUID
 
 import psycopg
 from psycopg.types.json import Jsonb
@@ -194,7 +195,9 @@ def _alert_row(a: Alert) -> tuple[Any, ...]:
 def _foreign_copies(cur: psycopg.Cursor, alerts: list[Alert]) -> tuple[list[Alert], list[DeadLetter]]:
     """The copies that may be written, and dead letters for those from a site other than the one that raised
     the alert (stored, or earlier in the batch); the upsert's site guard covers a raise by a concurrent worker."""
-    raised_by = dict(cur.execute("SELECT id, site FROM alerts WHERE id = ANY(%s)", ([a.id for a in alerts],)))
+    raised_by: dict[UUID, str] = dict(
+        cur.execute("SELECT id, site FROM alerts WHERE id = ANY(%s)", ([a.id for a in alerts],))
+    )
     kept, refused = [], []
     for alert in alerts:
         reason = foreign_copy(raised_by.setdefault(alert.id, alert.place.site), alert)

@@ -203,11 +203,11 @@ def cmd_broker(args: argparse.Namespace) -> int:
 
     try:
         if args.broker_command == "init":
-            admin, ingest = (parse_url(setting(name)) for name in ("PATROLNET_BROKER_ADMIN_URL", "PATROLNET_MQTT_URL"))
-            if not (admin.username and admin.password and ingest.username and ingest.password):
+            owner, ingest = (parse_url(setting(name)) for name in ("PATROLNET_BROKER_ADMIN_URL", "PATROLNET_MQTT_URL"))
+            if not (owner.username and owner.password and ingest.username and ingest.password):
                 raise ValueError("both URLs need a username and a password: mqtt://user:password@host:port")
             if not write_initial_config(
-                Path(args.config), (admin.username, admin.password), (ingest.username, ingest.password)
+                Path(args.config), (owner.username, owner.password), (ingest.username, ingest.password)
             ):
                 print(f"{args.config} exists: left as it is (the broker owns it now)", file=sys.stderr)
             return 0
