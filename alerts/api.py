@@ -71,7 +71,8 @@ def create_app(database_url: str, settings: ApiSettings | None = None, pool_size
     app.state.key_cache = {}
     app.state.timescale = False
     app.state.metrics = metrics.ApiMetrics()
-    app.add_middleware(Guard, api=app)
+    modules = (routes_alerts, routes_cap, routes_sensors, reports, routes_admin, routes_webhooks, metrics)
+    app.add_middleware(Guard, api=app, routes=[route for module in modules for route in module.router.routes])
     app.state.metrics.install(app)
 
     @app.exception_handler(RequestValidationError)
@@ -89,7 +90,7 @@ def create_app(database_url: str, settings: ApiSettings | None = None, pool_size
         log.warning("refused by the database: %s %s: %s", request.method, request.url.path, exc)
         return JSONResponse(status_code=422, content={"detail": f"a value was refused: {exc.diag.message_primary}"})
 
-    for module in (routes_alerts, routes_cap, routes_sensors, reports, routes_admin, routes_webhooks, metrics):
+    for module in modules:
         app.include_router(module.router)
 
     @app.get("/healthz", tags=["health"], summary="Liveness and database reachability; no key needed")

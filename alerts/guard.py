@@ -4,12 +4,12 @@ On the way in (``Guard``, plain ASGI middleware, in this order):
 
 - a NUL character in the path or the query string: 422 (PostgreSQL cannot store
   one, and a stream would fail only after its 200);
-- a ``Content-Length`` over the limit, or a chunked body that grows past it: 413.
-  The limit is ``PATROLNET_BODY_MAX_BYTES`` (64 KiB), and for citizen reports
-  ``PATROLNET_REPORT_MAX_BYTES`` plus room for the text and the multipart framing;
 - a request with a body to ``/api/v1``: its key is looked up from the headers
   first, and a missing or unknown key gets 401, a role the route refuses 403,
-  before a byte of the body is read (so an anonymous upload is never spooled).
+  before a byte of the body is read (so an anonymous upload is never spooled);
+- a ``Content-Length`` over the limit, or a chunked body that grows past it: 413.
+  The limit is ``PATROLNET_BODY_MAX_BYTES`` (64 KiB), and for citizen reports
+  ``PATROLNET_REPORT_MAX_BYTES`` plus room for the text and the multipart framing.
 
 On the way out, every answer gets ``X-Content-Type-Options: nosniff``,
 ``X-Frame-Options: DENY``, ``Referrer-Policy: no-referrer``, a
@@ -87,19 +87,15 @@ async def _answer(send: Send, status: int, detail: str, headers: dict[str, str] 
 
 
 class Guard:
-    """The checks above, for the app whose settings and routes it reads at each request."""
+    """The checks above, for an app (its settings are read at each request) and the routes it serves."""
 
-    def __init__(self, app: ASGIApp, api: FastAPI) -> None:
+    def __init__(self, app: ASGIApp, api: FastAPI, routes: list[APIRoute]) -> None:
         self.app = app
         self.api = api
-        self._route_permissions: list[tuple[APIRoute, list[Permission]]] | None = None
+        self.routes = [(route, _permissions(route.dependant)) for route in routes]
 
     def _needed(self, scope: Scope) -> list[Permission]:
-        if self._route_permissions is None:  # routes are all there by the first request
-            self._route_permissions = [
-                (r, _permissions(r.dependant)) for r in self.api.routes if isinstance(r, APIRoute)
-            ]
-        for route, permissions in self._route_permissions:
+        for route, permissions in self.routes:
             if route.matches(scope)[0] is Match.FULL:
                 return permissions
         return []
@@ -113,20 +109,18 @@ class Guard:
         if "\x00" in path or b"\x00" in unquote_to_bytes(scope["query_string"]):
             await _answer(send, 422, "a NUL character is not allowed in the path or a query parameter")
             return
-        settings: ApiSettings = self.api.state.settings
-        limit = settings.body_max_bytes
-        if path == "/api/v1/reports":
-            limit = settings.report_max_bytes + FORM_ROOM
         headers = Headers(scope=scope)
         length = headers.get("content-length")
         if length is not None and (not length.isascii() or not length.isdigit()):
             await _answer(send, 400, "Content-Length must be a number of bytes")
             return
-        if length is not None and int(length) > limit:
-            await _answer(send, 413, f"the request body is larger than {limit} bytes")
-            return
         has_body = (length is not None and int(length) > 0) or "transfer-encoding" in headers
         if has_body and path.startswith("/api/v1/") and not await self._allowed(scope, send):
+            return
+        settings: ApiSettings = self.api.state.settings
+        limit = settings.report_max_bytes + FORM_ROOM if path == "/api/v1/reports" else settings.body_max_bytes
+        if length is not None and int(length) > limit:
+            await _answer(send, 413, f"the request body is larger than {limit} bytes")
             return
         await self.app(scope, self._capped(receive, limit), send)
 
