@@ -38,6 +38,8 @@ import psycopg
 
 log = logging.getLogger(__name__)
 
+# What CREATE EXTENSION raises where the extension's files are missing (PostgreSQL 15+, and before).
+NOT_INSTALLED = (psycopg.errors.FeatureNotSupported, psycopg.errors.UndefinedFile)
 MIGRATE_LOCK = 0x6D696772  # "migr": one migrator at a time, however many replicas start together
 _INTERVAL = re.compile(r"^\d+\s*(minute|hour|day|week|month|year)s?$")
 
@@ -178,8 +180,6 @@ def create_extension(conn: psycopg.Connection) -> bool:
     try:
         conn.execute("CREATE EXTENSION IF NOT EXISTS timescaledb")
         return True
-    except psycopg.errors.UndefinedFile:
-        log.info("TimescaleDB is not installed: plain PostgreSQL tables with BRIN time indexes")
     except psycopg.Error as exc:
         reason = exc.diag.message_primary or str(exc).strip()
         if conn.closed or conn.broken:
@@ -189,6 +189,8 @@ def create_extension(conn: psycopg.Connection) -> bool:
                 " until then patrolnet uses plain PostgreSQL tables",
                 reason,
             )
+        elif isinstance(exc, NOT_INSTALLED):
+            log.info("TimescaleDB is not installed (%s): plain PostgreSQL tables with BRIN time indexes", reason)
         else:
             log.warning("TimescaleDB could not be enabled (%s): plain PostgreSQL tables", reason)
     return False
