@@ -3,8 +3,11 @@
 Every route under ``/api/v1`` and ``/metrics`` needs an API key
 (``Authorization: Bearer <key>`` or ``X-API-Key``) and shows only the kinds and
 places the key's role and scope allow. Bad requests get a 4xx with a message,
-never a 500. The routes live in ``alerts.routes_*``, ``alerts.reports`` and
-``alerts.metrics``; this module assembles them.
+never a 500: every 4xx body is an ``ErrorBody`` (``detail``, and for invalid
+parameters ``errors``, one line each), as the OpenAPI document says. The routes
+live in ``alerts.routes_*``, ``alerts.reports`` and ``alerts.metrics``;
+``alerts.guard`` checks keys, body sizes and NUL characters before them and adds
+the security headers; this module assembles them.
 
 Run it with ``patrolnet api``; ``create_app(database_url)`` builds the app.
 """
@@ -25,7 +28,9 @@ from psycopg_pool import AsyncConnectionPool
 
 from alerts import metrics, reports, routes_admin, routes_alerts, routes_cap, routes_sensors, routes_webhooks
 from alerts.auth import Principal
-from alerts.http import ApiSettings, Pool, Who
+from alerts.guard import Guard, page_policy
+from alerts.http import ApiSettings, ErrorBody, Pool, Who
+from alerts.queries import ForbiddenKind
 from alerts.settings import setting
 from alerts.stream import ChangeNotifier
 
@@ -55,14 +60,19 @@ def create_app(database_url: str, settings: ApiSettings | None = None, pool_size
         description="Alerts from patrolnet edge nodes for police desks, fire brigades and operators; citizen "
         "reports; sensor readings and device health; a CAP 1.2 feed; webhooks.",
         lifespan=lifespan,
+        responses={"4XX": {"model": ErrorBody, "description": "refused: detail says why"}},
     )
     app.state.pool = pool
     app.state.notifier = notifier
     app.state.database_url = database_url
     app.state.settings = settings or ApiSettings.from_env()
+    if not app.state.settings.public_url:
+        log.info("PATROLNET_PUBLIC_URL is not set: links in CAP messages and alert details are relative paths")
     app.state.key_cache = {}
     app.state.timescale = False
     app.state.metrics = metrics.ApiMetrics()
+    modules = (routes_alerts, routes_cap, routes_sensors, reports, routes_admin, routes_webhooks, metrics)
+    app.add_middleware(Guard, api=app, routes=[route for module in modules for route in module.router.routes])
     app.state.metrics.install(app)
 
     @app.exception_handler(RequestValidationError)
@@ -70,13 +80,17 @@ def create_app(database_url: str, settings: ApiSettings | None = None, pool_size
         problems = [f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()]
         return JSONResponse(status_code=422, content={"detail": "; ".join(problems), "errors": problems})
 
+    @app.exception_handler(ForbiddenKind)
+    async def _forbidden_kind(request: Request, exc: ForbiddenKind) -> JSONResponse:
+        return JSONResponse(status_code=403, content={"detail": str(exc)})
+
     @app.exception_handler(psycopg.DataError)
     async def _bad_value(request: Request, exc: psycopg.DataError) -> JSONResponse:
         # The last guard: a value the checks above let through but PostgreSQL refuses is still the caller's.
         log.warning("refused by the database: %s %s: %s", request.method, request.url.path, exc)
         return JSONResponse(status_code=422, content={"detail": f"a value was refused: {exc.diag.message_primary}"})
 
-    for module in (routes_alerts, routes_cap, routes_sensors, reports, routes_admin, routes_webhooks, metrics):
+    for module in modules:
         app.include_router(module.router)
 
     @app.get("/healthz", tags=["health"], summary="Liveness and database reachability; no key needed")
@@ -85,9 +99,12 @@ def create_app(database_url: str, settings: ApiSettings | None = None, pool_size
             await conn.execute("SELECT 1")
         return {"status": "ok"}
 
+    html = resources.files("alerts").joinpath("dashboard.html").read_text(encoding="utf-8")
+    policy = page_policy(html)
+
     @app.get("/", include_in_schema=False)
     async def page() -> HTMLResponse:
-        return HTMLResponse(resources.files("alerts").joinpath("dashboard.html").read_text(encoding="utf-8"))
+        return HTMLResponse(html, headers={"Content-Security-Policy": policy})
 
     @app.get("/api/v1/whoami", tags=["auth"], summary="The role and places of the calling key")
     async def whoami(who: Who) -> Principal:

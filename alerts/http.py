@@ -4,23 +4,37 @@ A key is looked up by its SHA-256 hash and the answer kept for a few seconds
 per API process, so a busy desk costs one lookup per key every few seconds; a
 revoked key stops working within that time.
 
+Links in CAP messages, alert details and feeds are absolute only when
+``PATROLNET_PUBLIC_URL`` says where clients reach the API; without it they are
+relative paths, never guessed from the request's Host header (which a client
+or a misconfigured proxy chooses).
+
 Example:
     >>> ApiSettings(report_max_bytes=1024).report_max_bytes
     1024
+    >>> ApiSettings(public_url="https://alerts.example/").public_url
+    'https://alerts.example'
+    >>> ApiSettings(public_url="alerts.example")
+    Traceback (most recent call last):
+    ...
+    ValueError: PATROLNET_PUBLIC_URL: 'alerts.example' is not an http(s)://host[:port][/path] URL
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, fields
 from typing import Annotated
+from urllib.parse import urlsplit
 from uuid import UUID
 
 from fastapi import Depends, Header, HTTPException, Request
 from psycopg_pool import AsyncConnectionPool
+from pydantic import BaseModel, Field
 
 from alerts.auth import LOOKUP_SQL, Permission, Principal, hash_key, principal_from_row
-from alerts.queries import AlertFilter, ForbiddenKind, where
+from alerts.queries import AlertFilter, where
 from alerts.rows import ALERT_COLUMNS, StoredAlert, row_to_alert
 from alerts.settings import optional_setting
 
@@ -29,14 +43,23 @@ from alerts.settings import optional_setting
 class ApiSettings:
     """API settings; ``from_env`` reads ``PATROLNET_<NAME>`` (or ``PATROLNET_<NAME>_FILE``) for each."""
 
-    public_url: str = ""  # where clients reach the API, for links in CAP and webhooks; default: the request's
+    public_url: str = ""  # where clients reach the API, for absolute links; unset: links are relative paths
     cap_sender: str = "patrolnet"
     report_max_bytes: int = 2_000_000
+    body_max_bytes: int = 65_536  # any other request body (JSON of the admin and desk routes)
     report_burst: float = 5.0  # reports a key may send at once ...
     report_per_hour: float = 12.0  # ... and the rate its allowance refills at
     node_stale_s: float = 90.0  # a node silent this long is shown unhealthy
     key_cache_s: float = 5.0
     metrics_token: str = field(default="", repr=False)  # a scrape token besides operator/admin keys
+    webhook_allow: str = ""  # hosts and networks webhooks may reach although not public (see alerts.webhooks)
+
+    def __post_init__(self) -> None:
+        parts = urlsplit(self.public_url)
+        odd = parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment
+        if self.public_url and odd:
+            raise ValueError(f"PATROLNET_PUBLIC_URL: {self.public_url!r} is not an http(s)://host[:port][/path] URL")
+        object.__setattr__(self, "public_url", self.public_url.rstrip("/"))
 
     @classmethod
     def from_env(cls) -> ApiSettings:
@@ -46,6 +69,18 @@ class ApiSettings:
             if value is not None:
                 values[f.name] = type(f.default)(float(value)) if isinstance(f.default, int | float) else value
         return cls(**values)
+
+
+class ErrorBody(BaseModel):
+    """What every 4xx answer carries."""
+
+    detail: str = Field(description="What was wrong, for a person.")
+    errors: list[str] | None = Field(default=None, description="Each invalid parameter: where, and why.")
+
+
+def refusal(description: str) -> dict:
+    """A 4xx entry of a route's ``responses``: the description, and the ``ErrorBody`` every 4xx carries."""
+    return {"model": ErrorBody, "description": description}
 
 
 def get_pool(request: Request) -> AsyncConnectionPool:
@@ -106,30 +141,39 @@ async def principal(request: Request, key: Annotated[str | None, Depends(api_key
 Who = Annotated[Principal, Depends(principal)]
 
 
-def require(permission: Permission):
-    """A dependency giving the caller, or 403 when its role lacks ``permission``."""
+@dataclass(frozen=True)
+class Require:
+    """A dependency giving the caller, or 403 when its role lacks ``permission``; ``alerts.guard`` reads
+    ``permission`` to refuse a request before its body is read."""
 
-    async def check(who: Who) -> Principal:
-        if not who.may(permission):
-            raise HTTPException(403, f"role {who.role} may not use this route ({permission})")
+    permission: Permission
+
+    async def __call__(self, who: Who) -> Principal:
+        if not who.may(self.permission):
+            raise HTTPException(403, f"role {who.role} may not use this route ({self.permission})")
         return who
 
-    return Annotated[Principal, Depends(check)]
+
+def require(permission: Permission):
+    """The caller, as a route parameter type, or 403 when its role lacks ``permission``."""
+    return Annotated[Principal, Depends(Require(permission))]
+
+
+def key_check(request: Request, key: str) -> Callable[[], Awaitable[bool]]:
+    """A check whether ``key`` still works (within the key cache time): how a long stream notices a revoke."""
+
+    async def valid() -> bool:
+        return await lookup(request, key) is not None
+
+    return valid
 
 
 Reader = require(Permission.ALERTS)
 
 
-def where_or_403(flt: AlertFilter, who: Principal) -> tuple[str, list]:
-    try:
-        return where(flt, who)
-    except ForbiddenKind as exc:
-        raise HTTPException(403, str(exc)) from exc
-
-
 async def visible_alert(pool: AsyncConnectionPool, alert_id: UUID, who: Principal) -> StoredAlert:
     """The alert if the caller may see it; 404 otherwise, so an id outside its scope reveals nothing."""
-    clause, params = where_or_403(AlertFilter(), who)
+    clause, params = where(AlertFilter(), who)
     async with pool.connection() as conn:
         sql = f"SELECT {ALERT_COLUMNS} FROM alerts a WHERE a.id = %s AND {clause}"
         row = await (await conn.execute(sql, [alert_id, *params])).fetchone()
@@ -139,5 +183,5 @@ async def visible_alert(pool: AsyncConnectionPool, alert_id: UUID, who: Principa
 
 
 def base_url(request: Request) -> str:
-    """The API's public address, without a trailing slash."""
-    return (get_settings(request).public_url or str(request.base_url)).rstrip("/")
+    """The API's public address without a trailing slash, or "" (links are then relative paths)."""
+    return get_settings(request).public_url

@@ -20,7 +20,7 @@ from fastapi import APIRouter, File, Form, HTTPException, Request, UploadFile
 from pydantic import BaseModel, Field
 
 from alerts.auth import Permission
-from alerts.http import Pool, Settings, require
+from alerts.http import Pool, Settings, refusal, require
 from alerts.media import image_type
 from alerts.models import ROUTES, Alert, Event, EventKind, Place, Severity
 from alerts.store import Batch, write_batch
@@ -82,9 +82,9 @@ async def _read_photo(photo: UploadFile, limit: int) -> bytes:
     status_code=201,
     summary="A citizen reporter's text and optional photo (multipart), for the community police",
     responses={
-        413: {"description": "photo too large"},
-        415: {"description": "photo not JPEG or PNG"},
-        429: {"description": "too many reports from this key; see Retry-After"},
+        413: refusal("photo too large"),
+        415: refusal("photo not JPEG or PNG"),
+        429: refusal("too many reports from this key; see Retry-After"),
     },
 )
 async def post_report(

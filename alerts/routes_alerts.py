@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 import logging
+import re
 from datetime import datetime
 from typing import Annotated, Any
 from uuid import UUID
 
-from fastapi import APIRouter, Header, HTTPException, Query, Request
+from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request
 from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel, Field
 
 from alerts.auth import Permission
-from alerts.http import Pool, Reader, base_url, require, visible_alert, where_or_403
+from alerts.http import Pool, Reader, api_key, base_url, key_check, refusal, require, visible_alert
 from alerts.models import AlertStatus, EventKind, EventState, Place, Severity
-from alerts.queries import AlertFilter, AlertPage, decode_cursor, encode_cursor
+from alerts.queries import AlertFilter, AlertPage, decode_cursor, encode_cursor, where
 from alerts.rows import ALERT_COLUMNS, StoredAlert, row_to_alert
 from alerts.store import CHANGES_CHANNEL, CHANGES_LOCK, INSERT_CHANGE
 from alerts.stream import latest_seq, sse_events
@@ -23,6 +24,7 @@ log = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/api/v1/alerts", tags=["alerts"])
 Actor = require(Permission.ACT)
+LAST_EVENT_ID = re.compile(r"[0-9]{1,18}", re.ASCII)  # a seq: ASCII digits that fit a bigint
 
 
 class AlertList(BaseModel):
@@ -73,7 +75,7 @@ ACTIONS: dict[str, tuple[tuple[AlertStatus, ...], AlertStatus]] = {
 
 async def page_of_alerts(pool: Pool, who: Reader, page: AlertPage) -> AlertList:
     """One page of the alerts a caller may see, newest first."""
-    clause, params = where_or_403(page, who)
+    clause, params = where(page, who)
     if page.cursor is not None:
         try:
             ts, id_ = decode_cursor(page.cursor)
@@ -105,20 +107,21 @@ async def stream_alerts(
     request: Request,
     pool: Pool,
     who: Reader,
+    key: Annotated[str | None, Depends(api_key)],
     flt: Annotated[AlertFilter, Query()],
     last_event_id: Annotated[str | None, Header(description="id of the last event received")] = None,
 ) -> StreamingResponse:
-    where_or_403(flt, who)
+    where(flt, who)  # a kind the role may not read: 403 now, not a broken stream later
     if last_event_id is None:
         after = await latest_seq(pool)
-    elif last_event_id.isdigit() and len(last_event_id) < 19:
+    elif LAST_EVENT_ID.fullmatch(last_event_id):
         after = int(last_event_id)
     else:
         raise HTTPException(400, "Last-Event-ID must be an id this stream sent")
     return StreamingResponse(
-        sse_events(pool, request.app.state.notifier, flt, who, after),
+        sse_events(pool, request.app.state.notifier, flt, who, after, key_check(request, key or "")),
         media_type="text/event-stream",
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
     )
 
 
@@ -175,7 +178,7 @@ async def get_alert(request: Request, pool: Pool, alert_id: UUID, who: Reader) -
 @router.post(
     "/{alert_id}/{action}",
     summary="acknowledge, resolve or false-alarm",
-    responses={409: {"description": "the alert's status does not allow the action"}},
+    responses={409: refusal("the alert's status does not allow the action")},
 )
 async def change_status(
     pool: Pool, alert_id: UUID, action: str, who: Actor, body: StatusChange | None = None

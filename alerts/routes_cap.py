@@ -50,7 +50,8 @@ async def cap_feed(request: Request, pool: Pool, who: Reader, page: Annotated[Al
     sender = get_settings(request).cap_sender
     messages = [cap_alert(a, sender, base, snapshots.get(a.id)) for a in alerts]
     updated = max((a.status_at or a.last_seen for a in alerts), default=datetime.now(UTC))
-    body = atom_feed(messages, f"patrolnet alerts for {who.name}", str(request.url), updated)
+    query = f"?{request.url.query}" if request.url.query else ""
+    body = atom_feed(messages, f"patrolnet alerts for {who.name}", f"{base}{request.url.path}{query}", updated)
     return Response(body, media_type=ATOM_TYPE)
 
 

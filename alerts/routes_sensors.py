@@ -37,8 +37,18 @@ class TimeRange(BaseModel):
         return self
 
     def bounds(self) -> tuple[datetime, datetime]:
+        """(since, until) with the defaults filled in; a day before the first day is the first day.
+
+        >>> TimeRange(until="0001-01-01T00:00:00Z").bounds()[0].year
+        1
+        """
         until = self.until or datetime.now(UTC)
-        return self.since or until - timedelta(days=1), until
+        if self.since is not None:
+            return self.since, until
+        try:
+            return until - timedelta(days=1), until
+        except OverflowError:
+            return datetime.min.replace(tzinfo=UTC), until
 
 
 class ReadingQuery(TimeRange):
@@ -186,9 +196,7 @@ async def snapshot(pool: Pool, event_id: UUID, who: Reader) -> Response:
     if row is None or row[0] is None:
         raise HTTPException(404, f"no snapshot of event {event_id} that this key may see")
     data = bytes(row[0])
-    return Response(
-        data, media_type=image_type(data) or "application/octet-stream", headers={"Cache-Control": "private"}
-    )
+    return Response(data, media_type=image_type(data) or "application/octet-stream")
 
 
 @router.get("/stats/hourly", summary="Events and situations started per hour, place and kind")

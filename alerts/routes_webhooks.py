@@ -1,7 +1,12 @@
-"""Webhook administration: register a URL for a role's kinds (or chosen kinds) within a place scope."""
+"""Webhook administration: register a URL for a role's kinds (or chosen kinds) within a place scope.
+
+A URL whose host is not public is refused here (and again at each delivery, see ``alerts.webhooks``)
+unless ``PATROLNET_WEBHOOK_ALLOW`` names it.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from datetime import datetime
 from typing import Annotated
@@ -12,14 +17,16 @@ from fastapi import APIRouter, HTTPException, Query
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from alerts.auth import ROLE_KINDS
-from alerts.http import Pool
+from alerts.http import Pool, Settings
 from alerts.models import EventKind, Role
 from alerts.queries import scoped_where
 from alerts.routes_admin import Admin, check_within
+from alerts.webhooks import TargetPolicy
 
 log = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/api/v1/webhooks", tags=["webhooks"])
+RESOLVE_TIMEOUT_S = 5.0
 
 
 class WebhookIn(BaseModel):
@@ -97,10 +104,17 @@ async def list_webhooks(pool: Pool, who: Admin) -> list[Webhook]:
 
 
 @router.post("", status_code=201, summary="Register a webhook")
-async def add_webhook(pool: Pool, who: Admin, body: WebhookIn) -> Webhook:
+async def add_webhook(pool: Pool, settings: Settings, who: Admin, body: WebhookIn) -> Webhook:
     # An admin scoped to a place registers hooks within it: unset levels take its scope.
     body = body.model_copy(update={level: getattr(body, level) or value for level, value in who.scope.items()})
     check_within(who, body)
+    policy = TargetPolicy.parse(settings.webhook_allow)
+    try:
+        refused = await asyncio.wait_for(asyncio.to_thread(policy.refusal, body.url), RESOLVE_TIMEOUT_S)
+    except TimeoutError:
+        refused = "its host name did not resolve in time"
+    if refused:
+        raise HTTPException(422, f"url: {refused}; internal receivers need PATROLNET_WEBHOOK_ALLOW")
     id_ = uuid4()
     async with pool.connection() as conn:
         row = await (

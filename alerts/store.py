@@ -32,7 +32,6 @@ log = logging.getLogger(__name__)
 CHANGES_CHANNEL = "alert_changes"
 INSERT_CHANGE = "INSERT INTO alert_changes (alert_id, change) VALUES (%s, %s)"
 CHANGES_LOCK = 0x70617472  # "patr": serialises alert_changes inserts so seq order is commit order
-_MIGRATE_LOCK = 0x6D696772  # "migr": one migrator at a time, however many replicas start together
 
 
 def migrations() -> list[tuple[int, str, str]]:
@@ -47,7 +46,8 @@ def migrations() -> list[tuple[int, str, str]]:
 
 def migrate(conninfo: str, retention: timescale.Retention | None = None) -> list[str]:
     """Applies the migrations not yet applied, each in its own transaction, then the TimescaleDB plan
-    where the extension is available; returns the names of the migrations applied."""
+    where the extension can be enabled (plain tables where not, see ``timescale.prepare``); returns the
+    names of the migrations applied."""
     applied = []
     with psycopg.connect(conninfo, autocommit=True) as conn:
         conn.execute(
@@ -56,18 +56,15 @@ def migrate(conninfo: str, retention: timescale.Retention | None = None) -> list
         )
         for version, name, sql in migrations():
             with conn.transaction():
-                conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATE_LOCK,))
+                conn.execute("SELECT pg_advisory_xact_lock(%s)", (timescale.MIGRATE_LOCK,))
                 if conn.execute("SELECT 1 FROM schema_migrations WHERE version = %s", (version,)).fetchone():
                     continue
                 conn.execute(sql)
                 conn.execute("INSERT INTO schema_migrations (version, name) VALUES (%s, %s)", (version, name))
                 log.info("applied migration %s", name)
                 applied.append(name)
-        conn.execute("SELECT pg_advisory_lock(%s)", (_MIGRATE_LOCK,))
-        try:
-            timescale.prepare(conn, retention or timescale.Retention.from_env())
-        finally:
-            conn.execute("SELECT pg_advisory_unlock(%s)", (_MIGRATE_LOCK,))
+    # On a connection of its own: a TimescaleDB that is installed but not preloaded closes it.
+    timescale.prepare(conninfo, retention or timescale.Retention.from_env())
     return applied
 
 

@@ -3,7 +3,13 @@
 Each SSE message carries the change's sequence number as its ``id``, so a
 client that reconnects with ``Last-Event-ID`` gets exactly the changes it
 missed. One LISTEN connection per API process wakes every open stream when
-ingest commits a change; a slow poll covers a lost notification.
+ingest commits a change; a slow poll covers a lost notification. Every API
+replica follows the same log, so a client may reconnect to any of them.
+
+A stream asks at every wake-up whether its key still works (an answer cached
+for the key cache time), and ends when it does not: a revoked key stops
+receiving alerts within a few seconds. A stream whose database goes away ends
+too; the client reconnects with its Last-Event-ID and misses nothing.
 """
 
 from __future__ import annotations
@@ -12,7 +18,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import psycopg
 from psycopg_pool import AsyncConnectionPool
@@ -74,9 +80,14 @@ async def latest_seq(pool: AsyncConnectionPool) -> int:
 
 
 async def sse_events(
-    pool: AsyncConnectionPool, notifier: ChangeNotifier, flt: AlertFilter, who: Principal, after: int
+    pool: AsyncConnectionPool,
+    notifier: ChangeNotifier,
+    flt: AlertFilter,
+    who: Principal,
+    after: int,
+    key_valid: Callable[[], Awaitable[bool]],
 ) -> AsyncIterator[str]:
-    """SSE text for every change after ``after`` that the caller may see, forever."""
+    """SSE text for every change after ``after`` that the caller may see, until its key stops working."""
     clause, params = where(flt, who)
     sql = (
         f"SELECT c.seq, c.change, {ALERT_COLUMNS} FROM alert_changes c JOIN alerts a ON a.id = c.alert_id"
@@ -86,8 +97,16 @@ async def sse_events(
     yield "retry: 2000\n\n"
     last_sent = time.monotonic()
     while True:
-        async with pool.connection() as conn:
-            rows = await (await conn.execute(sql, [after, *params])).fetchall()
+        try:
+            if not await key_valid():
+                log.info("stream of %s closed: its key no longer works", who.name)
+                yield ": key revoked\n\n"
+                return
+            async with pool.connection() as conn:
+                rows = await (await conn.execute(sql, [after, *params])).fetchall()
+        except psycopg.Error as exc:
+            log.warning("stream of %s closed: %s", who.name, exc)
+            return
         for seq, change, *columns in rows:
             alert = row_to_alert(tuple(columns))
             after = seq

@@ -1,12 +1,21 @@
 """TimescaleDB when it is there, plain PostgreSQL when not: one schema, two storage plans.
 
 The migrations build a schema that works on plain PostgreSQL (BRIN time
-indexes, a plain view of hourly counts). At start-up ``prepare`` looks for the
-extension: where it is available it is created, the time-series tables become
-hypertables (existing rows migrated), old chunks are compressed and dropped by
-policies, and the hourly view becomes a continuous aggregate of the same name
-and columns, so every query answers the same either way. ``statements`` only
-builds the SQL, so the TimescaleDB plan can be checked without TimescaleDB.
+indexes, a plain view of hourly counts). After them ``prepare`` tries to create
+the extension: where that works, the time-series tables become hypertables
+(existing rows migrated), old chunks are compressed and dropped by policies, and
+the hourly view becomes a continuous aggregate of the same name and columns with
+real-time aggregation on (``timescaledb.materialized_only = false``: since 2.13
+an aggregate answers from materialised rows only by default, so the last hour
+would be missing), so every query answers the same on either plan.
+
+Where the extension is not installed, ``CREATE EXTENSION`` fails and plain
+tables are used. Where it is installed but not in ``shared_preload_libraries``,
+TimescaleDB ends the server process and the connection closes under the
+statement: ``prepare`` notices the closed connection, says what to change, and
+falls back to plain tables too; nothing else ran on that connection. The same
+holds for any other refusal (no privilege, say). ``statements`` only builds
+the SQL, so the TimescaleDB plan can be checked without TimescaleDB.
 
 Example:
     >>> plan = statements(Retention(events="30 days"), hypertables=set(), compressed=set(), has_aggregate=False)
@@ -29,6 +38,9 @@ import psycopg
 
 log = logging.getLogger(__name__)
 
+# What CREATE EXTENSION raises where the extension's files are missing (PostgreSQL 15+, and before).
+NOT_INSTALLED = (psycopg.errors.FeatureNotSupported, psycopg.errors.UndefinedFile)
+MIGRATE_LOCK = 0x6D696772  # "migr": one migrator at a time, however many replicas start together
 _INTERVAL = re.compile(r"^\d+\s*(minute|hour|day|week|month|year)s?$")
 
 # table -> (time column, segment-by columns for compression)
@@ -39,7 +51,8 @@ HYPERTABLES: dict[str, tuple[str, str]] = {
     "alert_history": ("at", "alert_id"),
 }
 AGGREGATE = "event_counts_hourly"
-AGGREGATE_SQL = f"""CREATE MATERIALIZED VIEW {AGGREGATE} WITH (timescaledb.continuous) AS
+REAL_TIME = "timescaledb.materialized_only = false"
+AGGREGATE_SQL = f"""CREATE MATERIALIZED VIEW {AGGREGATE} WITH (timescaledb.continuous, {REAL_TIME}) AS
 SELECT time_bucket(INTERVAL '1 hour', ts) AS bucket, sub_district, community, grid, site, kind,
        count(*) AS events, count(CASE WHEN state = 'start' THEN 1 END) AS starts
 FROM events
@@ -122,6 +135,8 @@ def statements(
     if not has_aggregate:
         plan += [(f"DROP VIEW IF EXISTS {AGGREGATE}", ()), (AGGREGATE_SQL, ())]
     plan += [
+        # An aggregate made before real-time aggregation was asked for gets it too.
+        (f"ALTER MATERIALIZED VIEW {AGGREGATE} SET ({REAL_TIME})", ()),
         (f"SELECT remove_continuous_aggregate_policy('{AGGREGATE}', if_exists => TRUE)", ()),
         (
             f"SELECT add_continuous_aggregate_policy('{AGGREGATE}', start_offset => INTERVAL '3 days',"
@@ -156,34 +171,56 @@ def enabled(conn: psycopg.Connection) -> bool:
     return conn.execute("SELECT 1 FROM pg_extension WHERE extname = 'timescaledb'").fetchone() is not None
 
 
-def prepare(conn: psycopg.Connection, retention: Retention) -> bool:
-    """Creates the extension where available and applies the TimescaleDB plan; False on plain PostgreSQL.
+def create_extension(conn: psycopg.Connection) -> bool:
+    """Creates the timescaledb extension unless there; False (and why, in the log) when it cannot be.
 
-    Runs after the migrations, under the migration lock, in autocommit mode.
+    A failure can close ``conn`` (TimescaleDB not preloaded ends the server process): the caller must
+    not use it afterwards.
     """
-    if conn.execute("SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb'").fetchone() is None:
-        log.info("TimescaleDB is not available: plain PostgreSQL tables with BRIN time indexes")
-        return False
     try:
         conn.execute("CREATE EXTENSION IF NOT EXISTS timescaledb")
+        return True
     except psycopg.Error as exc:
-        # Installed but not in shared_preload_libraries, or no privilege: plain tables still work.
-        log.warning("TimescaleDB is installed but could not be enabled (%s); using plain tables", exc)
-        return False
-    hypertables = {name for (name,) in conn.execute("SELECT hypertable_name FROM timescaledb_information.hypertables")}
-    compressed = {
-        name
-        for (name,) in conn.execute(
-            "SELECT hypertable_name FROM timescaledb_information.hypertables WHERE compression_enabled"
+        reason = exc.diag.message_primary or str(exc).strip()
+        if conn.closed or conn.broken:
+            log.error(
+                "CREATE EXTENSION timescaledb closed the connection (%s): TimescaleDB is installed but not loaded."
+                " Add timescaledb to shared_preload_libraries in postgresql.conf and restart PostgreSQL to use it;"
+                " until then patrolnet uses plain PostgreSQL tables",
+                reason,
+            )
+        elif isinstance(exc, NOT_INSTALLED):
+            log.info("TimescaleDB is not installed (%s): plain PostgreSQL tables with BRIN time indexes", reason)
+        else:
+            log.warning("TimescaleDB could not be enabled (%s): plain PostgreSQL tables", reason)
+    return False
+
+
+def prepare(conninfo: str, retention: Retention) -> bool:
+    """Creates the extension where it can be and applies the TimescaleDB plan; False on plain PostgreSQL.
+
+    Runs after the migrations, on a connection of its own, one migrator at a time (``MIGRATE_LOCK``).
+    """
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        conn.execute("SELECT pg_advisory_lock(%s)", (MIGRATE_LOCK,))  # released when the connection ends
+        if not create_extension(conn):
+            return False
+        hypertables = {
+            name for (name,) in conn.execute("SELECT hypertable_name FROM timescaledb_information.hypertables")
+        }
+        compressed = {
+            name
+            for (name,) in conn.execute(
+                "SELECT hypertable_name FROM timescaledb_information.hypertables WHERE compression_enabled"
+            )
+        }
+        has_aggregate = (
+            conn.execute(
+                "SELECT 1 FROM timescaledb_information.continuous_aggregates WHERE view_name = %s", (AGGREGATE,)
+            ).fetchone()
+            is not None
         )
-    }
-    has_aggregate = (
-        conn.execute(
-            "SELECT 1 FROM timescaledb_information.continuous_aggregates WHERE view_name = %s", (AGGREGATE,)
-        ).fetchone()
-        is not None
-    )
-    for sql, params in statements(retention, hypertables, compressed, has_aggregate):
-        conn.execute(sql, params)
-    log.info("TimescaleDB: hypertables, compression and retention policies, continuous aggregate in place")
+        for sql, params in statements(retention, hypertables, compressed, has_aggregate):
+            conn.execute(sql, params)
+    log.info("TimescaleDB: hypertables, compression and retention policies, real-time continuous aggregate")
     return True

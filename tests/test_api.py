@@ -70,13 +70,13 @@ def test_one_alert_lists_its_events_snapshots_and_audit_trail(api: ApiServer) ->
     detail = get(api, f"/api/v1/alerts/{raised.id}", fire).json()
     assert detail["alert"]["active"] is False and detail["alert"]["status"] == "resolved"
     assert [e["id"] for e in detail["events"]] == [str(first.id), str(second.id)]
-    assert detail["events"][0]["snapshot_url"] == f"{api.url}/api/v1/events/{first.id}/snapshot"
+    assert detail["events"][0]["snapshot_url"] == f"/api/v1/events/{first.id}/snapshot", "relative: no public URL"
     assert detail["events"][1]["snapshot_url"] is None
     assert [(h["action"], h["to_status"], h["note"]) for h in detail["history"]] == [
         ("acknowledge", "acknowledged", "on our way"),
         ("resolve", "resolved", ""),
     ]
-    picture = httpx.get(detail["events"][0]["snapshot_url"], headers=fire)
+    picture = httpx.get(api.url + detail["events"][0]["snapshot_url"], headers=fire)
     assert picture.status_code == 200 and picture.headers["content-type"] == "image/jpeg"
     assert picture.content == JPEG
 
@@ -230,7 +230,16 @@ class Receiver(http.server.BaseHTTPRequestHandler):
         pass
 
 
-def test_webhooks_push_matching_alerts_with_retries_and_a_delivery_log(api: ApiServer) -> None:
+@pytest.fixture
+def hooks_api(database_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[ApiServer]:
+    """The API with loopback allowed as a webhook target, where the tests' receivers listen."""
+    monkeypatch.setenv("PATROLNET_WEBHOOK_ALLOW", "127.0.0.1")
+    with ApiServer(database_url) as server:
+        yield server
+
+
+def test_webhooks_push_matching_alerts_with_retries_and_a_delivery_log(hooks_api: ApiServer) -> None:
+    api = hooks_api
     Receiver.received = []
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
     threading.Thread(target=server.serve_forever, daemon=True).start()
@@ -246,7 +255,7 @@ def test_webhooks_push_matching_alerts_with_retries_and_a_delivery_log(api: ApiS
     fire = raise_alert(api.database_url)[1]
     raise_alert(api.database_url, place=WEST)  # another community
     raise_alert(api.database_url, kind=EventKind.SECURITY)  # another kind
-    dispatcher = WebhookDispatcher(api.database_url, poll_s=0.05, base_backoff_s=0.2)
+    dispatcher = WebhookDispatcher(api.database_url, poll_s=0.05, base_backoff_s=0.2, allow="127.0.0.1")
     dispatcher.start()
     try:
         eventually(lambda: len(Receiver.received) == 2)

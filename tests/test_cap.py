@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import re
 import xml.etree.ElementTree as ET
+from collections.abc import Iterator
 from datetime import UTC, datetime
 
 import httpx
+import pytest
 from api_helpers import EAST, JPEG, get, raise_alert
 from conftest import ApiServer
 
@@ -127,7 +129,19 @@ def text(element: ET.Element, path: str) -> str | None:
     return element.findtext(path, namespaces=NS)
 
 
-def test_a_fire_alarm_as_cap_with_readings_confirmation_snapshot_and_place(api: ApiServer) -> None:
+PUBLIC_URL = "https://alerts.example/desk"
+
+
+@pytest.fixture
+def public_api(database_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[ApiServer]:
+    """The API told where clients reach it (behind a proxy, say), for absolute links."""
+    monkeypatch.setenv("PATROLNET_PUBLIC_URL", PUBLIC_URL + "/")
+    with ApiServer(database_url) as server:
+        yield server
+
+
+def test_a_fire_alarm_as_cap_with_readings_confirmation_snapshot_and_place(public_api: ApiServer) -> None:
+    api = public_api
     attributes = {"readings": {"smoke": 1.0, "temperature": 41.5}, "confirmed": True}
     event, alert = raise_alert(
         api.database_url,
@@ -138,7 +152,8 @@ def test_a_fire_alarm_as_cap_with_readings_confirmation_snapshot_and_place(api: 
         type="smoke",
     )
     fire = api.key("fire")
-    response = get(api, f"/api/v1/alerts/{alert.id}/cap", fire)
+    # Links follow PATROLNET_PUBLIC_URL, never the Host header a client sends.
+    response = get(api, f"/api/v1/alerts/{alert.id}/cap", {**fire, "Host": "evil.example"})
     assert response.status_code == 200 and response.headers["content-type"] == "application/cap+xml"
     root = ET.fromstring(response.content)
     check_cap(root)
@@ -161,8 +176,9 @@ def test_a_fire_alarm_as_cap_with_readings_confirmation_snapshot_and_place(api: 
     assert parameters["confirmed"] == "true" and parameters["device"] == EAST.device
     [resource] = info.findall("cap:resource", NS)
     assert text(resource, "cap:mimeType") == "image/jpeg"
-    assert text(resource, "cap:uri") == f"{api.url}/api/v1/events/{event.id}/snapshot"
-    assert httpx.get(text(resource, "cap:uri"), headers=fire).content == JPEG
+    assert text(resource, "cap:uri") == f"{PUBLIC_URL}/api/v1/events/{event.id}/snapshot"
+    assert text(info, "cap:web") == f"{PUBLIC_URL}/api/v1/alerts/{alert.id}"
+    assert httpx.get(api.url + text(resource, "cap:uri").removeprefix(PUBLIC_URL), headers=fire).content == JPEG
     area = info.find("cap:area", NS)
     assert text(area, "cap:areaDesc") == "smoke-1, willow-court, g07, east-gate, riverside"
     geocodes = {text(g, "cap:valueName"): text(g, "cap:value") for g in area.findall("cap:geocode", NS)}
@@ -192,6 +208,7 @@ def test_the_feed_is_an_atom_feed_of_the_same_alerts_as_the_list(api: ApiServer)
     response = get(api, "/api/v1/alerts.cap", fire, limit=2)
     assert response.headers["content-type"] == "application/atom+xml"
     feed = ET.fromstring(response.content)
+    assert feed.find("atom:link", NS).get("href") == "/api/v1/alerts.cap?limit=2", "relative: no public URL set"
     entries = feed.findall("atom:entry", NS)
     listed = [a["id"] for a in get(api, "/api/v1/alerts", fire, limit=2).json()["items"]]
     assert [text(e, "atom:content/cap:alert/cap:incidents") for e in entries] == listed

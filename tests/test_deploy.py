@@ -14,10 +14,10 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 import pytest
 import yaml
+from broker_helpers import NOT_AUTHORIZED, PASSWORDS, Probe, SecureBroker
 from conftest import REPO
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
-from test_broker_security import NOT_AUTHORIZED, PASSWORDS, Probe, SecureBroker
 
 from alerts.broker_auth import write_initial_config
 from deploy.local.services import start_mosquitto_config

@@ -10,6 +10,7 @@ import subprocess
 import tempfile
 from datetime import UTC, datetime
 
+import httpx
 from api_helpers import EAST, raise_alert, write
 from conftest import ApiServer
 
@@ -49,6 +50,9 @@ def test_the_fire_desk_sees_its_alarm_and_its_devices_but_no_police_alert(api: A
     write(api.database_url, Batch(heartbeats=[beat]))
     key = api.key("fire")["Authorization"].split()[1]
 
+    # The page runs under its Content-Security-Policy: inline code only by hash, nothing from elsewhere.
+    policy = httpx.get(f"{api.url}/").headers["content-security-policy"]
+    assert "script-src 'sha256-" in policy and "unsafe" not in policy and "frame-ancestors 'none'" in policy
     dom = page_dom(f"{api.url}/#key={key}&open={fire.id}")
 
     assert "demo" not in dom and "test fire (fire)" in dom, "the page connected with the key from the address"

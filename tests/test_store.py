@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -79,10 +80,10 @@ def test_an_unreadable_uplink_message_becomes_a_dead_letter(database_url: str) -
     assert {r[2] for r in rows} == {"ingest-test"}
 
 
-def test_the_schema_answers_on_plain_postgresql(database_url: str) -> None:
+def test_the_schema_answers_the_same_on_either_storage_plan(database_url: str) -> None:
+    # Whichever plan this PostgreSQL allows (TimescaleDB where it can be enabled), preparing it again agrees.
+    assert timescale.prepare(database_url, Retention()) is count_extension(database_url)
     with psycopg.connect(database_url, autocommit=True) as conn:
-        assert not timescale.enabled(conn)
-        assert timescale.prepare(conn, Retention()) is False
         tables = {t for (t,) in conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")}
         brin = {i for (i,) in conn.execute("SELECT indexname FROM pg_indexes WHERE indexdef LIKE '%USING brin%'")}
     assert {
@@ -107,11 +108,44 @@ def test_the_schema_answers_on_plain_postgresql(database_url: str) -> None:
         hourly = conn.execute(
             "SELECT bucket, site, kind, events, starts FROM event_counts_hourly ORDER BY bucket DESC"
         ).fetchall()
+        # Events just written are counted at once: a continuous aggregate aggregates in real time.
         assert hourly[0] == (now.replace(minute=0, second=0, microsecond=0), "s", "fire", 2, 1)
-        # Plain PostgreSQL's retention: what TimescaleDB's policies would drop.
+        # `patrolnet db prune`, plain PostgreSQL's retention (and a manual one on TimescaleDB).
         for sql, params in timescale.prune_statements(Retention(events="365 days")):
             conn.execute(sql, params)
         assert conn.execute("SELECT count(*) FROM events").fetchone()[0] == 2
+
+
+def count_extension(url: str) -> bool:
+    with psycopg.connect(url) as conn:
+        return timescale.enabled(conn)
+
+
+def test_migrate_survives_a_create_extension_that_closes_the_connection(
+    database_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """TimescaleDB installed but not in shared_preload_libraries ends the server process that runs CREATE
+    EXTENSION. No TimescaleDB here, so an event trigger does the same for real: it terminates the backend
+    running CREATE EXTENSION, and PostgreSQL closes the connection under the statement."""
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(
+            "CREATE FUNCTION end_backend() RETURNS event_trigger LANGUAGE plpgsql AS"
+            " $$ BEGIN PERFORM pg_terminate_backend(pg_backend_pid()); PERFORM pg_sleep(5); END $$"
+        )
+        conn.execute(
+            "CREATE EVENT TRIGGER closes_on_create_extension ON ddl_command_start"
+            " WHEN TAG IN ('CREATE EXTENSION') EXECUTE FUNCTION end_backend()"
+        )
+    with caplog.at_level(logging.INFO, logger="alerts.timescale"):
+        assert migrate(database_url) == []
+    [message] = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert "closed the connection" in message.getMessage() and "shared_preload_libraries" in message.getMessage()
+    # Plain tables, and the store and the hourly view work on them.
+    assert count_extension(database_url) is False
+    event = Event(kind=EventKind.FIRE, type="smoke", place=PLACE, source="n1")
+    write(database_url, Batch(events=[event]))
+    with psycopg.connect(database_url) as conn:
+        assert conn.execute("SELECT sum(events) FROM event_counts_hourly").fetchone()[0] == 1
 
 
 def test_the_timescaledb_plan_converts_compresses_retains_and_aggregates() -> None:
@@ -133,13 +167,17 @@ def test_the_timescaledb_plan_converts_compresses_retains_and_aggregates() -> No
         )
     assert [retention.keep(t) for t in ("events", "readings", "alert_changes")] == ["30 days", "14 days", "2 years"]
     drop = sql.index("DROP VIEW IF EXISTS event_counts_hourly")
-    assert "WITH (timescaledb.continuous)" in sql[drop + 1] and "time_bucket(INTERVAL '1 hour', ts)" in sql[drop + 1]
+    aggregate = sql[drop + 1]
+    assert "WITH (timescaledb.continuous, timescaledb.materialized_only = false)" in aggregate
+    assert "time_bucket(INTERVAL '1 hour', ts)" in aggregate
     assert any("add_continuous_aggregate_policy('event_counts_hourly'" in s for s in sql)
 
-    # Run again on a converted database: only the policies are renewed.
+    # Run again on a converted database: only the policies are renewed, and real-time aggregation asked for
+    # (an aggregate made before it was, answering from materialised rows only, gets it).
     done = set(timescale.HYPERTABLES)
     again = [s for s, _ in timescale.statements(retention, done, done, has_aggregate=True)]
-    assert not [s for s in again if "create_hypertable" in s or s.startswith(("ALTER", "CREATE", "DROP"))]
+    changes = [s for s in again if "create_hypertable" in s or s.startswith(("ALTER", "CREATE", "DROP"))]
+    assert changes == ["ALTER MATERIALIZED VIEW event_counts_hourly SET (timescaledb.materialized_only = false)"]
     assert timescale.bucket_sql(True) == "time_bucket(%s::interval, ts)"
 
 

@@ -1,0 +1,113 @@
+"""A central Mosquitto started from deploy/mosquitto-central.conf with TLS and the dynamic-security plugin, and
+a probe client that records what the broker answered: shared by the broker security and deploy tests."""
+
+from __future__ import annotations
+
+import subprocess
+import threading
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+from conftest import REPO, eventually
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.reasoncodes import ReasonCode
+
+from alerts.broker_auth import node_client_id
+from alerts.models import Place
+from alerts.writer import SHARE_GROUP
+from deploy.local.services import Service, start_mosquitto_config
+from ingest.mqtt import UPLINK_FILTER
+
+CENTRAL = REPO / "deploy" / "mosquitto-central.conf"
+NOT_AUTHORIZED = 135
+SHARE = f"$share/{SHARE_GROUP}/{UPLINK_FILTER}"
+PLACE_A = Place(sub_district="riverside", community="east-gate", grid="g07", site="willow-court")
+PLACE_B = Place(sub_district="riverside", community="north-bank", grid="g02", site="oak-yard")
+PASSWORDS = {"admin": "admin-secret", "ingest": "ingest-secret", "node-a": "a-secret", "node-b": "b-secret"}
+
+
+@dataclass
+class SecureBroker:
+    service: Service
+    folder: Path
+    ports: dict[int, int]
+
+    def url(self, user: str, password: str | None = None) -> str:
+        return f"mqtt://{user}:{password or PASSWORDS[user]}@127.0.0.1:{self.ports[1883]}"
+
+
+def self_signed(folder: Path) -> None:
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+         "-days", "2", "-subj", "/CN=patrolnet-test", "-addext", "subjectAltName=IP:127.0.0.1",
+         "-keyout", str(folder / "server.key"), "-out", str(folder / "server.crt")],
+        check=True, capture_output=True, timeout=30,
+    )  # fmt: skip
+    (folder / "ca.crt").write_bytes((folder / "server.crt").read_bytes())
+
+
+def start_secure_broker(folder: Path, ports: dict[int, int]) -> SecureBroker:
+    return SecureBroker(start_mosquitto_config(CENTRAL, folder, ports), folder, ports)
+
+
+class Probe:
+    """An MQTT v5 client that records what the broker answers: CONNACK, SUBACKs, PUBACKs, messages."""
+
+    def __init__(self, port: int, user: str | None, password: str | None = None, *, cafile: Path | None = None,
+                 will: tuple[str, bytes] | None = None, client_id: str | None = None) -> None:  # fmt: skip
+        client_id = client_id or f"probe-{uuid.uuid4().hex[:8]}"
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+        if user is not None:
+            self.client.username_pw_set(user, password if password is not None else PASSWORDS[user])
+        if cafile is not None:
+            self.client.tls_set(ca_certs=str(cafile))
+        if will is not None:
+            self.client.will_set(will[0], will[1], qos=1, retain=True)
+        self.connack: ReasonCode | None = None
+        self.acks: dict[int, list[ReasonCode]] = {}
+        self.messages: list[tuple[str, bytes]] = []
+        self._answered = threading.Condition()
+        self.client.on_connect = self._on_connect
+        self.client.on_subscribe = lambda c, u, mid, codes, p: self._ack(mid, list(codes))
+        self.client.on_publish = lambda c, u, mid, code, p: self._ack(mid, [code])
+        self.client.on_message = lambda c, u, m: self.messages.append((m.topic, m.payload))
+        self.port = port
+
+    def __enter__(self) -> Probe:
+        self.client.connect("127.0.0.1", self.port)
+        self.client.loop_start()
+        eventually(lambda: self.connack is not None)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+    def _on_connect(self, client: mqtt.Client, userdata: object, flags: object, code: ReasonCode, p: object) -> None:
+        self.connack = code
+
+    def _ack(self, mid: int, codes: list[ReasonCode]) -> None:
+        with self._answered:
+            self.acks[mid] = codes
+            self._answered.notify_all()
+
+    def _wait(self, mid: int) -> int:
+        with self._answered:
+            assert self._answered.wait_for(lambda: mid in self.acks, timeout=10), f"no answer to message {mid}"
+            return self.acks[mid][0].value
+
+    def subscribe(self, topic: str) -> int:
+        """The SUBACK's reason code: 1 (granted QoS 1) or a refusal."""
+        return self._wait(self.client.subscribe(topic, qos=1)[1])
+
+    def publish(self, topic: str, payload: bytes, retain: bool = False) -> int:
+        """The PUBACK's reason code."""
+        return self._wait(self.client.publish(topic, payload, qos=1, retain=retain).mid)
+
+
+def node_probe(broker: SecureBroker, user: str, **kwargs: object) -> Probe:
+    """A client of ``user`` on the plain listener; a node's with the client id its username is bound to."""
+    client_id = None if user in ("admin", "ingest") else node_client_id(user)
+    return Probe(broker.ports[1883], user, client_id=client_id, **kwargs)
