@@ -38,6 +38,10 @@ def cmd_edge_run(args: argparse.Namespace) -> int:
     wait_for_signal()
     node.stop()
     log.info("edge node stopped: %s", dict(node.counts))
+    if node.failure:
+        # Non-zero, so that systemd (Restart=on-failure) starts the node again.
+        log.error("edge node gave up: %s", node.failure)
+        return 1
     return 0
 
 
