@@ -11,10 +11,12 @@ raises ``PayloadError`` and costs the whole message.
 Parsing is bounded, because one payload must never cost more than itself:
 ``decode_json`` refuses a payload over ``MAX_PAYLOAD_BYTES`` (a node may set a
 smaller cap per sensor), nesting deeper than ``MAX_DEPTH`` (checked on the raw
-bytes before ``json.loads``, which would raise ``RecursionError``), a number
-longer than ``MAX_NUMBER_CHARS`` (``int()`` raises ``ValueError`` past 4,300
-digits and costs time well before), and ``NaN``/``Infinity``, which are not
-JSON. Each refusal is a ``PayloadError`` whose message is the dead-letter reason.
+bytes before ``json.loads``, which would raise ``RecursionError``). Each of
+these refusals is a ``PayloadError`` whose message is the dead-letter reason.
+A number longer than ``MAX_NUMBER_CHARS`` (``int()`` raises ``ValueError``
+past 4,300 digits and costs time well before) and ``NaN``/``Infinity`` (not
+JSON, though Python reads them) cost only their field, like any other value
+out of range: a smoke alarm next to them still counts.
 
 Example:
     >>> from datetime import UTC, datetime
@@ -27,14 +29,15 @@ Example:
     ['temperature: 900 °C is outside the physical range -40..125 °C']
     >>> parse_availability(b'{"state": "offline"}').online
     False
-    >>> for poison in (b'{"battery": ' + b"9" * 5000 + b"}", b"[" * 10_000, b'{"t": NaN}'):
-    ...     try:
-    ...         decode_json(poison)
-    ...     except PayloadError as exc:
-    ...         print(exc)
-    not JSON: a number of 5000 characters (at most 40)
+    >>> try:
+    ...     decode_json(b"[" * 10_000)
+    ... except PayloadError as exc:
+    ...     print(exc)
     not JSON: nested deeper than 32
-    not JSON: NaN is not a number
+    >>> long = decode_json(b'{"smoke": true, "battery": ' + b"9" * 5000 + b"}")
+    >>> decoded = readings_from(long, place, datetime.now(UTC))
+    >>> [(r.quantity, r.value) for r in decoded.readings], decoded.problems
+    ([('smoke', 1.0)], ['battery: a number of 5000 characters (at most 40)'])
 """
 
 from __future__ import annotations
@@ -115,6 +118,8 @@ def _number_text(value: float) -> str:
 
 def _check(name: str, value: Any) -> tuple[float | None, str | None]:
     """(value as a float, None), (None, why it is refused), or (None, None) for text that measures nothing."""
+    if isinstance(value, Unreadable):
+        return None, f"{name}: {value.why}"
     spec = _quantity(name)
     is_number = isinstance(value, int | float) and not isinstance(value, bool)
     if spec is not None and spec.flag:
@@ -172,14 +177,17 @@ def _depth(payload: bytes) -> int:
     return deepest
 
 
-def _number(text: str) -> str:
+@dataclass(frozen=True, slots=True)
+class Unreadable:
+    """A JSON value left unread, in place of the value; its field is refused with ``why``."""
+
+    why: str
+
+
+def _number(text: str, kind: type[int] | type[float]) -> int | float | Unreadable:
     if len(text) > MAX_NUMBER_CHARS:
-        raise PayloadError(f"not JSON: a number of {len(text)} characters (at most {MAX_NUMBER_CHARS})")
-    return text
-
-
-def _no_constant(name: str) -> None:
-    raise PayloadError(f"not JSON: {name} is not a number")
+        return Unreadable(f"a number of {len(text)} characters (at most {MAX_NUMBER_CHARS})")
+    return kind(text)
 
 
 def decode_json(payload: bytes, max_bytes: int = MAX_PAYLOAD_BYTES) -> Any:
@@ -190,10 +198,7 @@ def decode_json(payload: bytes, max_bytes: int = MAX_PAYLOAD_BYTES) -> Any:
         raise PayloadError(f"not JSON: nested deeper than {MAX_DEPTH}")
     try:
         return json.loads(
-            payload,
-            parse_int=lambda text: int(_number(text)),
-            parse_float=lambda text: float(_number(text)),
-            parse_constant=_no_constant,
+            payload, parse_int=lambda text: _number(text, int), parse_float=lambda text: _number(text, float)
         )
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise PayloadError(f"not JSON: {exc}") from exc
