@@ -30,8 +30,8 @@ verification and rules knew is restored from the node's SQLite
 one that cleared meanwhile ends at the detector's next message.
 
 A supervisor (``edge.supervisor``) watches every worker and restarts one
-that died; when it cannot recover it stops the node with ``failure`` set,
-and ``patrolnet edge run`` exits non-zero. The uplink's last will says the
+that died; when it cannot recover it sets ``failed`` (and ``failure``, the
+reason), and ``patrolnet edge run`` stops the node and exits non-zero. The uplink's last will says the
 node is offline (retained, on the ``status`` channel); it says online at
 every connect.
 """
@@ -39,8 +39,6 @@ every connect.
 from __future__ import annotations
 
 import logging
-import os
-import signal
 import threading
 import time
 from collections import Counter
@@ -128,6 +126,8 @@ class EdgeNode:
         self._next_heartbeat = self.started_at + timedelta(seconds=config.uplink.heartbeat_s)
         self._letters: dict[str, float] = {}
         self._stopping = threading.Event()
+        self.failed = threading.Event()
+        """Set when the supervisor gives up; ``failure`` says why."""
         self.sensor_liveness = Liveness()
         self.timer_liveness = Liveness()
         self._timer = self._timer_thread()
@@ -200,8 +200,7 @@ class EdgeNode:
             self.video.watch(self.supervisor, stuck)
 
     def _give_up(self, reason: str) -> None:
-        # Wakes `patrolnet edge run`, which stops the node and exits non-zero since `failure` is set.
-        os.kill(os.getpid(), signal.SIGTERM)
+        self.failed.set()
 
     def _trouble(self, events: list[Event]) -> None:
         # Never blocks the supervisor: when the sink itself is stuck, giving up is the remedy, not waiting.

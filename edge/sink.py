@@ -5,8 +5,10 @@ one bounded FIFO queue. For each batch of events it runs, in order, the
 camera picture of a linked sensor's fire alarm, alarm verification and the
 alert policy (all in memory, once), then writes what must survive: the
 messages for the uplink spool and the changed state (``EdgeState``), and
-finally acknowledges the sensor message that carried them, so the local
-broker forgets a sensor message only once its events are on disk. A write
+finally acknowledges the sensor message that carried them, in the order they
+came, once its readings are spooled too: the local broker forgets a sensor
+message only once all it said is on disk, and a node killed before that
+hears it again after its restart. A write
 that fails because the disk is busy (``sqlite3.OperationalError``) is retried
 from where it stopped; a batch that cannot be processed at all becomes a
 dead letter with the reason.
@@ -63,6 +65,9 @@ log = logging.getLogger(__name__)
 READINGS = TypeAdapter(list[Reading])
 FLUSH_S = 0.25
 FLUSH_READINGS = 500
+MAX_UNACKED = 10
+"""Sensor messages waiting for their readings to be spooled before they are acknowledged; Mosquitto sends a
+client at most 20 (``max_inflight_messages``) unacknowledged, so more would stall the subscription."""
 QUEUE_DEPTH = 10_000
 DISK_RETRY_S = 0.5
 SINK_TOPIC = "edge/sink"
@@ -116,6 +121,7 @@ class EventSink:
         self._queue: queue.Queue[Item | None] = queue.Queue(depth)
         self._readings: list[Reading] = []
         self._readings_since = 0.0
+        self._acks: list[Callable[[], None]] = []
         self._stopping = threading.Event()
         self._thread = self._new_thread()
 
@@ -172,8 +178,7 @@ class EventSink:
             if isinstance(item, Outgoing):
                 payload = item.payload()
                 self._durably(lambda: self.send(item.channel, payload))
-                if item.ack is not None:
-                    item.ack()
+                self._acknowledge(item.ack)
                 return
             self._batch(item)
         except Exception as exc:
@@ -185,7 +190,7 @@ class EventSink:
         outgoing: list[tuple[str, bytes]] = []
         changes: list[Change] = [("sensors", device, data) for device, data in batch.sensors.items()]
         for raw in batch.events:
-            for event in self.verification.apply(self.picture(raw)):
+            for event in self.verification.apply(self._pictured(raw)):
                 outgoing.append(("events", event.model_dump_json().encode()))
                 changes.append(("verification", event.dedup_key, self.verification.export(event.dedup_key)))
                 alert = self.policy.apply(event)
@@ -201,11 +206,35 @@ class EventSink:
         self._durably(lambda: self.state.save(changes))
         self.counts["events"] += sum(1 for channel, _ in outgoing if channel == "events")
         self.counts["alerts"] += sum(1 for channel, _ in outgoing if channel == "alerts")
-        due = self._readings and time.monotonic() - self._readings_since >= FLUSH_S
-        if batch.events or due or len(self._readings) >= FLUSH_READINGS:
-            self._durably(self._flush_readings)
         if batch.ack is not None:
-            batch.ack()
+            self._acks.append(batch.ack)
+        due = self._readings and time.monotonic() - self._readings_since >= FLUSH_S
+        full = len(self._readings) >= FLUSH_READINGS or len(self._acks) >= MAX_UNACKED
+        if batch.events or due or full:
+            self._durably(self._flush_readings)
+        elif not self._readings:
+            self._run_acks()
+
+    def _pictured(self, event: Event) -> Event:
+        """The event with its camera picture; without one when making it fails, for the alarm must still go."""
+        try:
+            return self.picture(event)
+        except Exception:
+            log.exception("event sink: no picture for %s", event.dedup_key)
+            self.counts["picture_failed"] += 1
+            return event
+
+    def _acknowledge(self, ack: Callable[[], None] | None) -> None:
+        """Acknowledges now, or after the readings waiting to be spooled (acknowledgements keep their order)."""
+        if ack is not None:
+            self._acks.append(ack)
+        if not self._readings:
+            self._run_acks()
+
+    def _run_acks(self) -> None:
+        acks, self._acks = self._acks, []
+        for ack in acks:
+            ack()
 
     def _write(self, outgoing: list[tuple[str, bytes]]) -> None:
         done = 0
@@ -223,6 +252,7 @@ class EventSink:
             self.send("readings", READINGS.dump_json(self._readings))
             self.counts["readings"] += len(self._readings)
             self._readings = []
+        self._run_acks()
 
     def _durably(self, write: Callable[[], None]) -> None:
         """Runs ``write`` until the disk takes it; a busy or locked SQLite file is waited out."""
@@ -243,5 +273,4 @@ class EventSink:
         letter = DeadLetter(topic=SINK_TOPIC, payload=payload, reason=reason, source=self.source)
         self.counts["dead_letters"] += 1
         self._durably(lambda: self.send("deadletters", letter.model_dump_json().encode()))
-        if item.ack is not None:
-            item.ack()
+        self._acknowledge(item.ack)
