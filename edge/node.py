@@ -218,7 +218,10 @@ class EdgeNode:
 
     def _listen(self) -> None:
         # A first connection that fails ends the thread: the supervisor retries with backoff, and reports it.
-        self._client.loop_forever(retry_first_connection=False)
+        try:
+            self._client.loop_forever(retry_first_connection=False)
+        except OSError as exc:
+            log.error("local broker %s:%s unreachable: %s", self._address.host, self._address.port, exc)
 
     def _listener_alive(self) -> bool:
         return self._listener.is_alive() or self._stopping.is_set()
