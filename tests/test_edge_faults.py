@@ -132,6 +132,14 @@ def stored_seqs(database_url: str) -> Counter[int]:
     return Counter(int(value) for (value,) in rows)
 
 
+def settle(read, done, timeout: float):
+    """``read()`` once ``done`` of it holds, or its last value after ``timeout``: the counts tell what is lost."""
+    deadline = time.monotonic() + timeout
+    while not done(value := read()) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return value
+
+
 def report(what: str, sent: int, stored: int, lost: int, duplicated: int) -> None:
     print(f"{what}: sent / stored / lost / duplicated = {sent} / {stored} / {lost} / {duplicated}")
 
@@ -149,6 +157,8 @@ def wait_listening(sensors: mqtt.Client, database_url: str, timeout: float = 60.
 
 def fire_alerts(database_url: str) -> dict[str, tuple]:
     rows = query(database_url, "SELECT device, id::text, active, revision FROM alerts WHERE kind = 'fire'")
+    if len({device for device, *_ in rows}) != len(rows):
+        print("DEBUG", query(database_url, "SELECT id, ts, revision, source, last_event_id, title, attributes FROM alerts WHERE device = 'probe'"))
     assert len({device for device, *_ in rows}) == len(rows), f"two alerts for one detector: {rows}"
     return {device: tuple(rest) for device, *rest in rows}
 
@@ -178,6 +188,10 @@ def test_node_sigkilled_mid_stream_replays_its_spool_and_keeps_its_alerts(
                 publish(sensors, SMOKE_B, {"smoke": True})
                 before = eventually(lambda: len(got := fire_alerts(database_url)) == 2 and got, timeout=30)
                 time.sleep(1.0)
+                # A burst just before the kill, so that some of it is in the node's spool, not yet acknowledged.
+                for n in range(300):
+                    sensors.publish(PROBE, json.dumps({"linkquality": n % 250, "smoke": n % 2 == 0}), qos=1)
+                time.sleep(0.05)
                 node.kill()
                 assert node.wait(timeout=10) == -9
                 killed = time.monotonic()
@@ -196,7 +210,7 @@ def test_node_sigkilled_mid_stream_replays_its_spool_and_keeps_its_alerts(
                 time.sleep(1.0)
             down = [seq for seq, at in stream.sent if killed <= at <= restarted_at]
             sent_seqs = {seq for seq, _ in stream.sent}
-            seqs = eventually(lambda: sent_seqs <= set(got := stored_seqs(database_url)) and got, timeout=60)
+            seqs = settle(lambda: stored_seqs(database_url), lambda got: sent_seqs <= set(got), timeout=60)
             after = eventually(
                 lambda: (got := fire_alerts(database_url))["smoke-a"][2] > before["smoke-a"][2]
                 and not got["smoke-b"][1]
@@ -204,7 +218,7 @@ def test_node_sigkilled_mid_stream_replays_its_spool_and_keeps_its_alerts(
                 timeout=30,
             )
             sent_ids = uplink.ids | pending
-            ids = eventually(lambda: sent_ids <= set(got := stored_ids(database_url)) and got, timeout=30)
+            ids = settle(lambda: stored_ids(database_url), lambda got: sent_ids <= set(got), timeout=30)
             a_events = query(
                 database_url, "SELECT state FROM events WHERE device = 'smoke-a' AND type = 'smoke' ORDER BY ts"
             )
@@ -215,15 +229,24 @@ def test_node_sigkilled_mid_stream_replays_its_spool_and_keeps_its_alerts(
     report("ids (events, alerts, readings)", len(sent_ids), len(sent_ids) - len(lost_ids), len(lost_ids),
            sum(n - 1 for n in ids.values()))  # fmt: skip
     duplicated = sum(n - 1 for n in seqs.values())
-    report("stream messages", len(sent_seqs), len(set(seqs) & sent_seqs), len(sent_seqs - set(seqs)), duplicated)
+    lost = sent_seqs - set(seqs)
+    for qos in (1, 0):
+        sent_q = {seq for seq in sent_seqs if seq % 2 == qos}
+        report(f"stream messages at QoS {qos}", len(sent_q), len(sent_q & set(seqs)), len(sent_q & lost),
+               sum(n - 1 for seq, n in seqs.items() if seq % 2 == qos))  # fmt: skip
+    in_flight = {seq for seq, at in stream.sent if killed - 1.0 <= at < killed}
     print(f"spooled at the kill: {len(pending)} ids; sent while down: {len(down)} messages; node back in {back_s:.1f} s")
     assert not lost_ids and all(n == 1 for n in ids.values())
-    assert sent_seqs <= set(seqs) and duplicated == 0
+    # A QoS 0 message the broker had already written to the node's socket when it died is gone: QoS 0 has no
+    # acknowledgement to wait for. Only those can be missing; every QoS 1 message is stored, once.
+    assert all(seq % 2 == 0 for seq in lost) and lost <= in_flight and duplicated == 0
     assert down and set(down) <= set(seqs), "messages sent while the node was down were delivered"
     # One alert per detector: the one still on got a new revision, the one cleared meanwhile is cleared.
     assert after["smoke-a"][0] == before["smoke-a"][0] and after["smoke-a"][1] is True
     assert after["smoke-b"][0] == before["smoke-b"][0] and after["smoke-b"][1] is False
-    assert [state for (state,) in a_events] == ["start", "update"]
+    # Its alarm started once; the confirmation by B and the repeat after the restart updated it.
+    states = [state for (state,) in a_events]
+    assert states.count("start") == 1 and states[-1] == "update"
 
 
 def test_a_subscriber_that_cannot_reach_its_broker_is_restarted_reported_and_then_hears_the_alarm(
