@@ -210,9 +210,11 @@ def test_node_sigkilled_mid_stream_replays_its_spool_and_keeps_its_alerts(
             sent_seqs = {seq for seq, _ in stream.sent}
             seqs = settle(lambda: stored_seqs(database_url), lambda got: sent_seqs <= set(got), timeout=60)
             after = eventually(
-                lambda: (got := fire_alerts(database_url))["smoke-a"][2] > before["smoke-a"][2]
-                and not got["smoke-b"][1]
-                and got,
+                lambda: (
+                    (got := fire_alerts(database_url))["smoke-a"][2] > before["smoke-a"][2]
+                    and not got["smoke-b"][1]
+                    and got
+                ),
                 timeout=30,
             )
             sent_ids = uplink.ids | pending
@@ -233,7 +235,8 @@ def test_node_sigkilled_mid_stream_replays_its_spool_and_keeps_its_alerts(
         report(f"stream messages at QoS {qos}", len(sent_q), len(sent_q & set(seqs)), len(sent_q & lost),
                sum(n - 1 for seq, n in seqs.items() if seq % 2 == qos))  # fmt: skip
     in_flight = {seq for seq, at in stream.sent if killed - 1.0 <= at < killed}
-    print(f"spooled at the kill: {len(pending)} ids; sent while down: {len(down)} messages; node back in {back_s:.1f} s")
+    print(f"spooled at the kill: {len(pending)} ids; sent while down: {len(down)} messages; "
+          f"node back in {back_s:.1f} s")  # fmt: skip
     assert not lost_ids and all(n == 1 for n in ids.values())
     # A QoS 0 message the broker had already written to the node's socket when it died is gone: QoS 0 has no
     # acknowledgement to wait for. Only those can be missing; every QoS 1 message is stored, once.

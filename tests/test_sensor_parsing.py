@@ -64,7 +64,8 @@ def test_each_poison_is_refused_with_its_reason_quickly(name: str, topic: str, p
 
 
 def test_a_long_number_costs_its_field_and_never_the_alarm_next_to_it() -> None:
-    decoded = ADAPTERS["zigbee2mqtt"].parse(b'{"smoke": true, "battery": ' + DIGITS_5000 + b"}", PLACE, datetime.now(UTC))
+    payload = b'{"smoke": true, "battery": ' + DIGITS_5000 + b"}"
+    decoded = ADAPTERS["zigbee2mqtt"].parse(payload, PLACE, datetime.now(UTC))
     assert [(r.quantity, r.value) for r in decoded.readings] == [("smoke", 1.0)]
     assert decoded.problems == ["battery: a number of 5000 characters (at most 40)"]
 
