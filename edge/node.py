@@ -156,7 +156,8 @@ class EdgeNode:
 
     @property
     def counts(self) -> Counter[str]:
-        return self._counts + self.sink.counts
+        # Copied first: dict() of a Counter is one step for the interpreter, so a thread adding a key cannot break it.
+        return Counter(dict(self._counts)) + Counter(dict(self.sink.counts))
 
     @property
     def failure(self) -> str | None:

@@ -250,6 +250,15 @@ def test_node_sigkilled_mid_stream_replays_its_spool_and_keeps_its_alerts(
     assert states.count("start") == 1 and states[-1] == "update"
 
 
+def test_a_retained_alarm_at_start_raises_it(broker: Service, database_url: str, tmp_path: Path) -> None:
+    config = parse_config(node_yaml(broker.url, tmp_path / "outbox.sqlite3"))
+    with mqtt_client(broker, "test-sensors") as sensors:
+        sensors.publish(SMOKE_A, json.dumps({"smoke": True}), qos=1, retain=True).wait_for_publish(timeout=5)
+        with edge_and_ingest(config, broker, database_url):
+            alerts = eventually(lambda: fire_alerts(database_url), timeout=20)
+    assert list(alerts) == ["smoke-a"] and alerts["smoke-a"][1] is True
+
+
 def test_a_subscriber_that_cannot_reach_its_broker_is_restarted_reported_and_then_hears_the_alarm(
     broker: Service, database_url: str, tmp_path: Path
 ) -> None:
