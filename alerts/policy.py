@@ -10,6 +10,9 @@ alert for the desk. A test (an event whose attributes say
 ``test: true``, such as a smoke detector's test button) is stored as an event
 but never raises an alert: nobody is dispatched to a test.
 
+What a restarted node needs to go on updating the same alerts is ``export(key)``
+(the alert and its open conditions as JSON-ready data) and ``restore``.
+
 Example:
     >>> from alerts.models import Event, EventKind, EventState, Place
     >>> place = Place(sub_district="n", community="c", grid="g", site="s", device="smoke-1")
@@ -27,6 +30,7 @@ from __future__ import annotations
 
 import logging
 from datetime import timedelta
+from typing import Any
 
 from alerts.models import ROUTES, Alert, Event, EventState, Severity
 
@@ -115,3 +119,16 @@ class AlertPolicy:
                 "attributes": event.attributes,
             }
         )
+
+    def export(self, key: str) -> dict[str, Any] | None:
+        """The alert under ``key`` and its open conditions as JSON-ready data; None if there is none."""
+        alert = self._alerts.get(key)
+        if alert is None:
+            return None
+        return {"alert": alert.model_dump(mode="json"), "open": sorted(self._open.get(key, ()))}
+
+    def restore(self, alerts: dict[str, dict[str, Any]]) -> None:
+        """Takes back what ``export`` gave, by key."""
+        for key, data in alerts.items():
+            self._alerts[key] = Alert.model_validate(data["alert"])
+            self._open[key] = set(data["open"])

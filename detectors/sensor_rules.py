@@ -16,6 +16,11 @@ Each rule is a condition of one sensor that starts (a START event) and ends
 Times are the readings' own for the rules and the caller's ``now`` for
 liveness, so tests need no clock and no sleeping.
 
+A restarted node gets back what was on with ``restore`` (from ``export``):
+the sensor's next message then ends a condition that cleared meanwhile (an
+END event), and one still on is reported once as an UPDATE, so its alert is
+updated rather than raised again.
+
 Example:
     >>> from alerts.models import Place, Reading
     >>> place = Place(sub_district="n", community="c", grid="g", site="s", device="smoke-1")
@@ -26,6 +31,11 @@ Example:
     []
     >>> [e.state.value for e in rules.apply([Reading(place=place, quantity="smoke", value=0.0)])]
     ['end']
+    >>> restarted = SensorRules(source="node-1")
+    >>> restarted.watch(place)
+    >>> restarted.restore({"smoke-1": {"on": ["smoke"], "values": {"smoke": 1.0}}})
+    >>> [e.state.value for e in restarted.apply([Reading(place=place, quantity="smoke", value=1.0)])]
+    ['update']
 """
 
 from __future__ import annotations
@@ -111,6 +121,8 @@ class SensorState:
     last_seen: datetime | None = None
     on: set[str] = field(default_factory=set)
     values: dict[str, float] = field(default_factory=dict)
+    resumed: set[str] = field(default_factory=set)
+    """Conditions on before a restart that no reading has confirmed or ended since."""
 
     @property
     def online(self) -> bool:
@@ -164,8 +176,30 @@ class SensorRules:
             attributes: dict[str, Any] = {"readings": values, "trigger": name, **details}
             if name == "test":
                 attributes["test"] = True
+            if on and name in sensor.resumed:
+                events.append(self._event(sensor, name, EventState.UPDATE, first.ts, attributes))
+            sensor.resumed.discard(name)
             events += self._switch(sensor, name, on, first.ts, attributes)
         return events
+
+    def export(self, device: str) -> dict[str, Any] | None:
+        """What a restart needs of one sensor, as JSON-ready data: its conditions and last values."""
+        sensor = self._sensors.get(device)
+        if sensor is None:
+            return None
+        return {"on": sorted(sensor.on), "values": sensor.values}
+
+    def restore(self, states: dict[str, dict[str, Any]]) -> None:
+        """Takes back what ``export`` gave, for the sensors watched (or met) by now."""
+        for device, data in states.items():
+            sensor = self._sensors.get(device)
+            if sensor is None:
+                continue
+            sensor.on = set(data["on"])
+            sensor.resumed = set(data["on"])
+            sensor.values.update(data["values"])
+            if sensor.heat is not None:
+                sensor.heat.hot = "heat" in sensor.on
 
     def seen(self, device: str, now: datetime) -> list[Event]:
         """The sensor was heard from at ``now``: it is not silent (any more)."""
@@ -207,20 +241,23 @@ class SensorRules:
             sensor.on.add(name)
         else:
             sensor.on.discard(name)
+        return [self._event(sensor, name, EventState.START if on else EventState.END, ts, attributes)]
+
+    def _event(
+        self, sensor: SensorState, name: str, state: EventState, ts: datetime, attributes: dict[str, Any]
+    ) -> Event:
         rule = RULES[name]
         where = sensor.name or sensor.place.device
-        title = f"{rule.title if on else rule.ended} at {where}"
+        title = f"{rule.ended if state is EventState.END else rule.title} at {where}"
         log.info("%s: %s", sensor.place.site, title)
-        return [
-            Event(
-                ts=ts,
-                kind=rule.kind,
-                type=rule.type,
-                state=EventState.START if on else EventState.END,
-                severity=rule.severity,
-                place=sensor.place,
-                source=self.source,
-                title=title,
-                attributes=attributes,
-            )
-        ]
+        return Event(
+            ts=ts,
+            kind=rule.kind,
+            type=rule.type,
+            state=state,
+            severity=rule.severity,
+            place=sensor.place,
+            source=self.source,
+            title=title,
+            attributes=attributes,
+        )

@@ -1,4 +1,4 @@
-"""Alarm verification: two detectors of one site in alarm within a window confirm each other.
+"""Alarm verification: two detectors of one site in alarm for one hazard within a window confirm each other.
 
 Every fire alarm event leaves here marked ``confirmed`` (true or false) with
 ``confirmed_by`` (the devices in alarm together, sorted). An unconfirmed alarm
@@ -6,6 +6,13 @@ is passed on at once; when a second detector's alarm starts within the window
 of one still on, both are confirmed, and the earlier one gets an UPDATE event
 so that its alert is sent again, confirmed. A test is never an alarm here.
 Two alarms of one device (smoke and heat) are one detector, not two.
+
+Only detectors of the same hazard confirm each other (``HAZARDS``): smoke with
+smoke, heat, a fast rise or a camera's smoke or flame; carbon monoxide with
+carbon monoxide; gas with gas. A gas leak next door says nothing about a fire.
+
+The alarms that are on are the state a restarted node needs: ``export(key)``
+gives one as JSON-ready data (None once it is off) and ``restore`` takes them back.
 
 Example:
     >>> from datetime import timedelta
@@ -18,6 +25,9 @@ Example:
     >>> second = first.model_copy(update={"place": site.with_device("b"), "ts": first.ts + timedelta(seconds=30)})
     >>> [(e.place.device, e.state.value, e.attributes["confirmed_by"]) for e in verification.apply(second)]
     [('b', 'start', ['a', 'b']), ('a', 'update', ['a', 'b'])]
+    >>> gas = first.model_copy(update={"place": site.with_device("c"), "type": "gas"})
+    >>> [e.attributes["confirmed"] for e in verification.apply(gas)]
+    [False]
 """
 
 from __future__ import annotations
@@ -25,6 +35,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 from uuid import uuid4
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -46,6 +57,22 @@ class VerificationSettings(BaseModel):
         description="A second detector whose alarm starts within this many seconds of another one still in alarm "
         "confirms both.",
     )
+
+
+HAZARDS: dict[str, str] = {
+    "smoke": "fire",
+    "heat": "fire",
+    "rate_of_rise": "fire",
+    "visual_smoke": "fire",
+    "visual_flame": "fire",
+    "carbon_monoxide": "carbon_monoxide",
+    "gas": "gas",
+}
+"""The hazard each fire event type stands for; a type not named here is a hazard of its own."""
+
+
+def hazard(event_type: str) -> str:
+    return HAZARDS.get(event_type, event_type)
 
 
 @dataclass
@@ -83,6 +110,7 @@ class AlarmVerification:
             a
             for a in self._alarms.values()
             if a.start.place.site == event.place.site
+            and hazard(a.start.type) == hazard(event.type)
             and a.start.place.device != device
             and abs(event.ts - a.start.ts) <= self.window
         ]
@@ -99,3 +127,15 @@ class AlarmVerification:
                     )
                 )
         return [_marked(event, group), *updates]
+
+    def export(self, key: str) -> dict[str, Any] | None:
+        """The alarm under ``key`` as JSON-ready data, or None when none is on."""
+        alarm = self._alarms.get(key)
+        if alarm is None:
+            return None
+        return {"start": alarm.start.model_dump(mode="json"), "confirmed_by": sorted(alarm.confirmed_by)}
+
+    def restore(self, alarms: dict[str, dict[str, Any]]) -> None:
+        """Takes back alarms that ``export`` gave, by key."""
+        for key, data in alarms.items():
+            self._alarms[key] = _Alarm(Event.model_validate(data["start"]), frozenset(data["confirmed_by"]))

@@ -6,6 +6,11 @@ never delays another camera. The worker takes the oldest waiting frame of up
 to ``max_batch`` different cameras and runs them through the model in one call,
 so a node with many cameras pays for fewer, larger forward passes.
 
+A batch that raises (a model or rule failure) is counted, handed to
+``on_error`` with the cameras it held, and the worker goes on with the next.
+``busy_s(now)`` and ``idle_s(now)`` tell a supervisor whether the worker is
+stuck in one batch; ``restart()`` starts a new thread after the old one died.
+
 Example:
     >>> import numpy as np
     >>> class Nothing:
@@ -42,6 +47,8 @@ log = logging.getLogger(__name__)
 
 ResultCallback = Callable[[str, Any, Detections], None]
 """Called with (camera id, the item submitted with the frame, its detections), in the worker's thread."""
+ErrorCallback = Callable[[list[str], Exception], None]
+"""Called with (the cameras of a batch that failed, what it raised), in the worker's thread."""
 
 
 @dataclass
@@ -55,6 +62,7 @@ class WorkerStats:
     batches: int = 0
     frames: int = 0
     busy_s: float = 0.0
+    failed: int = 0
 
     @property
     def mean_batch(self) -> float:
@@ -62,9 +70,17 @@ class WorkerStats:
 
 
 class DetectorWorker:
-    def __init__(self, backend: Backend, on_result: ResultCallback, max_batch: int = 4, queue_depth: int = 2) -> None:
+    def __init__(
+        self,
+        backend: Backend,
+        on_result: ResultCallback,
+        max_batch: int = 4,
+        queue_depth: int = 2,
+        on_error: ErrorCallback | None = None,
+    ) -> None:
         self.backend = backend
         self.on_result = on_result
+        self.on_error = on_error
         self.max_batch = max_batch
         self.queue_depth = queue_depth
         self.stats: dict[str, CameraStats] = {}
@@ -72,6 +88,9 @@ class DetectorWorker:
         self._queues: dict[str, deque[tuple[float, Any, np.ndarray]]] = {}
         self._cond = threading.Condition()
         self._stopping = False
+        self._busy_since: float | None = None
+        self._in_hand: set[str] = set()
+        self._last_batch = time.monotonic()
         self._thread = threading.Thread(target=self._run, name="detector", daemon=True)
 
     def submit(self, camera_id: str, item: Any, image: np.ndarray) -> None:
@@ -87,6 +106,23 @@ class DetectorWorker:
 
     def start(self) -> None:
         self._thread.start()
+
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def restart(self) -> None:
+        """A new thread after the old one died; frames waiting are kept."""
+        self._thread = threading.Thread(target=self._run, name="detector", daemon=True)
+        self._thread.start()
+
+    def busy_s(self, now: float) -> float:
+        """How long the batch in hand has run; 0 between batches."""
+        since = self._busy_since
+        return 0.0 if since is None else max(0.0, now - since)
+
+    def idle_s(self, now: float) -> float:
+        """Seconds since the last batch ended."""
+        return max(0.0, now - self._last_batch)
 
     def stop(self) -> None:
         with self._cond:
@@ -107,6 +143,7 @@ class DetectorWorker:
         """Detects one batch if frames wait; returns how many frames it handled."""
         with self._cond:
             batch = self._take_batch()
+        self._in_hand = {cam for cam, _, _ in batch}
         if not batch:
             return 0
         started = time.perf_counter()
@@ -126,8 +163,22 @@ class DetectorWorker:
                     self._cond.wait(timeout=1.0)
                 if self._stopping:
                     return
+            self._busy_since = time.monotonic()
             try:
                 self.run_once()
-            except Exception:
+            except Exception as exc:
                 # A model or rule failure on one batch must not stop detection for every camera.
                 log.exception("detector batch failed; going on with the next")
+                self._failed(exc)
+            finally:
+                self._busy_since = None
+                self._last_batch = time.monotonic()
+
+    def _failed(self, exc: Exception) -> None:
+        self.totals.failed += 1
+        if self.on_error is None:
+            return
+        try:
+            self.on_error(sorted(self._in_hand), exc)
+        except Exception:
+            log.exception("detector: reporting a failed batch failed")

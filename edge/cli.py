@@ -23,12 +23,19 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
+import threading
 from uuid import UUID
 
 from alerts.settings import setting, wait_for_signal
 
 log = logging.getLogger(__name__)
+
+
+def _terminate_when_set(failed: threading.Event) -> None:
+    failed.wait()
+    os.kill(os.getpid(), signal.SIGTERM)
 
 
 def cmd_edge_run(args: argparse.Namespace) -> int:
@@ -37,9 +44,15 @@ def cmd_edge_run(args: argparse.Namespace) -> int:
 
     node = EdgeNode(load_config(args.config))
     node.start()
+    # A node that cannot recover wakes the wait below as a service manager's SIGTERM would.
+    threading.Thread(target=_terminate_when_set, args=(node.failed,), daemon=True).start()
     wait_for_signal()
     node.stop()
     log.info("edge node stopped: %s", dict(node.counts))
+    if node.failure:
+        # Non-zero, so that systemd (Restart=on-failure) starts the node again.
+        log.error("edge node gave up: %s", node.failure)
+        return 1
     return 0
 
 

@@ -28,6 +28,7 @@ from edge.cameras import CameraConfig, DetectorConfig
 from ingest.adapters import ADAPTERS, AdapterName
 from ingest.downsample import DownsampleSettings
 from ingest.mqtt import TOPIC_PREFIX
+from ingest.sensors import MAX_PAYLOAD_BYTES
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +61,14 @@ class BrokerConfig(_Section):
         title="Broker URL",
         description="mqtt://[user:password@]host:port of the broker; PATROLNET_MQTT_URL overrides it.",
     )
+    session_expiry_s: int = Field(
+        default=86_400,
+        ge=60,
+        le=2**32 - 1,
+        title="Session expiry",
+        description="How long the broker keeps the node's sensor subscription and the messages queued for it "
+        "while the node is down, in seconds.",
+    )
 
 
 class UplinkConfig(_Section):
@@ -86,6 +95,27 @@ class UplinkConfig(_Section):
     )
 
 
+class SupervisionConfig(_Section):
+    """How the node watches its own workers."""
+
+    max_restarts: int = Field(
+        default=5,
+        ge=1,
+        title="Restarts before giving up",
+        description="A worker restarted this many times within the window makes the node exit non-zero, "
+        "for its service manager to start it again.",
+    )
+    window_s: float = Field(
+        default=300.0, gt=0, title="Restart window", description="Seconds over which restarts are counted."
+    )
+    stuck_after_s: float = Field(
+        default=60.0,
+        gt=0,
+        title="Stuck after",
+        description="A worker busy on one message this long is reported stuck; three times as long, the node exits.",
+    )
+
+
 class SensorConfig(SensorRuleSettings):
     """One sensor: where it publishes, where it hangs, and the settings of its rules."""
 
@@ -104,6 +134,13 @@ class SensorConfig(SensorRuleSettings):
         default_factory=DownsampleSettings,
         title="Downsampling",
         description="How many of its readings go upstream when it chatters; alarms always go.",
+    )
+    max_payload_bytes: int = Field(
+        default=MAX_PAYLOAD_BYTES,
+        ge=64,
+        le=MAX_PAYLOAD_BYTES,
+        title="Payload cap",
+        description="A larger message from this sensor is a dead letter, unread.",
     )
 
     @field_validator("topic")
@@ -159,6 +196,11 @@ class NodeConfig(_Section):
         default_factory=VerificationSettings,
         title="Alarm verification",
         description="How fire alarms of the site's detectors confirm each other.",
+    )
+    supervision: SupervisionConfig = Field(
+        default_factory=SupervisionConfig,
+        title="Supervision",
+        description="When a failing worker of the node is restarted, and when the node gives up.",
     )
 
     @field_validator("sensors")

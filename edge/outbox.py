@@ -71,7 +71,18 @@ class Spool:
 class Uplink:
     """Drains a Spool to an MQTT broker in order, with a bounded in-flight window."""
 
-    def __init__(self, spool: Spool, url: str, client_id: str, max_inflight: int = 100) -> None:
+    def __init__(
+        self,
+        spool: Spool,
+        url: str,
+        client_id: str,
+        max_inflight: int = 100,
+        status_topic: str | None = None,
+        online: bytes = b"",
+        offline: bytes = b"",
+    ) -> None:
+        """With ``status_topic``, ``offline`` is the client's last will (retained, QoS 1) and ``online`` is
+        published there, retained, on every (re)connect."""
         self.spool = spool
         self.max_inflight = max_inflight
         self.acked = 0
@@ -83,6 +94,9 @@ class Uplink:
         self._connected = False
         self._client, self._address, self._props = make_client(url, client_id)
         self._client.max_inflight_messages_set(max_inflight)
+        self._status = (status_topic, online) if status_topic else None
+        if status_topic:
+            self._client.will_set(status_topic, offline, qos=1, retain=True)
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
         self._client.on_publish = self._on_publish
@@ -114,6 +128,11 @@ class Uplink:
             log.warning("uplink %s:%s refused the connection: %s", self._address.host, self._address.port, reason_code)
             return
         log.info("uplink connected to %s:%s", self._address.host, self._address.port)
+        if self._status:
+            info = client.publish(*self._status, qos=1, retain=True)
+            with self._wake:
+                # Seq 0 is no spooled message: its PUBACK deletes nothing. It cannot come before this returns.
+                self._inflight[info.mid] = 0
         with self._wake:
             self._connected = True
             self._wake.notify_all()

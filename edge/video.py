@@ -10,6 +10,13 @@ the results. Queues are bounded and drop the oldest frame, never block.
 
 A camera's offline/online and tamper events go out from its own thread; the
 rest from the detector's thread. ``emit`` must therefore be thread-safe.
+
+A frame that makes the tamper check, the motion gate, the tracker or the
+rules raise is counted (``frame_errors``) and handed to ``letter`` with the
+reason (the node turns it into a dead letter); the camera goes on with the
+next frame. ``watch(supervisor)`` registers each camera's feed thread
+(restarted if it dies; its liveness is the last frame handled) and the
+detector (its liveness is the last batch).
 """
 
 from __future__ import annotations
@@ -31,11 +38,18 @@ from detectors.tracking import Tracker
 from detectors.visual_fire import VisualFire
 from detectors.worker import DetectorWorker
 from edge.cameras import CameraConfig, DetectorConfig
+from edge.supervisor import Liveness, Supervisor
 from ingest.capture import CameraSource, Frame
 
 log = logging.getLogger(__name__)
 
 Emit = Callable[[Event], None]
+Letter = Callable[[str, str], None]
+"""Called with (the camera's topic, e.g. ``camera/gate``, why its frame failed)."""
+
+
+def camera_topic(camera_id: str) -> str:
+    return f"camera/{camera_id}"
 
 
 @dataclass
@@ -44,6 +58,7 @@ class CameraCounts:
     gated_out: int = 0
     detected: int = 0
     events: int = 0
+    frame_errors: int = 0
     latencies_s: list[float] = field(default_factory=list)
     """Seconds from a frame's capture to each event it raised (the newest 1,000)."""
 
@@ -63,6 +78,7 @@ class CameraPipeline:
         self.tracker = Tracker(config.tracker)
         self.rules = RuleEngine(config.scene, place, node_id, timezone=timezone)
         self.fire = VisualFire(config.fire, place, node_id) if config.fire else None
+        self.liveness = Liveness()
         self._next_analysis = 0.0
 
     def wants(self, frame: Frame) -> bool:
@@ -110,25 +126,28 @@ class VideoPipeline:
         node_id: str,
         timezone: str,
         emit: Emit,
+        letter: Letter | None = None,
     ) -> None:
         self.cameras = {c.id: CameraPipeline(c, site_place.with_device(c.id), node_id, timezone, emit) for c in cameras}
+        self.letter = letter
         self.worker = DetectorWorker(
             load_backend(detector.backend),
             self._on_result,
             max_batch=detector.max_batch,
             queue_depth=detector.queue_depth,
+            on_error=self._on_batch_error,
         )
         self._stopping = threading.Event()
-        self._threads = [
-            threading.Thread(target=self._feed, args=(camera,), name=f"camera-{cid}", daemon=True)
-            for cid, camera in self.cameras.items()
-        ]
+        self._threads = {cid: self._feed_thread(camera) for cid, camera in self.cameras.items()}
+
+    def _feed_thread(self, camera: CameraPipeline) -> threading.Thread:
+        return threading.Thread(target=self._feed, args=(camera,), name=f"camera-{camera.config.id}", daemon=True)
 
     def start(self) -> None:
         self.worker.start()
         for camera in self.cameras.values():
             camera.source.start()
-        for thread in self._threads:
+        for thread in self._threads.values():
             thread.start()
         log.info("video pipeline running %d cameras", len(self.cameras))
 
@@ -136,9 +155,32 @@ class VideoPipeline:
         self._stopping.set()
         for camera in self.cameras.values():
             camera.source.stop()
-        for thread in self._threads:
+        for thread in self._threads.values():
             thread.join(timeout=10)
         self.worker.stop()
+
+    def watch(self, supervisor: Supervisor, stuck_after_s: float) -> None:
+        """Registers each camera's feed and the shared detector with the node's supervisor."""
+        for cid, camera in self.cameras.items():
+            supervisor.watch(
+                f"camera-{cid}",
+                alive=lambda cid=cid, camera=camera: self._threads[cid].is_alive() or camera.source.ended,
+                restart=lambda cid=cid: self._restart_feed(cid),
+                liveness=camera.liveness,
+                stuck_after_s=stuck_after_s,
+                critical=False,
+            )
+        supervisor.watch(
+            "detector",
+            alive=self.worker.alive,
+            restart=self.worker.restart,
+            liveness=self.worker,
+            stuck_after_s=stuck_after_s,
+        )
+
+    def _restart_feed(self, camera_id: str) -> None:
+        self._threads[camera_id] = thread = self._feed_thread(self.cameras[camera_id])
+        thread.start()
 
     def _feed(self, camera: CameraPipeline) -> None:
         while not self._stopping.is_set():
@@ -147,11 +189,31 @@ class VideoPipeline:
                 if camera.source.ended:
                     return
                 continue
-            if camera.wants(frame):
-                self.worker.submit(frame.camera_id, frame, frame.image)
+            with camera.liveness.working():
+                try:
+                    if camera.wants(frame):
+                        self.worker.submit(frame.camera_id, frame, frame.image)
+                except Exception as exc:
+                    log.exception("camera %s: frame %d failed", camera.config.id, frame.seq)
+                    self._frame_failed(camera, exc)
+
+    def _frame_failed(self, camera: CameraPipeline, exc: Exception) -> None:
+        camera.counts.frame_errors += 1
+        if self.letter is not None:
+            self.letter(camera_topic(camera.config.id), f"frame failed: {type(exc).__name__}: {exc}")
+
+    def _on_batch_error(self, camera_ids: list[str], exc: Exception) -> None:
+        for cid in camera_ids:
+            self._frame_failed(self.cameras[cid], exc)
 
     def _on_result(self, camera_id: str, frame: Frame, detections: Detections) -> None:
-        self.cameras[camera_id].on_detections(frame, detections)
+        camera = self.cameras[camera_id]
+        try:
+            camera.on_detections(frame, detections)
+        except Exception as exc:
+            # One camera's tracker or rules failing costs that frame, not the rest of the batch.
+            log.exception("camera %s: tracking or rules failed on frame %d", camera_id, frame.seq)
+            self._frame_failed(camera, exc)
 
     def snapshot(self, camera_ids: list[str]) -> bytes | None:
         """One JPEG of the newest frame of each of these cameras, side by side; None if none has a frame."""
@@ -188,5 +250,6 @@ class VideoPipeline:
                 "gated_out": camera.counts.gated_out,
                 "detected": camera.counts.detected,
                 "events": camera.counts.events,
+                "frame_errors": camera.counts.frame_errors,
             }
         return out

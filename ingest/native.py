@@ -9,7 +9,8 @@ by convention) as one JSON object, ``NativeMessage``::
 Every field is optional. ``readings`` holds numbers, and true/false for
 flags (``smoke``, ``gas``, ``carbon_monoxide``, ``tamper``, ``battery_low``);
 other top-level numbers are kept as readings too. ``ts`` must carry a zone;
-without it the arrival time counts. The device sets its MQTT last will to
+without it the arrival time counts. A ``ts`` before 2000 or more than a day
+ahead of the arrival time is a clock gone wrong, and refuses the message. The device sets its MQTT last will to
 ``offline`` on ``<base>/<device>/availability`` and publishes ``online``
 there, retained, when it connects.
 
@@ -20,12 +21,15 @@ Example:
     >>> payload = b'{"ts": "2024-05-01T10:00:00+08:00", "readings": {"temperature": 21.5}, "test": true, "rssi": -61}'
     >>> [(r.quantity, r.value, r.ts.hour) for r in NATIVE.parse(payload, place, datetime.now(UTC)).readings]
     [('temperature', 21.5, 2), ('rssi', -61.0, 2), ('test', 1.0, 2)]
+    >>> NATIVE.parse(b'{"ts": "9999-12-31T23:59:59-14:00"}', place, datetime.now(UTC))
+    Traceback (most recent call last):
+    ingest.sensors.PayloadError: ts 9999-12-31T23:59:59-14:00 is outside 2000-01-01 .. a day from now
 """
 
 from __future__ import annotations
 
 import logging
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StrictBool, StrictStr, ValidationError
@@ -36,6 +40,10 @@ from ingest.sensors import Adapter, Decoded, PayloadError, decode_json_object, r
 log = logging.getLogger(__name__)
 
 AVAILABILITY = "availability"
+EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)
+"""Older device times are a clock that never synced (1970) or garbage."""
+AHEAD = timedelta(days=1)
+"""How far ahead of the node's clock a device time may be."""
 
 
 class NativeMessage(BaseModel):
@@ -87,6 +95,8 @@ class Native(Adapter):
             raise PayloadError(f"wrong field types: {_reason(exc)}") from exc
         if message.device is not None and message.device != place.device:
             raise PayloadError(f"device {message.device!r} publishes on the topic of {place.device!r}")
+        if message.ts is not None and not EARLIEST <= message.ts <= now + AHEAD:
+            raise PayloadError(f"ts {message.ts.isoformat()} is outside 2000-01-01 .. a day from now")
         fields = {**message.readings, **(message.model_extra or {})}
         if message.test is not None:
             fields["test"] = message.test

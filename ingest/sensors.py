@@ -8,6 +8,16 @@ the rest of the message: a smoke alarm still counts when the battery field
 next to it is garbage. Malformed JSON, or a payload of the wrong shape,
 raises ``PayloadError`` and costs the whole message.
 
+Parsing is bounded, because one payload must never cost more than itself:
+``decode_json`` refuses a payload over ``MAX_PAYLOAD_BYTES`` (a node may set a
+smaller cap per sensor), nesting deeper than ``MAX_DEPTH`` (checked on the raw
+bytes before ``json.loads``, which would raise ``RecursionError``). Each of
+these refusals is a ``PayloadError`` whose message is the dead-letter reason.
+A number longer than ``MAX_NUMBER_CHARS`` (``int()`` raises ``ValueError``
+past 4,300 digits and costs time well before) and ``NaN``/``Infinity`` (not
+JSON, though Python reads them) cost only their field, like any other value
+out of range: a smoke alarm next to them still counts.
+
 Example:
     >>> from datetime import UTC, datetime
     >>> from alerts.models import Place
@@ -19,6 +29,15 @@ Example:
     ['temperature: 900 °C is outside the physical range -40..125 °C']
     >>> parse_availability(b'{"state": "offline"}').online
     False
+    >>> try:
+    ...     decode_json(b"[" * 10_000)
+    ... except PayloadError as exc:
+    ...     print(exc)
+    not JSON: nested deeper than 32
+    >>> long = decode_json(b'{"smoke": true, "battery": ' + b"9" * 5000 + b"}")
+    >>> decoded = readings_from(long, place, datetime.now(UTC))
+    >>> [(r.quantity, r.value) for r in decoded.readings], decoded.problems
+    ([('smoke', 1.0)], ['battery: a number of 5000 characters (at most 40)'])
 """
 
 from __future__ import annotations
@@ -26,6 +45,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -38,6 +58,17 @@ log = logging.getLogger(__name__)
 
 class PayloadError(ValueError):
     """A payload that cannot be read at all; the message is the dead-letter reason."""
+
+
+MAX_PAYLOAD_BYTES = 64 * 1024
+"""The largest payload any sensor may send; a zigbee2mqtt state message is a few hundred bytes."""
+MAX_DEPTH = 32
+"""Deepest nesting of objects and arrays; Tasmota nests two levels."""
+MAX_NUMBER_CHARS = 40
+"""Longest number literal: a double needs at most 24 characters."""
+
+_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +118,8 @@ def _number_text(value: float) -> str:
 
 def _check(name: str, value: Any) -> tuple[float | None, str | None]:
     """(value as a float, None), (None, why it is refused), or (None, None) for text that measures nothing."""
+    if isinstance(value, Unreadable):
+        return None, f"{name}: {value.why}"
     spec = _quantity(name)
     is_number = isinstance(value, int | float) and not isinstance(value, bool)
     if spec is not None and spec.flag:
@@ -134,10 +167,40 @@ def readings_from(fields: dict[str, Any], place: Place, ts: datetime) -> Decoded
     return Decoded(readings=readings, problems=problems)
 
 
-def decode_json(payload: bytes) -> Any:
+def _depth(payload: bytes) -> int:
+    """How deep objects and arrays nest, brackets inside strings not counted."""
+    brackets = _STRING.sub(b"", payload).translate(None, _NOT_BRACKETS)
+    depth = deepest = 0
+    for byte in brackets:
+        depth += 1 if byte in b"[{" else -1
+        deepest = max(deepest, depth)
+    return deepest
+
+
+@dataclass(frozen=True, slots=True)
+class Unreadable:
+    """A JSON value left unread, in place of the value; its field is refused with ``why``."""
+
+    why: str
+
+
+def _number(text: str, kind: type[int] | type[float]) -> int | float | Unreadable:
+    if len(text) > MAX_NUMBER_CHARS:
+        return Unreadable(f"a number of {len(text)} characters (at most {MAX_NUMBER_CHARS})")
+    return kind(text)
+
+
+def decode_json(payload: bytes, max_bytes: int = MAX_PAYLOAD_BYTES) -> Any:
+    """The JSON value of ``payload``; PayloadError for anything unreadable or out of bounds."""
+    if len(payload) > max_bytes:
+        raise PayloadError(f"payload of {len(payload)} bytes is over the cap of {max_bytes}")
+    if _depth(payload) > MAX_DEPTH:
+        raise PayloadError(f"not JSON: nested deeper than {MAX_DEPTH}")
     try:
-        return json.loads(payload)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        return json.loads(
+            payload, parse_int=lambda text: _number(text, int), parse_float=lambda text: _number(text, float)
+        )
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise PayloadError(f"not JSON: {exc}") from exc
 
 

@@ -103,7 +103,10 @@ def test_garbage_is_dead_lettered_and_the_next_alarm_still_arrives(
 
     def dead_letters() -> list[tuple]:
         with psycopg.connect(database_url) as conn:
-            return conn.execute("SELECT topic, payload, reason, source FROM dead_letters ORDER BY ts").fetchall()
+            # The node's own: an ingest that does not know the status channel yet letters the node's status.
+            return conn.execute(
+                "SELECT topic, payload, reason, source FROM dead_letters WHERE topic LIKE 'zigbee2mqtt/%' ORDER BY ts"
+            ).fetchall()
 
     letters = eventually(lambda: len(dead_letters()) == 2 and dead_letters())
     assert [(topic, bytes(payload)) for topic, payload, _, _ in letters] == [

@@ -339,3 +339,61 @@ def test_a_momentary_event_raises_an_alert_that_is_not_ongoing() -> None:
     assert again.id == first.id and again.count == 2 and again.active is False
     later = policy.apply(crossing.model_copy(update={"ts": crossing.ts + timedelta(seconds=200)}))
     assert later.id != first.id
+
+
+@pytest.mark.parametrize(
+    ("first", "second", "confirmed"),
+    [
+        ("gas", "smoke", False),
+        ("smoke", "gas", False),
+        ("carbon_monoxide", "smoke", False),
+        ("gas", "carbon_monoxide", False),
+        ("smoke", "heat", True),
+        ("heat", "visual_flame", True),
+        ("smoke", "visual_smoke", True),
+        ("rate_of_rise", "smoke", True),
+        ("carbon_monoxide", "carbon_monoxide", True),
+        ("gas", "gas", True),
+    ],
+)
+def test_only_detectors_of_one_hazard_confirm_each_other(first: str, second: str, confirmed: bool) -> None:
+    verification = AlarmVerification(window_s=120)
+    site = PLACE.model_copy(update={"device": None})
+    verification.apply(Event(ts=at(0), kind=EventKind.FIRE, type=first, place=site.with_device("a"), source="n1"))
+    out = verification.apply(
+        Event(ts=at(30), kind=EventKind.FIRE, type=second, place=site.with_device("b"), source="n1")
+    )
+    assert out[0].attributes["confirmed"] is confirmed
+    assert [e.place.device for e in out] == (["b", "a"] if confirmed else ["b"])
+
+
+def test_restored_state_updates_the_alarm_still_on_and_ends_the_one_cleared_meanwhile() -> None:
+    site = PLACE.model_copy(update={"device": None})
+    rules, verification, policy = SensorRules(source="n1"), AlarmVerification(), AlertPolicy()
+    for device in ("a", "b"):
+        rules.watch(site.with_device(device))
+    alerts = {}
+    for device in ("a", "b"):
+        for event in rules.apply([Reading(ts=at(0), place=site.with_device(device), quantity="smoke", value=1.0)]):
+            for marked in verification.apply(event):
+                alerts[marked.place.device] = policy.apply(marked)
+
+    restarted = (SensorRules(source="n1"), AlarmVerification(), AlertPolicy())
+    for device in ("a", "b"):
+        restarted[0].watch(site.with_device(device))
+    restarted[0].restore({d: rules.export(d) for d in ("a", "b")})
+    restarted[1].restore({k: verification.export(k) for k in (alerts["a"].dedup_key, alerts["b"].dedup_key)})
+    restarted[2].restore({k: policy.export(k) for k in (alerts["a"].dedup_key, alerts["b"].dedup_key)})
+
+    def after_restart(device: str, smoke: float) -> list:
+        readings = [Reading(ts=at(60), place=site.with_device(device), quantity="smoke", value=smoke)]
+        return [
+            (e.state, restarted[2].apply(e)) for raw in restarted[0].apply(readings) for e in restarted[1].apply(raw)
+        ]
+
+    [(state_a, alert_a)] = after_restart("a", 1.0)
+    [(state_b, alert_b)] = after_restart("b", 0.0)
+    assert state_a is EventState.UPDATE and alert_a.id == alerts["a"].id and alert_a.active
+    assert alert_a.revision > alerts["a"].revision
+    assert state_b is EventState.END and alert_b.id == alerts["b"].id and not alert_b.active
+    assert after_restart("a", 1.0) == [], "confirmed once after the restart, then it is the same alarm again"

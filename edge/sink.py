@@ -1,0 +1,276 @@
+"""The event sink: the one thread of a node that waits on disk.
+
+Sensor messages, camera events, dead letters and heartbeats reach it through
+one bounded FIFO queue. For each batch of events it runs, in order, the
+camera picture of a linked sensor's fire alarm, alarm verification and the
+alert policy (all in memory, once), then writes what must survive: the
+messages for the uplink spool and the changed state (``EdgeState``), and
+finally acknowledges the sensor message that carried them, in the order they
+came, once its readings are spooled too: the local broker forgets a sensor
+message only once all it said is on disk, and a node killed before that
+hears it again after its restart. A write
+that fails because the disk is busy (``sqlite3.OperationalError``) is retried
+from where it stopped; a batch that cannot be processed at all becomes a
+dead letter with the reason.
+
+Readings wait up to ``FLUSH_S`` to go upstream together, one spooled message
+for many: each spooled message costs a disk sync. The readings of a message
+that raised an event go with it at once.
+
+When the queue is full: a sensor message blocks the MQTT callback until
+there is room (the broker holds the messages behind it, and nothing is
+lost); a camera event is dropped and counted (``sink_dropped``), since the
+camera raises it again from the next frames.
+
+Example:
+    >>> import tempfile, pathlib
+    >>> from alerts.models import Event, EventKind, Place
+    >>> from alerts.policy import AlertPolicy
+    >>> from detectors.verification import AlarmVerification
+    >>> folder = pathlib.Path(tempfile.mkdtemp())
+    >>> sent = []
+    >>> sink = EventSink(AlarmVerification(), AlertPolicy(), EdgeState(folder / "s.sqlite3"),
+    ...                  send=lambda channel, payload: sent.append(channel))
+    >>> sink.start()
+    >>> place = Place(sub_district="n", community="c", grid="g", site="s", device="smoke-1")
+    >>> sink.put(Batch(events=[Event(kind=EventKind.FIRE, type="smoke", place=place, source="n1")]))
+    True
+    >>> sink.stop()
+    >>> sent, sink.counts["alerts"]
+    (['events', 'alerts'], 1)
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import sqlite3
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import TypeAdapter
+
+from alerts.models import DeadLetter, Event, Reading
+from alerts.policy import AlertPolicy
+from detectors.verification import AlarmVerification
+from edge.state import Change, EdgeState
+from edge.supervisor import Liveness
+
+log = logging.getLogger(__name__)
+
+READINGS = TypeAdapter(list[Reading])
+FLUSH_S = 0.25
+FLUSH_READINGS = 500
+MAX_UNACKED = 10
+"""Sensor messages waiting for their readings to be spooled before they are acknowledged; Mosquitto sends a
+client at most 20 (``max_inflight_messages``) unacknowledged, so more would stall the subscription."""
+QUEUE_DEPTH = 10_000
+DISK_RETRY_S = 0.5
+SINK_TOPIC = "edge/sink"
+"""The topic of a dead letter for a batch the sink could not process."""
+
+
+@dataclass(frozen=True)
+class Batch:
+    """What one message or one timer round produced, and how to acknowledge it once stored."""
+
+    events: list[Event] = field(default_factory=list)
+    readings: list[Reading] = field(default_factory=list)
+    sensors: dict[str, dict[str, Any] | None] = field(default_factory=dict)
+    """The sensor rules' state of each sensor the events changed, as ``SensorRules.export`` gives it."""
+    ack: Callable[[], None] | None = None
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    """One message for the uplink, made on the sink's thread (a heartbeat reads the spool, for one)."""
+
+    channel: str
+    payload: Callable[[], bytes]
+    ack: Callable[[], None] | None = None
+
+
+Item = Batch | Outgoing
+
+
+class EventSink:
+    """See the module docstring. ``send(channel, payload)`` spools one message for the uplink."""
+
+    def __init__(
+        self,
+        verification: AlarmVerification,
+        policy: AlertPolicy,
+        state: EdgeState,
+        send: Callable[[str, bytes], None],
+        picture: Callable[[Event], Event] = lambda event: event,
+        source: str = "",
+        depth: int = QUEUE_DEPTH,
+    ) -> None:
+        self.verification = verification
+        self.policy = policy
+        self.state = state
+        self.send = send
+        self.picture = picture
+        self.source = source
+        self.counts: Counter[str] = Counter()
+        self.liveness = Liveness()
+        self._queue: queue.Queue[Item | None] = queue.Queue(depth)
+        self._readings: list[Reading] = []
+        self._readings_since = 0.0
+        self._acks: list[Callable[[], None]] = []
+        self._stopping = threading.Event()
+        self._thread = self._new_thread()
+
+    def _new_thread(self) -> threading.Thread:
+        return threading.Thread(target=self._run, name="event-sink", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def restart(self) -> None:
+        """A new thread after the old one died; what waits in the queue is still there."""
+        self._thread = self._new_thread()
+        self._thread.start()
+
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Handles what is queued, flushes the readings, and ends the thread."""
+        self._stopping.set()
+        try:
+            self._queue.put(None, timeout=timeout)
+        except queue.Full:
+            log.error("event sink: queue still full at stop; %d items not handled", self._queue.qsize())
+        self._thread.join(timeout=timeout)
+
+    def put(self, item: Item, block: bool = True) -> bool:
+        """Queues an item; blocks while the queue is full unless ``block`` is false, then drops it (False)."""
+        try:
+            self._queue.put(item, block=block)
+        except queue.Full:
+            self.counts["sink_dropped"] += 1
+            return False
+        return True
+
+    def pending(self) -> int:
+        return self._queue.qsize()
+
+    def _run(self) -> None:
+        while True:
+            wait = FLUSH_S - (time.monotonic() - self._readings_since) if self._readings else None
+            try:
+                item = self._queue.get(timeout=max(0.0, wait) if wait is not None else 1.0)
+            except queue.Empty:
+                item = Batch()
+            if item is None:
+                self._durably(self._flush_readings)
+                return
+            with self.liveness.working():
+                self._handle(item)
+
+    def _handle(self, item: Item) -> None:
+        try:
+            if isinstance(item, Outgoing):
+                payload = item.payload()
+                self._durably(lambda: self.send(item.channel, payload))
+                self._acknowledge(item.ack)
+                return
+            self._batch(item)
+        except Exception as exc:
+            log.exception("event sink: could not handle %s", type(item).__name__)
+            self.counts["sink_failed"] += 1
+            self._letter(item, f"{type(exc).__name__}: {exc}")
+
+    def _batch(self, batch: Batch) -> None:
+        outgoing: list[tuple[str, bytes]] = []
+        changes: list[Change] = [("sensors", device, data) for device, data in batch.sensors.items()]
+        for raw in batch.events:
+            for event in self.verification.apply(self._pictured(raw)):
+                outgoing.append(("events", event.model_dump_json().encode()))
+                changes.append(("verification", event.dedup_key, self.verification.export(event.dedup_key)))
+                alert = self.policy.apply(event)
+                if alert is not None:
+                    outgoing.append(("alerts", alert.model_dump_json().encode()))
+                    changes.append(("policy", alert.dedup_key, self.policy.export(alert.dedup_key)))
+        if batch.readings and not self._readings:
+            self._readings_since = time.monotonic()
+        self._readings += batch.readings
+        # The alert first: every spooled message costs a disk sync before it can leave.
+        self._write(outgoing)
+        # After the spool: a node killed in between sends an alert it may raise again, never loses one.
+        self._durably(lambda: self.state.save(changes))
+        self.counts["events"] += sum(1 for channel, _ in outgoing if channel == "events")
+        self.counts["alerts"] += sum(1 for channel, _ in outgoing if channel == "alerts")
+        if batch.ack is not None:
+            self._acks.append(batch.ack)
+        due = self._readings and time.monotonic() - self._readings_since >= FLUSH_S
+        full = len(self._readings) >= FLUSH_READINGS or len(self._acks) >= MAX_UNACKED
+        if batch.events or due or full:
+            self._durably(self._flush_readings)
+        elif not self._readings:
+            self._run_acks()
+
+    def _pictured(self, event: Event) -> Event:
+        """The event with its camera picture; without one when making it fails, for the alarm must still go."""
+        try:
+            return self.picture(event)
+        except Exception:
+            log.exception("event sink: no picture for %s", event.dedup_key)
+            self.counts["picture_failed"] += 1
+            return event
+
+    def _acknowledge(self, ack: Callable[[], None] | None) -> None:
+        """Acknowledges now, or after the readings waiting to be spooled (acknowledgements keep their order)."""
+        if ack is not None:
+            self._acks.append(ack)
+        if not self._readings:
+            self._run_acks()
+
+    def _run_acks(self) -> None:
+        acks, self._acks = self._acks, []
+        for ack in acks:
+            ack()
+
+    def _write(self, outgoing: list[tuple[str, bytes]]) -> None:
+        done = 0
+
+        def rest() -> None:
+            nonlocal done
+            while done < len(outgoing):
+                self.send(*outgoing[done])
+                done += 1
+
+        self._durably(rest)
+
+    def _flush_readings(self) -> None:
+        if self._readings:
+            self.send("readings", READINGS.dump_json(self._readings))
+            self.counts["readings"] += len(self._readings)
+            self._readings = []
+        self._run_acks()
+
+    def _durably(self, write: Callable[[], None]) -> None:
+        """Runs ``write`` until the disk takes it; a busy or locked SQLite file is waited out."""
+        while True:
+            try:
+                write()
+                return
+            except sqlite3.OperationalError as exc:
+                self.counts["disk_retries"] += 1
+                log.warning("event sink: disk busy (%s); retrying", exc)
+                time.sleep(DISK_RETRY_S)
+
+    def _letter(self, item: Item, reason: str) -> None:
+        if isinstance(item, Batch):
+            payload = b"[" + b",".join(e.model_dump_json(exclude={"snapshot"}).encode() for e in item.events) + b"]"
+        else:
+            payload = item.channel.encode()
+        letter = DeadLetter(topic=SINK_TOPIC, payload=payload, reason=reason, source=self.source)
+        self.counts["dead_letters"] += 1
+        self._durably(lambda: self.send("deadletters", letter.model_dump_json().encode()))
+        self._acknowledge(item.ack)
