@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
+import psycopg
 
 from edge.config import NodeConfig, parse_config
 
@@ -29,3 +30,9 @@ sensors:
 def publish(client: mqtt.Client, payload: dict | bytes, topic: str = SMOKE_TOPIC) -> None:
     body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
     client.publish(topic, body, qos=1).wait_for_publish(timeout=5)
+
+
+def query(database_url: str, sql: str) -> list[tuple]:
+    """Every row ``sql`` returns from the test's database."""
+    with psycopg.connect(database_url) as conn:
+        return conn.execute(sql).fetchall()

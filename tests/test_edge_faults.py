@@ -23,7 +23,7 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 from conftest import REPO, _service_folder, edge_and_ingest, eventually, mqtt_client
-from test_fire_sensors import query
+from fire_helpers import query
 
 from alerts.models import NodeStatus, utc_now
 from alerts.writer import IngestWorker

@@ -15,10 +15,9 @@ from datetime import timedelta
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
-import psycopg
 import pytest
 from conftest import edge_and_ingest, eventually, mqtt_client
-from fire_helpers import publish
+from fire_helpers import publish, query
 
 from alerts.models import Heartbeat, utc_now
 from deploy.local.services import Service
@@ -61,11 +60,6 @@ def sensors(broker: Service) -> Iterator[mqtt.Client]:
 def node(broker: Service, database_url: str, tmp_path: Path) -> Iterator[EdgeNode]:
     with edge_and_ingest(node_config(broker.url, tmp_path / "outbox.sqlite3"), broker, database_url) as node:
         yield node
-
-
-def query(database_url: str, sql: str) -> list[tuple]:
-    with psycopg.connect(database_url) as conn:
-        return conn.execute(sql).fetchall()
 
 
 def events(database_url: str) -> list[tuple]:

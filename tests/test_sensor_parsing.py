@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from conftest import edge_and_ingest, eventually, mqtt_client
-from test_fire_sensors import query
+from fire_helpers import query
 
 from alerts.models import Place
 from deploy.local.services import Service
