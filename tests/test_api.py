@@ -124,6 +124,7 @@ def test_readings_come_bucketed_and_health_comes_from_heartbeats(api: ApiServer)
     ]
     [node] = get(api, "/api/v1/nodes", fire).json()
     assert node["node_id"] == "node-1" and node["healthy"] is True
+    assert node["place"] == EAST.model_dump(exclude={"device"})
     [device] = get(api, "/api/v1/devices", api.key("operator"), site="willow-court").json()
     assert (device["device"], device["online"], device["stale"], device["detail"]) == (
         "smoke-1",
@@ -131,6 +132,7 @@ def test_readings_come_bucketed_and_health_comes_from_heartbeats(api: ApiServer)
         False,
         {"battery": 87},
     )
+    assert device["place"] == EAST.model_dump(include={"sub_district", "community", "grid"})
     assert get(api, "/api/v1/devices", api.key("operator", community="west-lake")).json() == []
     assert get(api, "/api/v1/stats/hourly", api.key("admin")).json() == []
 

@@ -275,4 +275,4 @@ def test_a_security_alert_is_not_a_fire_desks_even_in_hourly_counts(api: ApiServ
     raise_alert(api.database_url, kind=EventKind.SECURITY)
     raise_alert(api.database_url, kind=EventKind.FIRE)
     counts = httpx.get(f"{api.url}/api/v1/stats/hourly", headers=api.key("fire")).json()
-    assert [c["kind"] for c in counts] == ["fire"]
+    assert [(c["kind"], c["place"], c["events"]) for c in counts] == [("fire", EAST.model_dump(exclude={"device"}), 1)]
