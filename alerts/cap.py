@@ -165,9 +165,8 @@ def atom_feed(alerts: list[ET.Element], title: str, self_url: str, updated: date
     ET.SubElement(feed, f"{{{ATOM_NS}}}link", rel="self", href=self_url)
     for alert in alerts:
         entry = ET.SubElement(feed, f"{{{ATOM_NS}}}entry")
-        info = alert.find("cap:info", NS)
         ET.SubElement(entry, f"{{{ATOM_NS}}}id").text = alert.findtext("cap:identifier", namespaces=NS)
-        ET.SubElement(entry, f"{{{ATOM_NS}}}title").text = info.findtext("cap:headline", namespaces=NS)
+        ET.SubElement(entry, f"{{{ATOM_NS}}}title").text = alert.findtext("cap:info/cap:headline", namespaces=NS)
         ET.SubElement(entry, f"{{{ATOM_NS}}}updated").text = alert.findtext("cap:sent", namespaces=NS)
         ET.SubElement(ET.SubElement(entry, f"{{{ATOM_NS}}}author"), f"{{{ATOM_NS}}}name").text = alert.findtext(
             "cap:sender", namespaces=NS

@@ -108,5 +108,5 @@ async def metrics(request: Request, pool: Pool) -> Response:
     m.open_alerts.clear()
     for kind, status, n in rows:
         m.open_alerts.labels(kind, status).set(n)
-    m.webhooks_pending.set(pending[0])
+    m.webhooks_pending.set(pending[0] if pending else 0)  # an aggregate always answers one row
     return Response(generate_latest(m.registry), media_type=CONTENT_TYPE_LATEST)

@@ -19,8 +19,7 @@ import psycopg
 from fastapi import APIRouter, File, Form, HTTPException, Request, UploadFile
 from pydantic import BaseModel, Field
 
-from alerts.auth import Permission
-from alerts.http import Pool, Settings, refusal, require
+from alerts.http import Pool, ReporterKey, Settings, refusal
 from alerts.media import image_type
 from alerts.models import ROUTES, Alert, Event, EventKind, Place, Severity
 from alerts.store import Batch, write_batch
@@ -28,7 +27,6 @@ from alerts.store import Batch, write_batch
 log = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/api/v1", tags=["citizen reports"])
-ReporterKey = require(Permission.REPORT)
 
 # One token per report; the bucket refills at `rate` tokens a second up to `burst`.
 TAKE_TOKEN_SQL = """

@@ -12,8 +12,7 @@ from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request
 from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel, Field
 
-from alerts.auth import Permission
-from alerts.http import Pool, Reader, api_key, base_url, key_check, refusal, require, visible_alert
+from alerts.http import Actor, Pool, Reader, api_key, base_url, key_check, refusal, visible_alert
 from alerts.models import AlertStatus, EventKind, EventState, Place, Severity
 from alerts.queries import AlertFilter, AlertPage, decode_cursor, encode_cursor, where
 from alerts.rows import ALERT_COLUMNS, StoredAlert, row_to_alert
@@ -23,7 +22,6 @@ from alerts.stream import latest_seq, sse_events
 log = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/api/v1/alerts", tags=["alerts"])
-Actor = require(Permission.ACT)
 LAST_EVENT_ID = re.compile(r"[0-9]{1,18}", re.ASCII)  # a seq: ASCII digits that fit a bigint
 
 

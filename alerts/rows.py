@@ -15,13 +15,16 @@ Example:
 from __future__ import annotations
 
 import logging
-from typing import Any
+from collections.abc import Iterable, Sequence
+from typing import Any, TypeVar
 
-from pydantic import Field
+from pydantic import BaseModel, Field
 
 from alerts.models import Alert, Place
 
 log = logging.getLogger(__name__)
+
+M = TypeVar("M", bound=BaseModel)
 
 
 class StoredAlert(Alert):
@@ -54,3 +57,12 @@ def row_to_alert(row: tuple[Any, ...]) -> StoredAlert:
         cleared_at=cleared_at, revision=revision, last_event_id=last_event_id, attributes=attributes,
         status=status, status_by=status_by, status_at=status_at, on_duty=on_duty, on_duty_contact=on_duty_contact,
     )  # fmt: skip
+
+
+def rows_as(model: type[M], rows: Iterable[Sequence[Any]]) -> list[M]:
+    """Models from rows whose columns are the model's fields, in the model's order.
+
+    >>> rows_as(Place, [("n", "c", "g", "s", None)])[0].site
+    's'
+    """
+    return [model(**dict(zip(model.model_fields, row, strict=True))) for row in rows]

@@ -76,7 +76,7 @@ class ChangeNotifier:
 async def latest_seq(pool: AsyncConnectionPool) -> int:
     async with pool.connection() as conn:
         row = await (await conn.execute("SELECT coalesce(max(seq), 0) FROM alert_changes")).fetchone()
-    return row[0]
+    return row[0] if row else 0  # an aggregate always answers one row
 
 
 async def sse_events(

@@ -92,7 +92,8 @@ def is_public(ip: IPAddress) -> bool:
 def resolve(host: str, port: int) -> list[IPAddress]:
     """Every address a host name (or an IP in any form getaddrinfo reads: decimal, octal, hex) stands for."""
     infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    return [ipaddress.ip_address(info[4][0].split("%")[0]) for info in infos]
+    # A stream socket's address is (host, port, ...) with the host a string; str() says so to the checker.
+    return [ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos]
 
 
 @dataclass(frozen=True)
@@ -165,6 +166,8 @@ def post(
         ip = policy.addresses(url)[0]
     except ValueError as exc:
         return None, f"target refused: {exc}"
+    if parts.hostname is None:  # addresses() refuses these already; this tells the type checker
+        return None, "target refused: no host"
     kind = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
     conn = kind(parts.hostname, parts.port, timeout=timeout_s)
     conn._create_connection = _Pinned(ip)  # type: ignore[attr-defined]  # http.client's documented-in-code hook
@@ -259,6 +262,7 @@ class WebhookDispatcher:
             }
             for delivery_id, seq, change, attempts, alert_id, url, secret in claimed:
                 alert = alerts.get(alert_id)
+                error: str | None
                 if alert is None:  # dropped by retention meanwhile
                     status, error = None, "the alert is no longer stored"
                 else:

@@ -65,20 +65,20 @@ class Probe:
             self.client.tls_set(ca_certs=str(cafile))
         if will is not None:
             self.client.will_set(will[0], will[1], qos=1, retain=True)
-        self.connack: ReasonCode | None = None
+        self._connack: ReasonCode | None = None
         self.acks: dict[int, list[ReasonCode]] = {}
         self.messages: list[tuple[str, bytes]] = []
         self._answered = threading.Condition()
         self.client.on_connect = self._on_connect
         self.client.on_subscribe = lambda c, u, mid, codes, p: self._ack(mid, list(codes))
         self.client.on_publish = lambda c, u, mid, code, p: self._ack(mid, [code])
-        self.client.on_message = lambda c, u, m: self.messages.append((m.topic, m.payload))
+        self.client.on_message = lambda c, u, m: self.messages.append((m.topic, bytes(m.payload)))
         self.port = port
 
     def __enter__(self) -> Probe:
         self.client.connect("127.0.0.1", self.port)
         self.client.loop_start()
-        eventually(lambda: self.connack is not None)
+        eventually(lambda: self._connack is not None)
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -86,7 +86,13 @@ class Probe:
         self.client.loop_stop()
 
     def _on_connect(self, client: mqtt.Client, userdata: object, flags: object, code: ReasonCode, p: object) -> None:
-        self.connack = code
+        self._connack = code
+
+    @property
+    def connack(self) -> ReasonCode:
+        """The CONNACK's reason code: there is one once the probe is entered."""
+        assert self._connack is not None, "the broker has not answered the CONNECT"
+        return self._connack
 
     def _ack(self, mid: int, codes: list[ReasonCode]) -> None:
         with self._answered:
@@ -100,14 +106,18 @@ class Probe:
 
     def subscribe(self, topic: str) -> int:
         """The SUBACK's reason code: 1 (granted QoS 1) or a refusal."""
-        return self._wait(self.client.subscribe(topic, qos=1)[1])
+        result, mid = self.client.subscribe(topic, qos=1)
+        assert mid is not None, f"SUBSCRIBE not sent: {result}"
+        return self._wait(mid)
 
     def publish(self, topic: str, payload: bytes, retain: bool = False) -> int:
         """The PUBACK's reason code."""
         return self._wait(self.client.publish(topic, payload, qos=1, retain=retain).mid)
 
 
-def node_probe(broker: SecureBroker, user: str, **kwargs: object) -> Probe:
+def node_probe(
+    broker: SecureBroker, user: str, password: str | None = None, will: tuple[str, bytes] | None = None
+) -> Probe:
     """A client of ``user`` on the plain listener; a node's with the client id its username is bound to."""
     client_id = None if user in ("admin", "ingest") else node_client_id(user)
-    return Probe(broker.ports[1883], user, client_id=client_id, **kwargs)
+    return Probe(broker.ports[1883], user, password, will=will, client_id=client_id)

@@ -10,7 +10,7 @@ import json
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from typing import ClassVar
+from typing import Any, ClassVar
 from uuid import uuid4
 
 import httpx
@@ -60,6 +60,7 @@ def test_one_alert_lists_its_events_snapshots_and_audit_trail(api: ApiServer) ->
     first = Event(kind=EventKind.FIRE, type="smoke", place=EAST, source="node-1", snapshot=JPEG)
     second = Event(kind=EventKind.FIRE, type="smoke", state=EventState.END, place=EAST, source="node-1")
     raised, cleared = policy.apply(first), policy.apply(second)
+    assert raised is not None and cleared is not None, "the first raises an alert, the second clears it"
     write(api.database_url, Batch(events=[first, second], alerts=[raised, cleared]))
     fire = api.key("fire")
     ack = httpx.post(f"{api.url}/api/v1/alerts/{raised.id}/acknowledge", headers=fire, json={"note": "on our way"})
@@ -123,6 +124,7 @@ def test_readings_come_bucketed_and_health_comes_from_heartbeats(api: ApiServer)
     ]
     [node] = get(api, "/api/v1/nodes", fire).json()
     assert node["node_id"] == "node-1" and node["healthy"] is True
+    assert node["place"] == EAST.model_dump(exclude={"device"})
     [device] = get(api, "/api/v1/devices", api.key("operator"), site="willow-court").json()
     assert (device["device"], device["online"], device["stale"], device["detail"]) == (
         "smoke-1",
@@ -130,6 +132,7 @@ def test_readings_come_bucketed_and_health_comes_from_heartbeats(api: ApiServer)
         False,
         {"battery": 87},
     )
+    assert device["place"] == EAST.model_dump(include={"sub_district", "community", "grid"})
     assert get(api, "/api/v1/devices", api.key("operator", community="west-lake")).json() == []
     assert get(api, "/api/v1/stats/hourly", api.key("admin")).json() == []
 
@@ -138,7 +141,8 @@ def test_readings_come_bucketed_and_health_comes_from_heartbeats(api: ApiServer)
 def report_api(database_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[ApiServer]:
     monkeypatch.setenv("PATROLNET_REPORT_MAX_BYTES", "1000")
     monkeypatch.setenv("PATROLNET_REPORT_BURST", "2")
-    with ApiServer(database_url) as server:
+    server = ApiServer(database_url)
+    with server:
         yield server
 
 
@@ -234,7 +238,8 @@ class Receiver(http.server.BaseHTTPRequestHandler):
 def hooks_api(database_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[ApiServer]:
     """The API with loopback allowed as a webhook target, where the tests' receivers listen."""
     monkeypatch.setenv("PATROLNET_WEBHOOK_ALLOW", "127.0.0.1")
-    with ApiServer(database_url) as server:
+    server = ApiServer(database_url)
+    with server:
         yield server
 
 
@@ -332,7 +337,8 @@ def test_bad_requests_get_a_4xx_with_a_message(api: ApiServer) -> None:
         "starts": "08:00",
         "ends": "09:00",
     }
-    cases = [
+    # (method, path, httpx.request's keyword arguments, the status expected)
+    cases: list[tuple[str, str, dict[str, Any], int]] = [
         ("GET", "/api/v1/alerts/not-a-uuid", {}, 422),
         ("GET", "/api/v1/alerts", {"params": {"since": "yesterday"}}, 422),
         ("GET", "/api/v1/alerts", {"params": {"since": "2024-05-01T00:00:00"}}, 422),  # no time zone

@@ -10,7 +10,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
-from typing import ClassVar
+from typing import Any, ClassVar
 from uuid import uuid4
 
 import httpx
@@ -83,7 +83,8 @@ def test_the_former_server_errors_are_4xx_and_bad_values_never_reach_a_500(api: 
     as_json = {"Content-Type": "application/json"}
     shift = {"sub_district": "s", "community": "c", "grid": "g", "person": "p", "weekday": 1, "starts": "08:00",
              "ends": "09:00"}  # fmt: skip
-    cases = [
+    # (who, method, path, httpx.request's keyword arguments, the status expected)
+    cases: list[tuple[dict[str, str], str, str, dict[str, Any], int]] = [
         (fire, "GET", "/api/v1/stats/hourly", {"params": {"kind": "security"}}, 403),
         (fire, "GET", "/api/v1/stats/hourly", {"params": {"until": year_one}}, 200),
         (fire, "GET", "/api/v1/devices/s/d/readings", {"params": {"until": year_one}}, 200),
@@ -124,7 +125,8 @@ def test_the_former_server_errors_are_4xx_and_bad_values_never_reach_a_500(api: 
 
 def test_a_stream_ends_when_its_key_is_revoked(database_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PATROLNET_KEY_CACHE_S", "1")
-    with ApiServer(database_url) as api:
+    api = ApiServer(database_url)
+    with api:
         desk, other = api.key("fire"), api.key("fire")
         url = f"{api.url}/api/v1/alerts/stream"
         with SseReader(url, desk) as revoked, SseReader(url, other) as kept:
@@ -222,7 +224,8 @@ def test_webhook_delivery_checks_again_follows_no_redirect_and_hides_ports(
     database_url: str, monkeypatch: pytest.MonkeyPatch, receiver: int
 ) -> None:
     monkeypatch.setenv("PATROLNET_WEBHOOK_ALLOW", "127.0.0.1")
-    with ApiServer(database_url) as api, socket.socket() as listening:
+    api = ApiServer(database_url)
+    with api, socket.socket() as listening:
         admin = api.key("admin")
         listening.bind(("127.0.0.1", 0))
         listening.listen()  # open, but never speaks HTTP
@@ -272,4 +275,4 @@ def test_a_security_alert_is_not_a_fire_desks_even_in_hourly_counts(api: ApiServ
     raise_alert(api.database_url, kind=EventKind.SECURITY)
     raise_alert(api.database_url, kind=EventKind.FIRE)
     counts = httpx.get(f"{api.url}/api/v1/stats/hourly", headers=api.key("fire")).json()
-    assert [c["kind"] for c in counts] == ["fire"]
+    assert [(c["kind"], c["place"], c["events"]) for c in counts] == [("fire", EAST.model_dump(exclude={"device"}), 1)]

@@ -22,8 +22,10 @@ def test_an_alert_ingested_once_arrives_on_each_replicas_stream_once(broker: Ser
     start = Event(kind=EventKind.FIRE, type="smoke", place=EAST, source="node-1")
     end = Event(kind=EventKind.FIRE, type="smoke", place=EAST, source="node-1", state=EventState.END)
     raised, cleared = policy.apply(start), policy.apply(end)
+    assert raised is not None and cleared is not None, "the start raises an alert and the end clears it"
+    one, two = ApiServer(database_url), ApiServer(database_url)
     try:
-        with ApiServer(database_url) as one, ApiServer(database_url) as two, mqtt_client(broker, "edge-1") as edge:
+        with one, two, mqtt_client(broker, "edge-1") as edge:
             desk = one.key("fire", community=EAST.community)  # one key table: valid on both
             streams = [SseReader(f"{api.url}/api/v1/alerts/stream", desk) for api in (one, two)]
             with streams[0] as first, streams[1] as second:

@@ -18,10 +18,21 @@ from conftest import ApiServer
 
 from alerts.auth import ROLE_KINDS, Permission, Principal
 from alerts.cap import NS
-from alerts.models import DeviceStatus, EventKind, Heartbeat, Reading, Role
+from alerts.models import DeviceStatus, EventKind, Heartbeat, Place, Reading, Role
 from alerts.store import Batch
 
 SCOPES = [{}, {"community": "east-gate"}, {"sub_district": "lakeside", "site": "pine-yard"}]
+
+
+def _heartbeat(place: Place) -> Heartbeat:
+    """A heartbeat of the place's node saying the place's device is online."""
+    assert place.device is not None, "a place with a device"
+    return Heartbeat(
+        node_id=f"node-{place.site}",
+        place=place.model_copy(update={"device": None}),
+        started_at=datetime.now(UTC),
+        devices=[DeviceStatus(device=place.device, type="camera", online=True)],
+    )
 
 
 @pytest.fixture
@@ -36,15 +47,7 @@ def world(api: ApiServer) -> dict:
         api.database_url,
         Batch(
             readings=[Reading(place=p, quantity="temperature", value=20.0) for p in (EAST, WEST)],
-            heartbeats=[
-                Heartbeat(
-                    node_id=f"node-{p.site}",
-                    place=p.model_copy(update={"device": None}),
-                    started_at=datetime.now(UTC),
-                    devices=[DeviceStatus(device=p.device, type="camera", online=True)],
-                )
-                for p in (EAST, WEST)
-            ],
+            heartbeats=[_heartbeat(p) for p in (EAST, WEST)],
         ),
     )
     return {"alerts": seeded}

@@ -107,7 +107,9 @@ def test_a_nodes_retained_status_and_last_will_pass_and_a_forged_will_does_not(s
             assert not node.connack.is_failure
             if will_topic == a_status:
                 assert node.publish(a_status, online, retain=True) == 0
-            node.client.socket().close()  # vanishes without DISCONNECT: the broker sends the will
+            sock = node.client.socket()
+            assert sock is not None, "the probe is connected"
+            sock.close()  # vanishes without DISCONNECT: the broker sends the will
             node.client.loop_stop()
             time.sleep(1.0)
         eventually(lambda: (a_status, offline) in ingest.messages)
@@ -116,10 +118,9 @@ def test_a_nodes_retained_status_and_last_will_pass_and_a_forged_will_does_not(s
         assert late.subscribe(uplink_topic("+", "status")) == NOT_AUTHORIZED
 
 
-def _alert(place: Place, **changes: object) -> Alert:
-    return Alert(kind=EventKind.FIRE, type="smoke", severity=Severity.CRITICAL, place=place.model_copy(update={
-        "device": "smoke-1"}), source="node", title="Smoke", route=Role.FIRE, dedup_key=f"{place.site}/smoke-1",
-        **changes)  # fmt: skip
+def _alert(place: Place) -> Alert:
+    return Alert(kind=EventKind.FIRE, type="smoke", severity=Severity.CRITICAL, place=place.with_device("smoke-1"),
+                 source="node", title="Smoke", route=Role.FIRE, dedup_key=f"{place.site}/smoke-1")  # fmt: skip
 
 
 def _rows(database_url: str, sql: str, *params: object) -> list[tuple]:
@@ -152,7 +153,8 @@ def test_a_forged_place_on_a_nodes_own_topic_is_dead_lettered_and_never_reaches_
     assert all("payload place.site 'oak-yard' differs from the topic's site 'willow-court'" in r for _, r in letters)
     assert _rows(database_url, "SELECT id FROM alerts WHERE community = %s", PLACE_B.community) == []
     assert _rows(database_url, "SELECT node_id FROM nodes") == []
-    with ApiServer(database_url) as api:
+    api = ApiServer(database_url)
+    with api:
         desk_b = httpx.get(f"{api.url}/api/v1/alerts", headers=api.key("fire", community=PLACE_B.community))
         desk_a = httpx.get(f"{api.url}/api/v1/alerts", headers=api.key("fire", community=PLACE_A.community))
     assert desk_b.status_code == 200 and desk_b.json()["items"] == []

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 import xml.etree.ElementTree as ET
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 
 import httpx
@@ -80,7 +80,7 @@ AREA = [
 ]
 
 
-def check_sequence(element: ET.Element, sequence: list[tuple[str, int, int | None]]) -> None:
+def check_sequence(element: ET.Element, sequence: Sequence[tuple[str, int, int | None]]) -> None:
     names = [child.tag.removeprefix(CAP) for child in element]
     assert all(child.tag.startswith(CAP) for child in element), names
     position = 0
@@ -100,14 +100,13 @@ def check_cap(alert: ET.Element) -> None:
     assert alert.tag == f"{CAP}alert"
     check_sequence(alert, ALERT)
     for name in ("status", "msgType", "scope"):
-        assert alert.findtext(f"cap:{name}", namespaces=NS) in ENUMS[name], name
-    identifier = alert.findtext("cap:identifier", namespaces=NS)
-    assert not re.search(r"[\s,<&]", identifier)
-    assert DATE_TIME.match(alert.findtext("cap:sent", namespaces=NS))
-    if alert.findtext("cap:scope", namespaces=NS) == "Restricted":
+        assert text(alert, f"cap:{name}") in ENUMS[name], name
+    assert not re.search(r"[\s,<&]", text(alert, "cap:identifier"))
+    assert DATE_TIME.match(text(alert, "cap:sent"))
+    if text(alert, "cap:scope") == "Restricted":
         assert alert.find("cap:restriction", NS) is not None
-    if alert.findtext("cap:msgType", namespaces=NS) in ("Update", "Cancel"):
-        for reference in alert.findtext("cap:references", namespaces=NS).split():
+    if text(alert, "cap:msgType") in ("Update", "Cancel"):
+        for reference in text(alert, "cap:references").split():
             sender, ident, sent = reference.split(",")
             assert sender and ident and DATE_TIME.match(sent)
     for info in alert.findall("cap:info", NS):
@@ -125,8 +124,18 @@ def check_cap(alert: ET.Element) -> None:
                 check_sequence(geocode, PARAMETER)
 
 
-def text(element: ET.Element, path: str) -> str | None:
-    return element.findtext(path, namespaces=NS)
+def text(element: ET.Element, path: str) -> str:
+    """The text at ``path``; the test fails where there is no such element."""
+    found = element.findtext(path, namespaces=NS)
+    assert found is not None, f"no {path} in {element.tag}"
+    return found
+
+
+def child(element: ET.Element, path: str) -> ET.Element:
+    """The first element at ``path``; the test fails where there is none."""
+    found = element.find(path, NS)
+    assert found is not None, f"no {path} in {element.tag}"
+    return found
 
 
 PUBLIC_URL = "https://alerts.example/desk"
@@ -136,7 +145,8 @@ PUBLIC_URL = "https://alerts.example/desk"
 def public_api(database_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[ApiServer]:
     """The API told where clients reach it (behind a proxy, say), for absolute links."""
     monkeypatch.setenv("PATROLNET_PUBLIC_URL", PUBLIC_URL + "/")
-    with ApiServer(database_url) as server:
+    server = ApiServer(database_url)
+    with server:
         yield server
 
 
@@ -162,7 +172,7 @@ def test_a_fire_alarm_as_cap_with_readings_confirmation_snapshot_and_place(publi
         "Actual",
         "patrolnet",
     )
-    info = root.find("cap:info", NS)
+    info = child(root, "cap:info")
     assert [text(info, f"cap:{n}") for n in ("category", "event", "urgency", "severity", "certainty")] == [
         "Fire",
         "smoke",
@@ -179,7 +189,7 @@ def test_a_fire_alarm_as_cap_with_readings_confirmation_snapshot_and_place(publi
     assert text(resource, "cap:uri") == f"{PUBLIC_URL}/api/v1/events/{event.id}/snapshot"
     assert text(info, "cap:web") == f"{PUBLIC_URL}/api/v1/alerts/{alert.id}"
     assert httpx.get(api.url + text(resource, "cap:uri").removeprefix(PUBLIC_URL), headers=fire).content == JPEG
-    area = info.find("cap:area", NS)
+    area = child(info, "cap:area")
     assert text(area, "cap:areaDesc") == "smoke-1, willow-court, g07, east-gate, riverside"
     geocodes = {text(g, "cap:valueName"): text(g, "cap:value") for g in area.findall("cap:geocode", NS)}
     assert geocodes["patrolnet:community"] == "east-gate"
@@ -208,12 +218,12 @@ def test_the_feed_is_an_atom_feed_of_the_same_alerts_as_the_list(api: ApiServer)
     response = get(api, "/api/v1/alerts.cap", fire, limit=2)
     assert response.headers["content-type"] == "application/atom+xml"
     feed = ET.fromstring(response.content)
-    assert feed.find("atom:link", NS).get("href") == "/api/v1/alerts.cap?limit=2", "relative: no public URL set"
+    assert child(feed, "atom:link").get("href") == "/api/v1/alerts.cap?limit=2", "relative: no public URL set"
     entries = feed.findall("atom:entry", NS)
     listed = [a["id"] for a in get(api, "/api/v1/alerts", fire, limit=2).json()["items"]]
     assert [text(e, "atom:content/cap:alert/cap:incidents") for e in entries] == listed
     for entry in entries:
-        assert entry.find("atom:content", NS).get("type") == "application/cap+xml"
-        check_cap(entry.find("atom:content/cap:alert", NS))
+        assert child(entry, "atom:content").get("type") == "application/cap+xml"
+        check_cap(child(entry, "atom:content/cap:alert"))
         assert text(entry, "atom:id") == text(entry, "atom:content/cap:alert/cap:identifier")
     assert get(api, "/api/v1/alerts.cap", fire, colour="red").status_code == 422

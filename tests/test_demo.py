@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from typing import Any
 
 import httpx
 from conftest import REPO, eventually
@@ -23,6 +24,7 @@ def test_the_demo_raises_camera_and_fire_alerts_and_stops_cleanly() -> None:
         stderr=subprocess.DEVNULL,
         text=True,
     )
+    assert demo.stdout is not None
     try:
         keys: dict[str, str] = {}
         deadline = time.monotonic() + 120
@@ -32,7 +34,7 @@ def test_the_demo_raises_camera_and_fire_alerts_and_stops_cleanly() -> None:
         assert set(keys) == {"fire", "police", "operator", "admin"}, "the demo prints a page link per desk"
         api = f"http://127.0.0.1:{port}/api/v1"
 
-        def get(path: str, role: str) -> list | dict:
+        def get(path: str, role: str) -> Any:  # decoded JSON
             response = httpx.get(f"{api}{path}", headers={"Authorization": f"Bearer {keys[role]}"}, timeout=10)
             assert response.status_code == 200, response.text
             return response.json()

@@ -125,7 +125,7 @@ def test_mosquitto_starts_with_the_central_config() -> None:
 
 def _persistent(port: int, client_id: str, topic: str, got: list[bytes]) -> mqtt.Client:
     client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
-    client.on_message = lambda c, u, m: got.append(m.payload)
+    client.on_message = lambda c, u, m: got.append(bytes(m.payload))
     props = Properties(PacketTypes.CONNECT)
     props.SessionExpiryInterval = 3600
     client.connect("127.0.0.1", port, clean_start=False, properties=props)

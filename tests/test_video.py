@@ -79,8 +79,9 @@ def test_people_on_the_walkway_raise_intrusions_and_the_camera_recovers(rtsp_cam
         assert intrusion.kind is EventKind.SECURITY and intrusion.place.device == "cam-walkway"
         assert intrusion.attributes["class"] == "person" and intrusion.attributes["zone"] == "walkway"
         assert intrusion.subject and intrusion.condition == str(intrusion.attributes["track_id"])
+        assert intrusion.snapshot is not None, "an intrusion carries a picture"
         snapshot = cv2.imdecode(np.frombuffer(intrusion.snapshot, np.uint8), cv2.IMREAD_COLOR)
-        assert snapshot.shape == (576, 768, 3)
+        assert snapshot is not None and snapshot.shape == (576, 768, 3)
         crossing = emit.wait_for(lambda e: e.type == "line_crossing", 60)
         assert crossing.state is EventState.INSTANT and crossing.attributes["direction"] in ("in", "out")
 

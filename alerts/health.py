@@ -1,0 +1,82 @@
+"""Edge nodes' and their devices' health, as their heartbeats last told it, within the caller's places.
+
+A node is healthy while its newest heartbeat is younger than ``stale``; a device's ``online`` is what its
+node last said, and ``stale`` marks it out of date when that node's heartbeat is old. Ingest writes the
+``nodes`` and ``devices`` tables (``alerts.store``); the routes in ``alerts.routes_sensors`` read them here.
+
+Example:
+    >>> NodeHealth.model_validate(dict(node_id="node-1", place={"site": "elm-row"}, healthy=True, counters={},
+    ...     started_at="2024-05-01T08:00:00Z", heartbeat_at="2024-05-01T08:01:00Z")).heartbeat_at.minute
+    1
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+from psycopg_pool import AsyncConnectionPool
+from pydantic import BaseModel, Field
+
+from alerts.auth import Principal
+from alerts.queries import PlaceFilter, scoped_where
+from alerts.rows import M, rows_as
+
+
+class NodeHealth(BaseModel):
+    node_id: str = Field(description="The edge node.")
+    place: dict[str, str] = Field(description="Its site and the levels above.")
+    started_at: datetime = Field(description="When its process started.")
+    heartbeat_at: datetime = Field(description="Its newest heartbeat.")
+    healthy: bool = Field(description="Whether its newest heartbeat is recent (PATROLNET_NODE_STALE_S).")
+    counters: dict[str, float] = Field(description="Its counters: messages, drops, spool depth and the like.")
+
+
+class DeviceHealth(BaseModel):
+    site: str = Field(description="The site.")
+    device: str = Field(description="Camera or sensor id.")
+    node_id: str = Field(description="The node that reports it.")
+    place: dict[str, str] = Field(description="The levels above the site.")
+    type: str = Field(description="camera, or the sensor's adapter.")
+    online: bool = Field(description="Whether its node last saw it delivering.")
+    stale: bool = Field(description="True when its node's heartbeat is old: online is then out of date.")
+    last_seen: datetime | None = Field(description="Its newest message.")
+    detail: dict[str, Any] = Field(description="Battery, fps, reconnects and the like.")
+
+
+# Each selects its model's fields in order, the place levels gathered into one JSON object.
+_NODES_SQL = (
+    "SELECT node_id, json_build_object('sub_district', sub_district, 'community', community, 'grid', grid,"
+    " 'site', site), started_at, heartbeat_at, heartbeat_at > now() - %s, counters"
+    " FROM nodes n WHERE {where} ORDER BY community, site, node_id"
+)
+_DEVICES_SQL = (
+    "SELECT site, device, node_id, json_build_object('sub_district', sub_district, 'community', community,"
+    " 'grid', grid), type, online, heartbeat_at <= now() - %s, last_seen, detail"
+    " FROM devices d WHERE {where} ORDER BY community, site, device"
+)
+
+
+async def _health(
+    pool: AsyncConnectionPool,
+    who: Principal,
+    flt: PlaceFilter,
+    stale: timedelta,
+    model: type[M],
+    sql: str,
+    alias: str,
+) -> list[M]:
+    """Rows of a health table within the caller's scope; ``sql`` takes the staleness interval first."""
+    where, params = scoped_where(who, flt, alias)
+    async with pool.connection() as conn:
+        return rows_as(model, await (await conn.execute(sql.format(where=where), [stale, *params])).fetchall())
+
+
+async def nodes(pool: AsyncConnectionPool, who: Principal, flt: PlaceFilter, stale: timedelta) -> list[NodeHealth]:
+    """The nodes within the caller's scope and the filter, by community, site and id."""
+    return await _health(pool, who, flt, stale, NodeHealth, _NODES_SQL, "n")
+
+
+async def devices(pool: AsyncConnectionPool, who: Principal, flt: PlaceFilter, stale: timedelta) -> list[DeviceHealth]:
+    """The cameras and sensors within the caller's scope and the filter, by community, site and id."""
+    return await _health(pool, who, flt, stale, DeviceHealth, _DEVICES_SQL, "d")
