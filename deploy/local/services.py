@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import os
 import pwd
+import random
 import re
 import shutil
 import socket
@@ -36,10 +37,21 @@ SYSTEM_PYTHON = "/usr/bin/python3"
 RTSP_SCRIPT = Path(__file__).with_name("rtsp_server.py")
 
 
+SERVICE_PORTS = range(20_000, 32_768)
+"""Below Linux's ephemeral range (32768-60999): a port handed out here stays free for a service restarted on it
+later, where one from the ephemeral range may meanwhile become some client's source port."""
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A port free now on 127.0.0.1, outside the range the kernel gives clients."""
+    for port in random.sample(SERVICE_PORTS, 200):
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise OSError(f"no free port in {SERVICE_PORTS}")
 
 
 def wait_for_port(port: int, timeout: float, proc: subprocess.Popen | None = None) -> None:
