@@ -170,6 +170,12 @@ class Alert(_Stamped):
     revision: int = Field(default=1, ge=1, title="Revision", description="Grows with every update.")
     last_event_id: UUID | None = Field(default=None, title="Last event", description="Newest event's id.")
     attributes: dict[str, Any] = Field(default_factory=dict, title="Attributes", description="Newest details.")
+    notify: list[Role] = Field(
+        default_factory=list,
+        title="Coverage notice for",
+        description="Desks besides the route that get this trouble as a coverage notice, not an alarm: the "
+        "device it concerns feeds their alarms. Set by the centre from the trouble's type (alerts.coverage).",
+    )
     status: AlertStatus = Field(
         default=AlertStatus.NEW, title="Status", description="Where a desk is with it; owned by the store."
     )

@@ -12,7 +12,7 @@ from uuid import UUID
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
-from alerts.auth import PLACE_LEVELS, Principal
+from alerts.auth import COVERAGE_ROLES, PLACE_LEVELS, Principal
 from alerts.models import AlertStatus, EventKind, Severity
 
 
@@ -90,10 +90,27 @@ def kinds_allowed(kinds: list[EventKind], who: Principal) -> list[EventKind]:
     return list(kinds or who.kinds)
 
 
+def kind_clause(kinds: list[EventKind], who: Principal) -> tuple[str, list[Any]]:
+    """The kinds condition (on alias ``a``): the role's kinds asked for, and the coverage notices naming the
+    role when trouble is asked for (or nothing is); ForbiddenKind for other kinds.
+
+    >>> kind_clause([EventKind.TROUBLE], Principal(name="d", role="fire"))
+    ("(a.kind = ANY(%s) OR (a.kind = 'trouble' AND %s = ANY(a.notify)))", [[], 'fire'])
+    >>> kind_clause([], Principal(name="d", role="operator"))
+    ('a.kind = ANY(%s)', [[<EventKind.TROUBLE: 'trouble'>]])
+    """
+    coverage = who.role in COVERAGE_ROLES and (not kinds or EventKind.TROUBLE in kinds)
+    own = [k for k in kinds if not (coverage and k is EventKind.TROUBLE)]
+    allowed = kinds_allowed(own, who) if own or not kinds else []
+    if not coverage:
+        return "a.kind = ANY(%s)", [allowed]
+    return "(a.kind = ANY(%s) OR (a.kind = 'trouble' AND %s = ANY(a.notify)))", [allowed, str(who.role)]
+
+
 def where(flt: AlertFilter, who: Principal) -> tuple[str, list[Any]]:
     """The WHERE clause (on alias ``a``) and its parameters for a filter and a caller."""
-    clauses = ["a.kind = ANY(%s)"]
-    params: list[Any] = [kinds_allowed(flt.kind, who)]
+    clause, params = kind_clause(flt.kind, who)
+    clauses = [clause]
     for more, values in (scope_clause(who, "a"), place_clause(flt, "a")):
         clauses += more
         params += values
