@@ -173,6 +173,7 @@ class IngestWorker:
             manual_ack=True,
             session_expiry_s=session_expiry_s,
         )
+        self._client.suppress_exceptions = True  # a callback's error is logged; it never ends paho's thread
         self._client.on_connect = self._on_connect
         self._client.on_subscribe = self._on_subscribe
         self._client.on_message = lambda client, userdata, message: self._queue.put(message)

@@ -63,6 +63,26 @@ class Service:
     folder: Path
     proc: subprocess.Popen | None = None
     stop_cmd: list[str] = field(default_factory=list)
+    start_cmd: list[str] = field(default_factory=list)
+    kill_cmd: list[str] = field(default_factory=list)
+
+    def kill(self) -> None:
+        """Stops it at once, as a crash would: SIGKILL, or the kill command (PostgreSQL: immediate shutdown)."""
+        if self.kill_cmd:
+            subprocess.run(self.kill_cmd, capture_output=True, timeout=60, check=False)
+        elif self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        log.info("killed %s on port %d", self.name, self.port)
+
+    def start(self) -> None:
+        """Starts it again on the same port and folder, after ``stop()`` or ``kill()``."""
+        if self.proc is not None:
+            self.proc = subprocess.Popen(self.start_cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        else:
+            subprocess.run(self.start_cmd, check=True, capture_output=True, timeout=120)
+        wait_for_port(self.port, 30, self.proc)
+        log.info("started %s on port %d again", self.name, self.port)
 
     def stop(self) -> None:
         if self.stop_cmd:
@@ -121,12 +141,8 @@ def start_postgres(folder: str | Path, port: int | None = None, database: str = 
             capture_output=True,
         )
     options = f"-p {port} -k {folder} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200"
-    subprocess.run(
-        [*user, _pg_tool("pg_ctl"), "-D", str(data), "-l", str(folder / "postgres.log"), "-o", options, "-w", "start"],
-        check=True,
-        capture_output=True,
-        timeout=120,
-    )
+    start = [*user, _pg_tool("pg_ctl"), "-D", str(data), "-l", str(folder / "postgres.log"), "-o", options, "-w", "start"]
+    subprocess.run(start, check=True, capture_output=True, timeout=120)
     url = f"postgresql://postgres@127.0.0.1:{port}/{database}"
     exists = subprocess.run(
         [_pg_tool("psql"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "-tAc",
@@ -138,8 +154,16 @@ def start_postgres(folder: str | Path, port: int | None = None, database: str = 
             [_pg_tool("createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", database], check=True
         )
     log.info("PostgreSQL on %s", url)
-    stop = [*user, _pg_tool("pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"]
-    return Service("postgresql", url, port, folder, stop_cmd=stop)
+    pg_ctl = [*user, _pg_tool("pg_ctl"), "-D", str(data)]
+    return Service(
+        "postgresql",
+        url,
+        port,
+        folder,
+        stop_cmd=[*pg_ctl, "-m", "fast", "-w", "stop"],
+        start_cmd=start,
+        kill_cmd=[*pg_ctl, "-m", "immediate", "-w", "stop"],
+    )
 
 
 MOSQUITTO_CONF = """\
@@ -169,11 +193,12 @@ def start_mosquitto(folder: str | Path, port: int | None = None) -> Service:
     conf.write_text(MOSQUITTO_CONF.format(port=port, folder=folder))
     _chown_to(folder, "mosquitto")
     binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-    proc = subprocess.Popen([binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    command = [binary, "-c", str(conf)]
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_for_port(port, 15, proc)
     url = f"mqtt://127.0.0.1:{port}"
     log.info("Mosquitto on %s", url)
-    return Service("mosquitto", url, port, folder, proc=proc)
+    return Service("mosquitto", url, port, folder, proc=proc, start_cmd=command)
 
 
 def start_rtsp(h264_file: str | Path, folder: str | Path, port: int | None = None, path: str = "/cam") -> Service:
