@@ -141,7 +141,8 @@ def start_postgres(folder: str | Path, port: int | None = None, database: str = 
             capture_output=True,
         )
     options = f"-p {port} -k {folder} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200"
-    start = [*user, _pg_tool("pg_ctl"), "-D", str(data), "-l", str(folder / "postgres.log"), "-o", options, "-w", "start"]
+    log_file = str(folder / "postgres.log")
+    start = [*user, _pg_tool("pg_ctl"), "-D", str(data), "-l", log_file, "-o", options, "-w", "start"]
     subprocess.run(start, check=True, capture_output=True, timeout=120)
     url = f"postgresql://postgres@127.0.0.1:{port}/{database}"
     exists = subprocess.run(
