@@ -91,18 +91,16 @@ def kinds_allowed(kinds: list[EventKind], who: Principal) -> list[EventKind]:
 
 
 def kind_clause(kinds: list[EventKind], who: Principal) -> tuple[str, list[Any]]:
-    """The kinds condition (on alias ``a``): the role's kinds asked for, and the coverage notices naming the
-    role when trouble is asked for (or nothing is); ForbiddenKind for other kinds.
+    """The kinds condition (on alias ``a``): the kinds asked for, else all the role reads and, for a police or
+    fire key, the coverage notices naming its role; ForbiddenKind for kinds the role may not read.
 
-    >>> kind_clause([EventKind.TROUBLE], Principal(name="d", role="fire"))
-    ("(a.kind = ANY(%s) OR (a.kind = 'trouble' AND %s = ANY(a.notify)))", [[], 'fire'])
+    >>> kind_clause([], Principal(name="d", role="fire"))
+    ("(a.kind = ANY(%s) OR (a.kind = 'trouble' AND %s = ANY(a.notify)))", [[<EventKind.FIRE: 'fire'>], 'fire'])
     >>> kind_clause([], Principal(name="d", role="operator"))
     ('a.kind = ANY(%s)', [[<EventKind.TROUBLE: 'trouble'>]])
     """
-    coverage = who.role in COVERAGE_ROLES and (not kinds or EventKind.TROUBLE in kinds)
-    own = [k for k in kinds if not (coverage and k is EventKind.TROUBLE)]
-    allowed = kinds_allowed(own, who) if own or not kinds else []
-    if not coverage:
+    allowed = kinds_allowed(kinds, who)
+    if kinds or who.role not in COVERAGE_ROLES:
         return "a.kind = ANY(%s)", [allowed]
     return "(a.kind = ANY(%s) OR (a.kind = 'trouble' AND %s = ANY(a.notify)))", [allowed, str(who.role)]
 
