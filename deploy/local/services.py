@@ -172,8 +172,7 @@ listener {port} 127.0.0.1
 allow_anonymous true
 persistence true
 persistence_location {folder}/
-# Written every second, not only at shutdown: a SIGKILLed broker keeps its sessions and queued messages.
-autosave_interval 1
+{autosave}
 # zigbee2mqtt publishes at QoS 0: queue those too for a persistent session whose client is away.
 queue_qos0_messages true
 max_queued_messages 100000
@@ -185,13 +184,25 @@ log_type notice
 """
 
 
-def start_mosquitto(folder: str | Path, port: int | None = None) -> Service:
-    """A Mosquitto 2 broker with persistence on, anonymous on loopback only."""
+EVERY_SECOND = """\
+# Written every second, not only at shutdown: a SIGKILLed broker keeps its sessions and queued messages,
+# less those of its last second.
+autosave_interval 1"""
+EVERY_CHANGE = """\
+# Written at every queued message and subscription change: a SIGKILLed broker loses nothing it acknowledged.
+autosave_on_changes true
+autosave_interval 1"""
+
+
+def start_mosquitto(folder: str | Path, port: int | None = None, save_every_change: bool = False) -> Service:
+    """A Mosquitto 2 broker with persistence on, anonymous on loopback only; its database is saved every second,
+    or at every change (``save_every_change``: slower, but a SIGKILL loses nothing it acknowledged)."""
     folder = Path(folder)
     port = port or free_port()
     folder.mkdir(parents=True, exist_ok=True)
     conf = folder / "mosquitto.conf"
-    conf.write_text(MOSQUITTO_CONF.format(port=port, folder=folder))
+    autosave = EVERY_CHANGE if save_every_change else EVERY_SECOND
+    conf.write_text(MOSQUITTO_CONF.format(port=port, folder=folder, autosave=autosave))
     _chown_to(folder, "mosquitto")
     binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
     command = [binary, "-c", str(conf)]
