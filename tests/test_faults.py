@@ -245,9 +245,9 @@ def tally_detectors(label: str, database_url: str, detectors: Detectors) -> tupl
     lost = len(sent - set(rows))
     duplicated = len(rows) - len(set(rows))
     print(f"{label}: sent {len(sent)} / stored {len(rows)} / lost {lost} / duplicated {duplicated}")
-    transitions = query(
-        database_url, "SELECT count(*) FROM events WHERE type = 'smoke' AND state IN ('start', 'end')"
-    )[0][0]
+    transitions = query(database_url, "SELECT count(*) FROM events WHERE type = 'smoke' AND state IN ('start', 'end')")[
+        0
+    ][0]
     print(f"{label}: alarm transitions sent {len(sent)} / stored {transitions}")
     return lost, duplicated, len(sent) - transitions
 
