@@ -6,6 +6,7 @@ The node and ingest run as real processes; the node is SIGKILLed. The watchdog's
 
 from __future__ import annotations
 
+import re
 import signal
 import time
 from collections.abc import Iterator
@@ -17,7 +18,9 @@ import httpx
 import paho.mqtt.client as mqtt
 import pytest
 from conftest import ApiServer, SseReader, eventually, mqtt_client
+from test_api import raise_alert
 from test_faults import env, ingest, node_yaml, query
+from test_page import page_dom
 
 from alerts.models import Alert, DeviceStatus, EventKind, Heartbeat, NodeStatus, Place, Role, Severity
 from deploy.local.services import Service, spawn
@@ -155,3 +158,22 @@ def test_coverage_notices_reach_the_desks_the_device_feeds_and_no_other_trouble(
     assert seen("fire") == {sent["silent"], sent["stairs"]}
     assert seen("police") == {sent["gate"], sent["stairs"]}
     assert httpx.get(f"{api.url}/api/v1/alerts", headers=api.key("fire"), params={"kind": "trouble"}).status_code == 403
+
+
+def test_the_fire_desk_page_shows_a_coverage_notice_grey_and_labelled_not_as_an_alarm(api: ApiServer) -> None:
+    _, fire = raise_alert(api.database_url, EventKind.FIRE, SITE.with_device("smoke-2"), title="Smoke alarm")
+    _, silent = raise_alert(
+        api.database_url, EventKind.TROUBLE, SITE.with_device("smoke-1"), type="sensor_silent", title="Sensor silent"
+    )
+    key = api.key("fire")["Authorization"].split()[1]
+    dom = page_dom(f"{api.url}/#key={key}")
+    rows = {
+        alert_id: (classes.split(), html)
+        for classes, html, alert_id in re.findall(
+            r'<tr class="([^"]*)">((?:(?!</tr>).)*?data-open="([0-9a-f-]{36})".*?)</tr>', dom, flags=re.S
+        )
+    }
+    chip = '<span class="sev coverage">coverage</span>'
+    assert "coverage" in rows[str(silent.id)][0] and chip in rows[str(silent.id)][1]
+    assert "coverage" not in rows[str(fire.id)][0] and chip not in rows[str(fire.id)][1]
+    assert '<span class="sev major">major</span>' in rows[str(fire.id)][1], "the alarm keeps its severity chip"
