@@ -216,6 +216,10 @@ class NodeStatus(_Stamped):
     online: bool = Field(title="Online", description="True when the node connected; false when it went away.")
 
 
+DEAD_LETTER_KEEPS = 65_536
+"""How many bytes of an oversized payload its dead letter keeps."""
+
+
 class DeadLetter(_Stamped):
     """A message that could not be understood, kept with the reason."""
 

@@ -48,7 +48,7 @@ import paho.mqtt.client as mqtt
 import psycopg
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
-from alerts.models import Alert, DeadLetter, Event, Heartbeat, NodeStatus, Reading
+from alerts.models import DEAD_LETTER_KEEPS, Alert, DeadLetter, Event, Heartbeat, NodeStatus, Reading
 from alerts.store import Batch, write_batch
 from ingest.mqtt import UPLINK_FILTER, connect, make_client, parse_uplink_topic
 
@@ -61,8 +61,6 @@ SESSION_EXPIRY_S = 86_400
 """How long the broker keeps a worker's session (and queues its share) while the worker is away."""
 EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)
 AHEAD = timedelta(days=1)
-_KEPT_BYTES = 65_536
-"""How much of an oversized payload its dead letter keeps."""
 _READINGS = TypeAdapter(list[Reading])
 _MODELS: dict[str, type[BaseModel]] = {
     "events": Event,
@@ -117,7 +115,7 @@ def decode(topic: str, payload: bytes, batch: Batch, worker: str, max_bytes: int
     channel = "?"
     if len(payload) > max_bytes:
         reason = f"payload of {len(payload)} bytes is over the cap of {max_bytes} bytes"
-        payload = payload[:_KEPT_BYTES]
+        payload = payload[:DEAD_LETTER_KEEPS]
     else:
         # A message can raise anything (OverflowError on year 9999, RecursionError): none may stop the writer.
         try:

@@ -35,7 +35,7 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 from paho.mqtt.reasoncodes import ReasonCode
 
-from alerts.models import DeadLetter
+from alerts.models import DEAD_LETTER_KEEPS, DeadLetter
 from ingest.mqtt import connect, make_client, parse_uplink_topic, uplink_topic
 
 log = logging.getLogger(__name__)
@@ -86,7 +86,6 @@ class Spool:
 DELIVERED = 0
 """The only PUBACK reason code that means someone will receive the message."""
 MAX_BACKOFF_S = 30.0
-_KEPT_BYTES = 65_536
 
 
 def delivered(reason_code: ReasonCode | int) -> bool:
@@ -245,5 +244,6 @@ class Uplink:
             log.error("uplink: message %d has no uplink topic (%r); dropped", seq, topic)
             self.spool.delete(seq)
             return
-        letter = DeadLetter(topic=topic, payload=payload[:_KEPT_BYTES], reason=f"uplink: {reason}", source="uplink")
+        kept = payload[:DEAD_LETTER_KEEPS]
+        letter = DeadLetter(topic=topic, payload=kept, reason=f"uplink: {reason}", source="uplink")
         self.spool.replace(seq, uplink_topic(site, "deadletters"), letter.model_dump_json().encode())
