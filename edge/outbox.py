@@ -239,9 +239,11 @@ class Uplink:
         """A message paho will never publish becomes, in its place in the spool, a dead letter saying why."""
         log.warning("uplink: cannot publish message %d on %r (%s); sending a dead letter instead", seq, topic, reason)
         try:
-            site, _ = parse_uplink_topic(topic)
+            site, channel = parse_uplink_topic(topic)
         except ValueError:
-            log.error("uplink: message %d has no uplink topic (%r); dropped", seq, topic)
+            site, channel = "", ""
+        if channel in ("", "deadletters"):
+            log.error("uplink: message %d on %r can be neither sent nor dead-lettered; dropped", seq, topic)
             self.spool.delete(seq)
             return
         kept = payload[:DEAD_LETTER_KEEPS]

@@ -85,3 +85,25 @@ def test_a_message_nobody_subscribed_to_stays_spooled_until_ingest_subscribes(
         uplink.stop()
     print(f"refused {uplink.refused} times, then delivered: sent {len(events)} / stored {len(stored)}")
     assert stored == {e.id for e in events}
+
+
+def test_a_message_paho_refuses_to_publish_does_not_block_the_spool(
+    broker: Service, database_url: str, tmp_path: Path
+) -> None:
+    spool = Spool(tmp_path / "outbox.sqlite3")
+    uplink = Uplink(spool, broker.url, client_id="patrolnet-edge-test-uplink")
+    worker = IngestWorker(broker.url, database_url, name="test-ingest")
+    worker.start()
+    assert worker.wait_ready()
+    alarm = Event(kind=EventKind.FIRE, type="smoke", place=PLACE, source="n1")
+    try:
+        spool.put("patrolnet/v1/willow+court/events", b"{}")  # a wildcard: paho raises ValueError
+        spool.put("patrolnet/v1/willow-court/events/#", b"{}")
+        uplink.send(uplink_topic(PLACE.site, "events"), alarm.model_dump_json().encode())
+        uplink.start()
+        eventually(lambda: spool.pending() == 0, timeout=20)
+        with psycopg.connect(database_url) as conn:
+            assert conn.execute("SELECT id FROM events").fetchall() == [(alarm.id,)]
+    finally:
+        uplink.stop()
+        worker.stop()
