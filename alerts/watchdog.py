@@ -4,7 +4,9 @@ A node is offline when its last will (a retained ``NodeStatus`` with
 ``online: false``) arrived after its newest heartbeat, or when nothing has
 been heard from it for ``missed_heartbeats`` times its heartbeat interval (as
 measured between two heartbeats of one node process; ``heartbeat_s`` until
-then). The alert goes to the operators, and to the fire and police desks as a
+then). Silence counts only once the watchdog has itself been watching, without a failed round, for longer
+than that limit: after ingest or the database was away, heartbeats are still on their way and every node
+would look silent. The alert goes to the operators, and to the fire and police desks as a
 coverage notice (alerts.coverage); it clears with the node's next heartbeat or
 online status.
 
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
@@ -139,8 +142,9 @@ def back_online_batch(alert: Alert, node_id: str, now: datetime) -> Batch:
     return Batch(events=[event], alerts=[cleared])
 
 
-def check_nodes(conn: psycopg.Connection, settings: WatchdogSettings) -> int:
-    """One watchdog round in its own transaction; how many alerts it raised or cleared (0 if another runs)."""
+def check_nodes(conn: psycopg.Connection, settings: WatchdogSettings, watching_s: float = float("inf")) -> int:
+    """One watchdog round in its own transaction; how many alerts it raised or cleared (0 if another runs).
+    ``watching_s``: how long this watchdog has run rounds without a failure."""
     changed = 0
     with conn.transaction():
         if not conn.execute("SELECT pg_try_advisory_xact_lock(%s)", (WATCHDOG_LOCK,)).fetchone()[0]:
@@ -152,7 +156,7 @@ def check_nodes(conn: psycopg.Connection, settings: WatchdogSettings) -> int:
         for node_id, sub_district, community, grid, site, will, silent_s, limit_s in rows:
             place = Place(sub_district=sub_district, community=community, grid=grid, site=site)
             open_alert = open_alerts.get(dedup_key(place, node_id))
-            stale = silent_s is not None and silent_s > limit_s
+            stale = silent_s is not None and silent_s > limit_s and watching_s > limit_s
             if (will or stale) and open_alert is None:
                 why = "last will" if will else f"silent for {silent_s:.0f} s"
                 log.warning("node %s offline: %s", node_id, why)
@@ -201,11 +205,12 @@ class Watchdog:
 
     def _run(self) -> None:
         conn: psycopg.Connection | None = None
+        watching_since = time.monotonic()
         while not self._stop.wait(self.settings.check_s):
             try:
                 if conn is None or conn.closed:
                     conn = psycopg.connect(self.database_url, autocommit=True)
-                check_nodes(conn, self.settings)
+                check_nodes(conn, self.settings, time.monotonic() - watching_since)
                 if self._liveness is not None:
                     last_batch_at, counters = self._liveness()
                     conn.execute(_LIVENESS, (self.name, last_batch_at, Jsonb(counters)))
@@ -213,10 +218,12 @@ class Watchdog:
             except psycopg.OperationalError as exc:
                 log.warning("%s watchdog: database away: %s", self.name, exc)
                 conn = None
+                watching_since = time.monotonic()
             except Exception:  # a bad row must not end the watch over every node
                 log.exception("%s watchdog round failed; next round in %.0f s", self.name, self.settings.check_s)
                 if conn is not None:
                     conn.close()
                 conn = None
+                watching_since = time.monotonic()
         if conn is not None:
             conn.close()
