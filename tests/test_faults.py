@@ -21,7 +21,7 @@ import psycopg
 import pytest
 from conftest import _service_folder, eventually, mqtt_client
 
-from alerts.models import Event, EventKind, EventState, Place
+from alerts.models import Event, EventKind, EventState, Heartbeat, Place, utc_now
 from deploy.local.services import Service, spawn, start_mosquitto
 from edge.outbox import Spool, Uplink
 from ingest.mqtt import uplink_topic
@@ -119,6 +119,8 @@ def test_postgres_stopped_30_s_ingest_holds_and_retries_nothing_lost_or_duplicat
             eventually(lambda: query(database_url, "SELECT count(*) FROM events")[0][0] >= count, timeout=60)
             caught_up = time.monotonic()
         assert worker.poll() is None, "ingest exited while the database was away"
+        liveness = query(database_url, "SELECT now() - last_batch_at FROM ingest_workers WHERE name = 'pg-test'")
+        assert liveness[0][0].total_seconds() < 30, "the worker's last batch is recorded"
         print(f"database down {started - stopped:.1f} s; all stored {caught_up - started:.1f} s after it was back")
         assert tally("postgres stopped", database_url, "events", sender.ids) == (0, 0)
 
@@ -151,6 +153,14 @@ def test_three_workers_one_sigkilled_half_way_every_message_stored_once(
     with ExitStack() as stack, mqtt_client(broker, "test-edge-uplink") as publisher:
         workers = {name: ingest(broker, database_url, stack, "--name", name) for name in ("w1", "w2", "w3")}
         eventually(lambda: query(database_url, "SELECT count(*) FROM ingest_workers")[0][0] == 3, timeout=30)
+        probe = Heartbeat(node_id="probe", place=PLACE.model_copy(update={"device": None}), started_at=utc_now())
+
+        def subscribed() -> list[tuple]:
+            # Until a worker subscribed, the broker drops what it gets: this publisher has no outbox.
+            publisher.publish(uplink_topic(PLACE.site, "heartbeats"), probe.model_dump_json().encode(), qos=1)
+            return query(database_url, "SELECT 1 FROM nodes")
+
+        eventually(subscribed, timeout=30, interval=0.3)
         ids = []
         restarted_at = killed_at = 0.0
         stored_at_restart = 0
