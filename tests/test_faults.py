@@ -104,7 +104,7 @@ def test_postgres_stopped_30_s_ingest_holds_and_retries_nothing_lost_or_duplicat
 ) -> None:
     with ExitStack() as stack:
         worker = ingest(broker, database_url, stack, "--name", "pg-test")
-        eventually(lambda: ingest_ready(database_url, "pg-test"), timeout=30, interval=0.3)
+        eventually(lambda: ingest_ready(database_url, "pg-test"), timeout=90, interval=0.3)
         with Sender(broker.url, tmp_path, rate=20) as sender:
             time.sleep(3)
             postgres.stop()
@@ -114,7 +114,7 @@ def test_postgres_stopped_30_s_ingest_holds_and_retries_nothing_lost_or_duplicat
             started = time.monotonic()
             time.sleep(3)
             sender.halt()
-            eventually(sender.drained, timeout=30)
+            eventually(sender.drained, timeout=60)
             count = len(sender.ids)
             eventually(lambda: query(database_url, "SELECT count(*) FROM events")[0][0] >= count, timeout=60)
             caught_up = time.monotonic()
@@ -130,7 +130,7 @@ def test_ingest_sigkilled_and_restarted_without_a_name_loses_nothing(
 ) -> None:
     with ExitStack() as stack:
         worker = ingest(broker, database_url, stack)
-        eventually(lambda: query(database_url, "SELECT name FROM ingest_workers"), timeout=30, interval=0.3)
+        eventually(lambda: query(database_url, "SELECT name FROM ingest_workers"), timeout=90, interval=0.3)
         with Sender(broker.url, tmp_path, rate=50) as sender:
             time.sleep(2)
             worker.send_signal(signal.SIGKILL)
@@ -140,7 +140,7 @@ def test_ingest_sigkilled_and_restarted_without_a_name_loses_nothing(
             ingest(broker, database_url, stack)
             time.sleep(2)
             sender.halt()
-            eventually(sender.drained, timeout=30)
+            eventually(sender.drained, timeout=60)
             eventually(lambda: query(database_url, "SELECT count(*) FROM events")[0][0] >= len(sender.ids), timeout=60)
         print(f"{during} events sent before the restart")
         assert tally("ingest SIGKILLed, restarted without --name", database_url, "events", sender.ids) == (0, 0)
@@ -152,7 +152,7 @@ def test_three_workers_one_sigkilled_half_way_every_message_stored_once(
     total, kill_at = 20_000, 10_000
     with ExitStack() as stack, mqtt_client(broker, "test-edge-uplink") as publisher:
         workers = {name: ingest(broker, database_url, stack, "--name", name) for name in ("w1", "w2", "w3")}
-        eventually(lambda: query(database_url, "SELECT count(*) FROM ingest_workers")[0][0] == 3, timeout=30)
+        eventually(lambda: query(database_url, "SELECT count(*) FROM ingest_workers")[0][0] == 3, timeout=90)
         probe = Heartbeat(node_id="probe", place=PLACE.model_copy(update={"device": None}), started_at=utc_now())
 
         def subscribed() -> list[tuple]:
@@ -160,7 +160,7 @@ def test_three_workers_one_sigkilled_half_way_every_message_stored_once(
             publisher.publish(uplink_topic(PLACE.site, "heartbeats"), probe.model_dump_json().encode(), qos=1)
             return query(database_url, "SELECT 1 FROM nodes")
 
-        eventually(subscribed, timeout=30, interval=0.3)
+        eventually(subscribed, timeout=90, interval=0.3)
         ids = []
         restarted_at = killed_at = 0.0
         stored_at_restart = 0
@@ -275,10 +275,10 @@ def test_uplink_broker_down_30_s_while_detectors_alarm_and_clear(
 ) -> None:
     with ExitStack() as stack:
         worker = ingest(central, database_url, stack)
-        eventually(lambda: query(database_url, "SELECT name FROM ingest_workers"), timeout=30, interval=0.3)
+        eventually(lambda: query(database_url, "SELECT name FROM ingest_workers"), timeout=90, interval=0.3)
         node_env = env(broker.url, database_url, PATROLNET_UPLINK_URL=central.url)
         spawn(["edge", "run", "--config", str(node_yaml(tmp_path, broker))], node_env, stack)
-        eventually(lambda: query(database_url, "SELECT 1 FROM nodes WHERE node_id = 'fault-node'"), timeout=30)
+        eventually(lambda: query(database_url, "SELECT 1 FROM nodes WHERE node_id = 'fault-node'"), timeout=90)
         with Detectors(broker, rate=5) as detectors:
             time.sleep(3)
             if how == "sigterm":

@@ -47,7 +47,7 @@ def test_a_vanished_node_is_raised_to_the_operator_and_the_fire_desk_and_clears_
         ingest(broker, database_url, stack, "--name", "watch", "--offline-after", str(missed))
         node = spawn(["edge", "run", "--config", str(config)], env(broker.url, database_url), stack)
         eventually(
-            lambda: query(database_url, "SELECT 1 FROM nodes WHERE heartbeat_interval_s IS NOT NULL"), timeout=30
+            lambda: query(database_url, "SELECT 1 FROM nodes WHERE heartbeat_interval_s IS NOT NULL"), timeout=90
         )
         operator = stack.enter_context(SseReader(f"{api.url}/api/v1/alerts/stream", api.key("operator")))
         fire = stack.enter_context(SseReader(f"{api.url}/api/v1/alerts/stream", api.key("fire")))
@@ -97,7 +97,7 @@ def test_a_last_will_raises_node_offline_at_once_and_a_heartbeat_clears_it(
         # Several workers run watchdogs: the alert is still raised once.
         for name in ("watch-1", "watch-2"):
             ingest(broker, database_url, stack, "--name", name)
-        eventually(lambda: query(database_url, "SELECT count(*) FROM ingest_workers")[0][0] == 2, timeout=30)
+        eventually(lambda: query(database_url, "SELECT count(*) FROM ingest_workers")[0][0] == 2, timeout=90)
         stored_once(uplink, database_url, heartbeat("will-node"), "SELECT 1 FROM nodes WHERE node_id = 'will-node'")
         with SseReader(f"{api.url}/api/v1/alerts/stream", api.key("fire", community="east-gate")) as fire:
             will = NodeStatus(node_id="will-node", place=SITE, online=False)
@@ -122,7 +122,7 @@ def stored_once(uplink: mqtt.Client, database_url: str, beat: bytes, check: str)
         send(uplink, "heartbeats", beat)
         return query(database_url, check)
 
-    eventually(stored, timeout=30, interval=0.5)
+    eventually(stored, timeout=90, interval=0.5)
 
 
 def trouble(type_: str, device: str) -> bytes:
