@@ -192,7 +192,8 @@ class Uplink:
             while not self._stopping and (
                 not self._connected or len(self._inflight) >= self.max_inflight or time.monotonic() < self._resume_at
             ):
-                self._wake.wait(timeout=max(0.01, min(1.0, self._resume_at - time.monotonic())))
+                backoff_left = self._resume_at - time.monotonic()
+                self._wake.wait(timeout=min(1.0, backoff_left) if backoff_left > 0 else 1.0)
             if self._retry_from is not None:
                 self._cursor = min(self._cursor, self._retry_from - 1)
                 self._retry_from = None
