@@ -46,6 +46,8 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 import psycopg
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from alerts.models import DEAD_LETTER_KEEPS, Alert, DeadLetter, Event, Heartbeat, NodeStatus, Reading
@@ -151,14 +153,18 @@ class IngestWorker:
         flush_s: float = 0.0,
         max_payload_bytes: int = MAX_PAYLOAD_BYTES,
         session_expiry_s: int = SESSION_EXPIRY_S,
+        draining: bool = False,
     ) -> None:
         self.name = name or default_name()
+        self.draining = draining
+        self._last_message = time.monotonic()
         self.database_url = database_url
         self.batch_size = batch_size
         self.flush_s = flush_s
         self.max_payload_bytes = max_payload_bytes
         self.counts: Counter[str] = Counter()
         self.last_batch_at: datetime | None = None
+        self._received = self._written = 0
         # Bounded, and a full queue blocks paho's thread: the broker then holds the rest, nothing is lost.
         self._queue: queue.Queue[mqtt.MQTTMessage] = queue.Queue(maxsize=batch_size * 4)
         self._stop = threading.Event()
@@ -174,7 +180,8 @@ class IngestWorker:
         self._client.suppress_exceptions = True  # a callback's error is logged; it never ends paho's thread
         self._client.on_connect = self._on_connect
         self._client.on_subscribe = self._on_subscribe
-        self._client.on_message = lambda client, userdata, message: self._queue.put(message)
+        self._client.on_message = self._on_message
+        self._client.on_unsubscribe = self._on_unsubscribe
         self._thread = threading.Thread(target=self._run, name=f"{self.name}-writer", daemon=True)
 
     def start(self) -> None:
@@ -194,9 +201,44 @@ class IngestWorker:
         self._client.disconnect()
         self._client.loop_stop()
 
+    def drain(self, idle_s: float = 3.0, timeout: float = 3600.0) -> bool:
+        """Stores what waits in this (``draining``) worker's session, then ends the session: how a worker is
+        retired without losing its share. False if the share did not drain within ``timeout``."""
+        deadline = time.monotonic() + timeout
+        if not self.wait_ready(min(timeout, 60.0)):
+            return False
+        while time.monotonic() < deadline:
+            idle = time.monotonic() - self._last_message >= idle_s
+            if idle and self._queue.empty() and self.alive() and self._written == self._received:
+                break
+            time.sleep(0.2)
+        else:
+            return False
+        self._stop.set()
+        self._thread.join(timeout=10)
+        ended = Properties(PacketTypes.DISCONNECT)
+        ended.SessionExpiryInterval = 0
+        self._client.disconnect(properties=ended)
+        self._client.loop_stop()
+        log.info("%s drained: %d messages stored, session ended", self.name, self._written)
+        return True
+
+    def _on_message(self, client: mqtt.Client, userdata, message: mqtt.MQTTMessage) -> None:
+        self._last_message = time.monotonic()
+        self._received += 1
+        self._queue.put(message)
+
+    def _on_unsubscribe(self, client: mqtt.Client, userdata, mid, reason_codes, properties) -> None:
+        log.info("%s draining: no new messages, storing what its session holds", self.name)
+        self._subscribed.set()
+
     def _on_connect(self, client: mqtt.Client, userdata, flags, reason_code, properties) -> None:
         if reason_code.is_failure:
             log.warning("broker refused the connection: %s", reason_code)
+            return
+        if self.draining:
+            # The session keeps its share of the subscription: leave it, so only what is queued still comes.
+            client.unsubscribe(f"$share/{SHARE_GROUP}/{UPLINK_FILTER}")
             return
         client.subscribe(f"$share/{SHARE_GROUP}/{UPLINK_FILTER}", qos=1)
         log.info("%s subscribing to %s (session present: %s)", self.name, UPLINK_FILTER, flags.session_present)
@@ -244,6 +286,7 @@ class IngestWorker:
                     return
                 for message in messages:
                     self._client.ack(message.mid, message.qos)
+                self._written += len(messages)
                 self.counts["messages"] += len(messages)
                 self.counts["batches"] += 1
                 self.last_batch_at = datetime.now(UTC)

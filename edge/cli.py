@@ -59,6 +59,10 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         flush_s=args.flush_ms / 1000,
         **{k: v for k, v in limits.items() if v is not None},
     )
+    if args.drain:
+        worker = IngestWorker(setting("PATROLNET_MQTT_URL"), database_url, name=args.drain, draining=True)
+        worker.start()
+        return 0 if worker.drain() else 1
     watch = {"missed_heartbeats": args.offline_after, "heartbeat_s": args.heartbeat_s}
     settings = WatchdogSettings(**{k: v for k, v in watch.items() if v is not None})
     watchdog = Watchdog(database_url, worker.name, settings, lambda: (worker.last_batch_at, dict(worker.counts)))
@@ -242,6 +246,11 @@ def parser() -> argparse.ArgumentParser:
     )
     ingest.add_argument(
         "--heartbeat-s", type=float, help="a node's heartbeat interval until two heartbeats measured it (default 30)"
+    )
+    ingest.add_argument(
+        "--drain",
+        metavar="NAME",
+        help="retire worker NAME (stopped for good): store what waits in its session, end the session, exit",
     )
     ingest.set_defaults(func=cmd_ingest)
 

@@ -301,3 +301,34 @@ def test_uplink_broker_down_30_s_while_detectors_alarm_and_clear(
         last = {s: seqs[-1] % 2 == 0 for s, seqs in detectors.sent.items()}
         active = dict(query(database_url, "SELECT device, active FROM alerts WHERE type = 'smoke'"))
         assert active == last, "one alert per detector, active exactly when its last message was an alarm"
+
+
+def test_a_worker_retired_for_good_is_drained_and_its_share_stored(broker: Service, database_url: str) -> None:
+    """A dead worker's share waits in its session (and Mosquitto drops it when the session expires):
+    ``patrolnet ingest --drain NAME`` stores it and ends the session, so new messages all go to the living."""
+    with ExitStack() as stack, mqtt_client(broker, "test-edge-uplink") as publisher:
+        ingest(broker, database_url, stack, "--name", "w1")
+        retired = ingest(broker, database_url, stack, "--name", "w2")
+        eventually(lambda: query(database_url, "SELECT count(*) FROM ingest_workers")[0][0] == 2, timeout=90)
+        retired.send_signal(signal.SIGKILL)
+        retired.wait(timeout=10)
+
+        def burst(first: int, count: int) -> list[UUID]:
+            sent = [event(i) for i in range(first, first + count)]
+            for e in sent:
+                info = publisher.publish(uplink_topic(PLACE.site, "events"), e.model_dump_json().encode(), qos=1)
+            info.wait_for_publish(timeout=30)
+            return [e.id for e in sent]
+
+        ids = burst(0, 3000)
+        time.sleep(5)
+        waiting = len(ids) - query(database_url, "SELECT count(*) FROM events")[0][0]
+        started = time.monotonic()
+        drain = spawn(["ingest", "--drain", "w2"], env(broker.url, database_url), stack)
+        assert drain.wait(timeout=120) == 0
+        print(f"{waiting} messages waited in the dead worker's session; drained in {time.monotonic() - started:.1f} s")
+        assert waiting > 0, "nothing waited for the dead worker: the test measured nothing"
+        assert tally("retired worker drained", database_url, "events", ids) == (0, 0)
+        later = burst(3000, 300)
+        eventually(lambda: query(database_url, "SELECT count(*) FROM events")[0][0] >= 3300, timeout=30)
+        assert tally("after its session ended", database_url, "events", later) == (0, 0)
