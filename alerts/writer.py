@@ -12,8 +12,10 @@ delivers the message again and the idempotent insert makes it one row.
 No message can stop the writer. One that does not parse, is larger than the
 payload cap, or carries a time before 2000 or more than a day ahead is written
 to ``dead_letters`` with its reason and acknowledged; so is one the database
-refuses. Should the writer thread die all the same, ``alive()`` turns False
-and ``patrolnet ingest`` exits non-zero for its service manager to restart it.
+refuses. A database that refuses even the dead letter is broken (a dropped
+table, revoked rights): the writer thread stops with the message
+unacknowledged, ``alive()`` turns False, and ``patrolnet ingest`` exits
+non-zero for its service manager to restart it (and someone to look).
 
 Messages are written in batches: whatever is queued when the writer is free
 goes in one transaction (up to the batch size), so an alarm is never held
@@ -111,6 +113,17 @@ def _explain(exc: Exception) -> str:
     return str(exc)
 
 
+def dead_letter(topic: str, payload: bytes, reason: str, worker: str) -> DeadLetter:
+    """A dead letter the store can always take: its reason bounded, and free of the NUL that text refuses.
+
+    >>> dead_letter("t", b"", "bad" + chr(0) + "byte", "w").reason
+    'bad\\\\x00byte'
+    >>> len(dead_letter("t", b"", "!" * 3000, "w").reason)
+    2000
+    """
+    return DeadLetter(topic=topic, payload=payload, reason=reason.replace("\x00", "\\x00")[:2000], source=worker)
+
+
 def decode(topic: str, payload: bytes, batch: Batch, worker: str, max_bytes: int = MAX_PAYLOAD_BYTES) -> None:
     """Adds one uplink message to a batch, or a dead letter saying why it could not be."""
     reason = None
@@ -125,10 +138,10 @@ def decode(topic: str, payload: bytes, batch: Batch, worker: str, max_bytes: int
             parsed = parse(channel, payload)
             check_times(parsed, datetime.now(UTC))
         except Exception as exc:
-            reason = f"{channel}: unreadable ({type(exc).__name__}: {_explain(exc)})"[:2000]
+            reason = f"{channel}: unreadable ({type(exc).__name__}: {_explain(exc)})"
     if reason is not None:
         log.warning("dead letter on %s: %s", topic, reason)
-        batch.dead_letters.append(DeadLetter(topic=topic, payload=payload, reason=reason, source=worker))
+        batch.dead_letters.append(dead_letter(topic, payload, reason, worker))
         return
     target = {
         "events": batch.events,
@@ -323,14 +336,15 @@ class IngestWorker:
                     return False
             except Exception as exc:
                 self._reset()
-                reason = f"refused by the database ({type(exc).__name__}: {exc})"[:2000]
-                letter = DeadLetter(topic=message.topic, payload=message.payload, reason=reason, source=self.name)
+                reason = f"refused by the database ({type(exc).__name__}: {exc})"
+                letter = dead_letter(message.topic, message.payload, reason, self.name)
                 if not self._write_letter(letter):
                     return False
         return True
 
     def _write_letter(self, letter: DeadLetter) -> bool:
-        """Writes one dead letter; a letter the database refuses too is logged and let go, never retried."""
+        """Writes one dead letter, retrying while the database is away. A store that refuses even a dead letter
+        is broken, not the message: the writer stops, leaving the message unacknowledged for the next start."""
         while not self._stop.is_set():
             try:
                 self._commit(Batch(dead_letters=[letter]))
@@ -338,11 +352,8 @@ class IngestWorker:
             except psycopg.OperationalError:
                 self._conn = None
                 self._stop.wait(1.0)
-            except Exception:
-                log.exception("%s: could not even dead-letter a message on %s; dropped", self.name, letter.topic)
-                self._reset()
-                self.counts["unstorable"] += 1
-                return True
+            except psycopg.Error as exc:
+                raise RuntimeError(f"the store refuses even a dead letter ({exc}); it needs mending") from exc
         return False
 
     def _reset(self) -> None:
