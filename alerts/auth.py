@@ -5,6 +5,10 @@ principal has a role, which limits the kinds of alert it sees, and a place
 scope (any prefix of sub-district > community > grid > site), which limits
 where.
 
+A police or fire key also reads, as coverage notices, the trouble alerts that
+name its role in ``notify`` (a device feeding its alarms is blind), and no
+other trouble.
+
 Besides kinds, a role grants permissions: reading sensor readings, device
 health, acting on alerts, posting citizen reports, administration, metrics.
 
@@ -48,6 +52,9 @@ ROLE_KINDS: dict[Role, tuple[EventKind, ...]] = {
     Role.REPORTER: (),
 }
 """The alert kinds each role may read."""
+
+COVERAGE_ROLES: frozenset[Role] = frozenset({Role.POLICE, Role.FIRE})
+"""Roles that also read the trouble alerts naming them in ``notify``: coverage notices (alerts.coverage)."""
 
 PLACE_LEVELS = ("sub_district", "community", "grid", "site")
 

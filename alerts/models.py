@@ -170,6 +170,12 @@ class Alert(_Stamped):
     revision: int = Field(default=1, ge=1, title="Revision", description="Grows with every update.")
     last_event_id: UUID | None = Field(default=None, title="Last event", description="Newest event's id.")
     attributes: dict[str, Any] = Field(default_factory=dict, title="Attributes", description="Newest details.")
+    notify: list[Role] = Field(
+        default_factory=list,
+        title="Coverage notice for",
+        description="Desks besides the route that get this trouble as a coverage notice, not an alarm: the "
+        "device it concerns feeds their alarms. Set by the centre from the trouble's type (alerts.coverage).",
+    )
     status: AlertStatus = Field(
         default=AlertStatus.NEW, title="Status", description="Where a desk is with it; owned by the store."
     )
@@ -208,6 +214,10 @@ class NodeStatus(_Stamped):
     node_id: str = Field(title="Node", description="The edge node it speaks of.")
     place: Place = Field(title="Place", description="The node's site (no device).")
     online: bool = Field(title="Online", description="True when the node connected; false when it went away.")
+
+
+DEAD_LETTER_KEEPS = 65_536
+"""How many bytes of an oversized payload its dead letter keeps."""
 
 
 class DeadLetter(_Stamped):

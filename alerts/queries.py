@@ -12,7 +12,7 @@ from uuid import UUID
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
-from alerts.auth import PLACE_LEVELS, Principal
+from alerts.auth import COVERAGE_ROLES, PLACE_LEVELS, Principal
 from alerts.models import AlertStatus, EventKind, Severity
 
 
@@ -90,10 +90,25 @@ def kinds_allowed(kinds: list[EventKind], who: Principal) -> list[EventKind]:
     return list(kinds or who.kinds)
 
 
+def kind_clause(kinds: list[EventKind], who: Principal) -> tuple[str, list[Any]]:
+    """The kinds condition (on alias ``a``): the kinds asked for, else all the role reads and, for a police or
+    fire key, the coverage notices naming its role; ForbiddenKind for kinds the role may not read.
+
+    >>> kind_clause([], Principal(name="d", role="fire"))
+    ("(a.kind = ANY(%s) OR (a.kind = 'trouble' AND %s = ANY(a.notify)))", [[<EventKind.FIRE: 'fire'>], 'fire'])
+    >>> kind_clause([], Principal(name="d", role="operator"))
+    ('a.kind = ANY(%s)', [[<EventKind.TROUBLE: 'trouble'>]])
+    """
+    allowed = kinds_allowed(kinds, who)
+    if kinds or who.role not in COVERAGE_ROLES:
+        return "a.kind = ANY(%s)", [allowed]
+    return "(a.kind = ANY(%s) OR (a.kind = 'trouble' AND %s = ANY(a.notify)))", [allowed, str(who.role)]
+
+
 def where(flt: AlertFilter, who: Principal) -> tuple[str, list[Any]]:
     """The WHERE clause (on alias ``a``) and its parameters for a filter and a caller."""
-    clauses = ["a.kind = ANY(%s)"]
-    params: list[Any] = [kinds_allowed(flt.kind, who)]
+    clause, params = kind_clause(flt.kind, who)
+    clauses = [clause]
     for more, values in (scope_clause(who, "a"), place_clause(flt, "a")):
         clauses += more
         params += values

@@ -23,8 +23,9 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from alerts import timescale
+from alerts.coverage import with_coverage
 from alerts.identity import foreign_copy
-from alerts.models import Alert, DeadLetter, Event, Heartbeat, Place, Reading
+from alerts.models import Alert, DeadLetter, Event, Heartbeat, NodeStatus, Place, Reading
 from ingest.mqtt import uplink_topic
 
 log = logging.getLogger(__name__)
@@ -81,9 +82,11 @@ class Batch:
     readings: list[Reading] = field(default_factory=list)
     dead_letters: list[DeadLetter] = field(default_factory=list)
     heartbeats: list[Heartbeat] = field(default_factory=list)
+    statuses: list[NodeStatus] = field(default_factory=list)
 
     def __len__(self) -> int:
-        return len(self.events) + len(self.alerts) + len(self.readings) + len(self.dead_letters) + len(self.heartbeats)
+        return (len(self.events) + len(self.alerts) + len(self.readings) + len(self.dead_letters)
+                + len(self.heartbeats) + len(self.statuses))  # fmt: skip
 
 
 PLACE_COLUMNS = ("sub_district", "community", "grid", "site", "device")
@@ -135,12 +138,13 @@ def reading_row(r: Reading) -> tuple[Any, ...]:
 # Desks own status; the edge owns the rest. A late, older copy changes nothing.
 _UPSERT_ALERT = """
 INSERT INTO alerts (id, ts, kind, type, severity, route, sub_district, community, grid, site, device, source,
-                    title, dedup_key, active, count, last_seen, cleared_at, revision, last_event_id, attributes)
-VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+                    title, dedup_key, active, count, last_seen, cleared_at, revision, last_event_id, attributes, notify)
+VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
 ON CONFLICT (id) DO UPDATE SET
     severity = EXCLUDED.severity, title = EXCLUDED.title, active = EXCLUDED.active, count = EXCLUDED.count,
     last_seen = EXCLUDED.last_seen, cleared_at = EXCLUDED.cleared_at, revision = EXCLUDED.revision,
-    last_event_id = EXCLUDED.last_event_id, attributes = EXCLUDED.attributes, updated_at = now()
+    last_event_id = EXCLUDED.last_event_id, attributes = EXCLUDED.attributes, notify = EXCLUDED.notify,
+    updated_at = now()
 WHERE alerts.revision < EXCLUDED.revision AND alerts.site = EXCLUDED.site
 RETURNING id, (xmax = 0) AS inserted, active"""
 
@@ -158,14 +162,25 @@ UPDATE alerts a SET (on_duty, on_duty_contact) = (
     ORDER BY d.created_at, d.id LIMIT 1)
 WHERE a.id = ANY(%s)"""
 
+# Two heartbeats of one node process measure its heartbeat interval; a restart's gap measures nothing.
 _UPSERT_NODE = """
 INSERT INTO nodes (node_id, sub_district, community, grid, site, started_at, heartbeat_at, counters)
 VALUES (%s, %s, %s, %s, %s, %s, %s, %s)
 ON CONFLICT (node_id) DO UPDATE SET
     sub_district = EXCLUDED.sub_district, community = EXCLUDED.community, grid = EXCLUDED.grid,
     site = EXCLUDED.site, started_at = EXCLUDED.started_at, heartbeat_at = EXCLUDED.heartbeat_at,
-    counters = EXCLUDED.counters, received_at = now()
+    counters = EXCLUDED.counters, received_at = now(),
+    heartbeat_interval_s = CASE WHEN nodes.started_at = EXCLUDED.started_at
+        THEN extract(epoch FROM EXCLUDED.heartbeat_at - nodes.heartbeat_at) ELSE nodes.heartbeat_interval_s END
 WHERE nodes.heartbeat_at < EXCLUDED.heartbeat_at"""
+
+# Last arrival wins (see migration 0004).
+_UPSERT_STATUS = """
+INSERT INTO node_status (node_id, sub_district, community, grid, site, online, status_at)
+VALUES (%s, %s, %s, %s, %s, %s, %s)
+ON CONFLICT (node_id) DO UPDATE SET
+    sub_district = EXCLUDED.sub_district, community = EXCLUDED.community, grid = EXCLUDED.grid,
+    site = EXCLUDED.site, online = EXCLUDED.online, status_at = EXCLUDED.status_at, received_at = now()"""
 
 _UPSERT_DEVICE = """
 INSERT INTO devices (site, device, node_id, sub_district, community, grid, type, online, last_seen, detail,
@@ -186,7 +201,7 @@ def _alert_change(inserted: bool, active: bool) -> str:
 def _alert_row(a: Alert) -> tuple[Any, ...]:
     return (a.id, a.ts, a.kind, a.type, a.severity, a.route, *_place_values(a.place), a.source, a.title,
             a.dedup_key, a.active, a.count, a.last_seen, a.cleared_at, a.revision, a.last_event_id,
-            Jsonb(a.attributes))  # fmt: skip
+            Jsonb(a.attributes), [str(r) for r in a.notify])  # fmt: skip
 
 
 def _foreign_copies(cur: psycopg.Cursor, alerts: list[Alert]) -> tuple[list[Alert], list[DeadLetter]]:
@@ -209,7 +224,7 @@ def _foreign_copies(cur: psycopg.Cursor, alerts: list[Alert]) -> tuple[list[Aler
 
 
 def _write_alerts(cur: psycopg.Cursor, alerts: list[Alert]) -> int:
-    ordered = sorted(alerts, key=lambda a: a.revision)
+    ordered = sorted(with_coverage(cur, alerts), key=lambda a: a.revision)
     # One statement per copy (two copies of one alert cannot share an ON CONFLICT DO UPDATE), pipelined.
     cur.executemany(_UPSERT_ALERT, [_alert_row(a) for a in ordered], returning=True)
     changes, raised = [], []
@@ -272,4 +287,8 @@ def write_batch(conn: psycopg.Connection, batch: Batch) -> int:
         )
         if batch.heartbeats:
             _write_heartbeats(cur, batch.heartbeats)
+        if batch.statuses:
+            cur.executemany(
+                _UPSERT_STATUS, [(s.node_id, *_place_values(s.place)[:4], s.online, s.ts) for s in batch.statuses]
+            )
         return _write_alerts(cur, alerts) if alerts else 0

@@ -58,15 +58,38 @@ def cmd_edge_run(args: argparse.Namespace) -> int:
 
 def cmd_ingest(args: argparse.Namespace) -> int:
     from alerts.store import migrate
+    from alerts.watchdog import Watchdog, WatchdogSettings
     from alerts.writer import IngestWorker
 
     database_url = setting("PATROLNET_DATABASE_URL")
     migrate(database_url)
+    limits = {"max_payload_bytes": args.max_payload, "session_expiry_s": args.session_expiry}
     worker = IngestWorker(
-        setting("PATROLNET_MQTT_URL"), database_url, name=args.name, batch_size=args.batch, flush_s=args.flush_ms / 1000
+        setting("PATROLNET_MQTT_URL"),
+        database_url,
+        name=args.name,
+        batch_size=args.batch,
+        flush_s=args.flush_ms / 1000,
+        **{k: v for k, v in limits.items() if v is not None},
     )
+    if args.drain:
+        worker = IngestWorker(setting("PATROLNET_MQTT_URL"), database_url, name=args.drain, draining=True)
+        worker.start()
+        return 0 if worker.drain() else 1
+    watch = {"missed_heartbeats": args.offline_after, "heartbeat_s": args.heartbeat_s}
+    settings = WatchdogSettings(**{k: v for k, v in watch.items() if v is not None})
+    watchdog = Watchdog(database_url, worker.name, settings, lambda: (worker.last_batch_at, dict(worker.counts)))
     worker.start()
-    wait_for_signal()
+    watchdog.start()
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    # A dead thread would leave a process that looks up but stores nothing: exit for the service manager.
+    while not stop.wait(1.0):
+        if not (worker.alive() and watchdog.alive()):
+            log.error("ingest %s: a worker thread died; exiting so that the service manager restarts it", worker.name)
+            return 1
+    watchdog.stop()
     worker.stop()
     log.info("ingest stopped: %s", dict(worker.counts))
     return 0
@@ -267,10 +290,29 @@ def parser() -> argparse.ArgumentParser:
     run.set_defaults(func=cmd_edge_run)
 
     ingest = sub.add_parser("ingest", help="central ingest worker: MQTT uplink into the store")
-    ingest.add_argument("--name", default=f"ingest-{os.getpid()}", help="worker name (its MQTT session)")
+    ingest.add_argument(
+        "--name",
+        default=None,
+        help="worker name: its MQTT session; keep it across restarts, one per worker (default ingest-<hostname>)",
+    )
     ingest.add_argument("--batch", type=int, default=500, help="messages per transaction at most")
     ingest.add_argument(
         "--flush-ms", type=float, default=0, help="how long to wait for a batch to fill; 0: write what is queued"
+    )
+    ingest.add_argument("--max-payload", type=int, help="bytes; larger messages are dead letters (default 4 MB)")
+    ingest.add_argument(
+        "--session-expiry", type=int, help="seconds the broker keeps this worker's session while away (default a day)"
+    )
+    ingest.add_argument(
+        "--offline-after", type=float, help="a node is offline after this many heartbeat intervals (default 3)"
+    )
+    ingest.add_argument(
+        "--heartbeat-s", type=float, help="a node's heartbeat interval until two heartbeats measured it (default 30)"
+    )
+    ingest.add_argument(
+        "--drain",
+        metavar="NAME",
+        help="retire worker NAME (stopped for good): store what waits in its session, end the session, exit",
     )
     ingest.set_defaults(func=cmd_ingest)
 

@@ -1,9 +1,17 @@
 """The edge outbox: a local SQLite spool drained to the uplink broker at QoS 1.
 
 A message is written to disk before anything is sent and deleted only when the
-broker acknowledges it (PUBACK), so a dropped uplink, a broker restart or a
-node crash loses nothing; it may send a message twice, which the central
-ingest absorbs because every insert is idempotent by UUID. The number of
+broker's PUBACK says someone will receive it, so a dropped uplink, a broker
+restart or a node crash loses nothing; it may send a message twice, which the
+central ingest absorbs because every insert is idempotent by UUID. Mosquitto
+answers reason 16 ("no matching subscribers") when no ingest worker is
+subscribed, a success code under which it drops the message: that, and every
+failure code, keeps the message, and the uplink sends it again from there
+after a backoff (1 s doubling to 30 s; a delivered message resets it).
+
+Nothing a message holds stops the uplink: one paho refuses to publish (a bad
+topic, an oversized payload) is replaced in the spool by a dead letter saying
+why, and an error in a callback is logged, not raised into paho's thread. The number of
 unacknowledged messages is bounded, since paho runs out of message ids at
 65,535 and an unbounded window only fills the broker's queue.
 
@@ -21,11 +29,14 @@ from __future__ import annotations
 import logging
 import sqlite3
 import threading
+import time
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
+from paho.mqtt.reasoncodes import ReasonCode
 
-from ingest.mqtt import connect, make_client
+from alerts.models import DEAD_LETTER_KEEPS, DeadLetter
+from ingest.mqtt import connect, make_client, parse_uplink_topic, uplink_topic
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +66,10 @@ class Spool:
                 "SELECT seq, topic, payload FROM outbox WHERE seq > ? ORDER BY seq LIMIT ?", (seq, limit)
             ).fetchall()
 
+    def replace(self, seq: int, topic: str, payload: bytes) -> None:
+        with self._lock:
+            self._db.execute("UPDATE outbox SET topic = ?, payload = ? WHERE seq = ?", (topic, payload, seq))
+
     def delete(self, seq: int) -> None:
         with self._lock:
             self._db.execute("DELETE FROM outbox WHERE seq = ?", (seq,))
@@ -66,6 +81,25 @@ class Spool:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+
+DELIVERED = 0
+"""The only PUBACK reason code that means someone will receive the message."""
+MAX_BACKOFF_S = 30.0
+
+
+def delivered(reason_code: ReasonCode | int) -> bool:
+    """Whether a PUBACK's reason code says the message reached a subscriber.
+
+    >>> from paho.mqtt.packettypes import PacketTypes
+    >>> [delivered(ReasonCode(PacketTypes.PUBACK, identifier=code)) for code in (0, 16, 128)]
+    [True, False, False]
+    """
+    return int(getattr(reason_code, "value", reason_code)) == DELIVERED
+
+
+STATUS_SEQ = 0
+"""The in-flight entry of the online status: spool sequence numbers start at 1."""
 
 
 class Uplink:
@@ -86,14 +120,20 @@ class Uplink:
         self.spool = spool
         self.max_inflight = max_inflight
         self.acked = 0
+        self.refused = 0
         self._inflight: dict[int, int] = {}
-        self._early_acks: set[int] = set()
+        self._early_acks: dict[int, ReasonCode] = {}
         self._cursor = 0
+        # The oldest refused message, sent again once the backoff has passed.
+        self._retry_from: int | None = None
+        self._backoff_s = 0.0
+        self._resume_at = 0.0
         self._wake = threading.Condition()
         self._stopping = False
         self._connected = False
         self._client, self._address, self._props = make_client(url, client_id)
         self._client.max_inflight_messages_set(max_inflight)
+        self._client.suppress_exceptions = True
         self._status = (status_topic, online) if status_topic else None
         if status_topic:
             self._client.will_set(status_topic, offline, qos=1, retain=True)
@@ -131,8 +171,8 @@ class Uplink:
         if self._status:
             info = client.publish(*self._status, qos=1, retain=True)
             with self._wake:
-                # Seq 0 is no spooled message: its PUBACK deletes nothing. It cannot come before this returns.
-                self._inflight[info.mid] = 0
+                # It cannot be acknowledged before this returns: paho's callbacks run on this thread.
+                self._inflight[info.mid] = STATUS_SEQ
         with self._wake:
             self._connected = True
             self._wake.notify_all()
@@ -148,41 +188,91 @@ class Uplink:
             seq = self._inflight.pop(mid, None)
             if seq is None:
                 # The PUBACK beat publish() back to the sending thread.
-                self._early_acks.add(mid)
+                self._early_acks[mid] = reason_code
             else:
-                self._acked(seq)
+                self._settle(seq, reason_code)
             self._wake.notify_all()
 
-    def _acked(self, seq: int) -> None:
-        self.spool.delete(seq)
-        self.acked += 1
+    def _settle(self, seq: int, reason_code: ReasonCode) -> None:
+        """Deletes a delivered message; keeps a refused one for a retry after the backoff. Under self._wake."""
+        if seq == STATUS_SEQ:
+            # The online status is no spooled message, and the broker retains it whether anyone listens or not.
+            return
+        if delivered(reason_code):
+            self.spool.delete(seq)
+            self.acked += 1
+            self._backoff_s = 0.0
+            return
+        self.refused += 1
+        if self._retry_from is None or seq < self._retry_from:
+            self._retry_from = seq
+        if time.monotonic() >= self._resume_at:
+            self._backoff_s = min(max(1.0, 2 * self._backoff_s), MAX_BACKOFF_S)
+            self._resume_at = time.monotonic() + self._backoff_s
+            log.warning("uplink: the broker kept message %d back (%s); retrying in %.0f s", seq, reason_code,
+                        self._backoff_s)  # fmt: skip
 
     def _wait_for_room(self) -> int:
-        """Blocks until connected with room in the window; 0 when stopping."""
+        """Blocks until connected, past any backoff, with room in the window; 0 when stopping."""
         with self._wake:
-            while not self._stopping and (not self._connected or len(self._inflight) >= self.max_inflight):
-                self._wake.wait(timeout=1.0)
+            while not self._stopping and (
+                not self._connected or len(self._inflight) >= self.max_inflight or time.monotonic() < self._resume_at
+            ):
+                backoff_left = self._resume_at - time.monotonic()
+                self._wake.wait(timeout=min(1.0, backoff_left) if backoff_left > 0 else 1.0)
+            if self._retry_from is not None:
+                self._cursor = min(self._cursor, self._retry_from - 1)
+                self._retry_from = None
             return 0 if self._stopping else self.max_inflight - len(self._inflight)
 
     def _run(self) -> None:
         while room := self._wait_for_room():
-            batch = self.spool.after(self._cursor, room)
-            if not batch:
+            try:
+                self._send_batch(room)
+            except Exception:
+                # A broken spool or a bug must not end the uplink for good: retry after a pause.
+                log.exception("uplink: sending failed; retrying in 1 s")
                 with self._wake:
                     self._wake.wait(timeout=1.0)
-                continue
-            for seq, topic, payload in batch:
-                # Not under self._wake: paho calls on_publish holding its own lock, which publish() needs too.
+
+    def _send_batch(self, room: int) -> None:
+        with self._wake:
+            sending = set(self._inflight.values())
+        batch = [m for m in self.spool.after(self._cursor, room) if m[0] not in sending]
+        if not batch:
+            with self._wake:
+                self._wake.wait(timeout=1.0)
+            return
+        for seq, topic, payload in batch:
+            # Not under self._wake: paho calls on_publish holding its own lock, which publish() needs too.
+            try:
                 info = self._client.publish(topic, payload, qos=1)
-                if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
-                    log.warning("uplink publish failed (%s); will retry", mqtt.error_string(info.rc))
-                    with self._wake:
-                        self._wake.wait(timeout=1.0)
-                    break
-                self._cursor = seq
+            except ValueError as exc:
+                self._replace_with_dead_letter(seq, topic, payload, str(exc))
+                return
+            if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
+                log.warning("uplink publish failed (%s); will retry", mqtt.error_string(info.rc))
                 with self._wake:
-                    if info.mid in self._early_acks:
-                        self._early_acks.discard(info.mid)
-                        self._acked(seq)
-                    else:
-                        self._inflight[info.mid] = seq
+                    self._wake.wait(timeout=1.0)
+                return
+            self._cursor = max(self._cursor, seq)
+            with self._wake:
+                if info.mid in self._early_acks:
+                    self._settle(seq, self._early_acks.pop(info.mid))
+                else:
+                    self._inflight[info.mid] = seq
+
+    def _replace_with_dead_letter(self, seq: int, topic: str, payload: bytes, reason: str) -> None:
+        """A message paho will never publish becomes, in its place in the spool, a dead letter saying why."""
+        log.warning("uplink: cannot publish message %d on %r (%s); sending a dead letter instead", seq, topic, reason)
+        try:
+            site, channel = parse_uplink_topic(topic)
+        except ValueError:
+            site, channel = "", ""
+        if channel in ("", "deadletters"):
+            log.error("uplink: message %d on %r can be neither sent nor dead-lettered; dropped", seq, topic)
+            self.spool.delete(seq)
+            return
+        kept = payload[:DEAD_LETTER_KEEPS]
+        letter = DeadLetter(topic=topic, payload=kept, reason=f"uplink: {reason}", source="uplink")
+        self.spool.replace(seq, uplink_topic(site, "deadletters"), letter.model_dump_json().encode())

@@ -1,4 +1,5 @@
-"""Ingest on a real broker and database: ack after commit survives a killed worker; duplicates are one row."""
+"""Ingest on a real broker and database: ack after commit survives a killed worker; duplicates are one row;
+a broken store ends the process without acknowledging."""
 
 from __future__ import annotations
 
@@ -92,6 +93,37 @@ def test_a_worker_killed_before_its_commit_loses_nothing_and_the_redelivery_land
         publish(publisher, "heartbeats", heartbeat())
         eventually(lambda: len(rows(database_url, "SELECT 1 FROM nodes WHERE received_at > now() - '2 s'::interval")))
         assert rows(database_url, "SELECT id FROM events") == [(event.id,)]
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(timeout=15) == 0
+
+
+def test_a_store_that_refuses_even_a_dead_letter_ends_the_process_and_the_message_waits(
+    broker: Service, database_url: str, publisher: mqtt.Client
+) -> None:
+    worker = start_worker(broker, database_url, "broken-store")
+    try:
+
+        def beat_stored() -> list[tuple]:
+            publish(publisher, "heartbeats", heartbeat())
+            return rows(database_url, "SELECT node_id FROM nodes")
+
+        eventually(beat_stored, timeout=60, interval=0.3)
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            conn.execute("ALTER TABLE dead_letters RENAME TO dead_letters_away")
+        publish(publisher, "events", b"{not json")
+        # The writer thread stops; the process notices and exits non-zero for its service manager.
+        assert worker.wait(timeout=30) == 1
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute("ALTER TABLE dead_letters_away RENAME TO dead_letters")
+    worker = start_worker(broker, database_url, "broken-store")
+    try:
+        # Not acknowledged before: the broker delivers it again, and now its dead letter is stored.
+        letters = eventually(lambda: rows(database_url, "SELECT payload, reason FROM dead_letters"), timeout=60)
+        assert [bytes(p) for p, _ in letters] == [b"{not json"] and "Invalid JSON" in letters[0][1]
     finally:
         worker.send_signal(signal.SIGTERM)
         assert worker.wait(timeout=15) == 0

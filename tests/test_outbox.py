@@ -1,17 +1,22 @@
-"""The edge outbox loses nothing while the uplink is down, even across a node restart."""
+"""The edge outbox loses nothing while the uplink is down, even across a node restart, nor while nobody listens."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import psycopg
 from conftest import _service_folder, eventually, mqtt_client
 from fire_helpers import ALARM, node_config, publish
 
+from alerts.models import Event, EventKind, Place
 from alerts.writer import IngestWorker
 from deploy.local.services import Service, free_port, start_mosquitto
 from edge.node import EdgeNode
-from edge.outbox import Spool
+from edge.outbox import Spool, Uplink
+from ingest.mqtt import uplink_topic
+
+PLACE = Place(sub_district="riverside", community="east-gate", grid="g07", site="willow-court", device="smoke-1")
 
 
 def test_alarm_raised_while_the_uplink_is_down_arrives_after_a_node_restart(
@@ -47,3 +52,58 @@ def test_alarm_raised_while_the_uplink_is_down_arrives_after_a_node_restart(
             finally:
                 restarted.stop()
                 worker.stop()
+
+
+def test_a_message_nobody_subscribed_to_stays_spooled_until_ingest_subscribes(
+    broker: Service, database_url: str, tmp_path: Path
+) -> None:
+    """Mosquitto answers PUBACK reason 16 ("no matching subscribers") and drops the message: the outbox keeps it,
+    backs off instead of spinning, and delivers it once a worker has subscribed."""
+    spool = Spool(tmp_path / "outbox.sqlite3")
+    uplink = Uplink(spool, broker.url, client_id="patrolnet-edge-test-uplink")
+    uplink.start()
+    events = [Event(kind=EventKind.FIRE, type="smoke", place=PLACE, source="n1") for _ in range(5)]
+    try:
+        for e in events:
+            uplink.send(uplink_topic(PLACE.site, "events"), e.model_dump_json().encode())
+        eventually(lambda: uplink.refused >= len(events))
+        time.sleep(4)
+        # Backing off 1, 2, 4 s: a few rounds of refusals in these seconds, not thousands.
+        assert len(events) <= uplink.refused <= 4 * len(events)
+        assert spool.pending() == len(events) and uplink.acked == 0
+
+        worker = IngestWorker(broker.url, database_url, name="test-ingest")
+        worker.start()
+        try:
+            assert worker.wait_ready()
+            eventually(lambda: spool.pending() == 0, timeout=40)
+            with psycopg.connect(database_url) as conn:
+                stored = {row[0] for row in conn.execute("SELECT id FROM events")}
+        finally:
+            worker.stop()
+    finally:
+        uplink.stop()
+    print(f"refused {uplink.refused} times, then delivered: sent {len(events)} / stored {len(stored)}")
+    assert stored == {e.id for e in events}
+
+
+def test_a_message_paho_refuses_to_publish_does_not_block_the_spool(
+    broker: Service, database_url: str, tmp_path: Path
+) -> None:
+    spool = Spool(tmp_path / "outbox.sqlite3")
+    uplink = Uplink(spool, broker.url, client_id="patrolnet-edge-test-uplink")
+    worker = IngestWorker(broker.url, database_url, name="test-ingest")
+    worker.start()
+    assert worker.wait_ready()
+    alarm = Event(kind=EventKind.FIRE, type="smoke", place=PLACE, source="n1")
+    try:
+        spool.put("patrolnet/v1/willow+court/events", b"{}")  # a wildcard: paho raises ValueError
+        spool.put("patrolnet/v1/willow-court/events/#", b"{}")
+        uplink.send(uplink_topic(PLACE.site, "events"), alarm.model_dump_json().encode())
+        uplink.start()
+        eventually(lambda: spool.pending() == 0, timeout=20)
+        with psycopg.connect(database_url) as conn:
+            assert conn.execute("SELECT id FROM events").fetchall() == [(alarm.id,)]
+    finally:
+        uplink.stop()
+        worker.stop()

@@ -76,6 +76,26 @@ class Service:
     folder: Path
     proc: subprocess.Popen | None = None
     stop_cmd: list[str] = field(default_factory=list)
+    start_cmd: list[str] = field(default_factory=list)
+    kill_cmd: list[str] = field(default_factory=list)
+
+    def kill(self) -> None:
+        """Stops it at once, as a crash would: SIGKILL, or the kill command (PostgreSQL: immediate shutdown)."""
+        if self.kill_cmd:
+            subprocess.run(self.kill_cmd, capture_output=True, timeout=60, check=False)
+        elif self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        log.info("killed %s on port %d", self.name, self.port)
+
+    def start(self) -> None:
+        """Starts it again on the same port and folder, after ``stop()`` or ``kill()``."""
+        if self.proc is not None:
+            self.proc = subprocess.Popen(self.start_cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        else:
+            subprocess.run(self.start_cmd, check=True, capture_output=True, timeout=120)
+        wait_for_port(self.port, 30, self.proc)
+        log.info("started %s on port %d again", self.name, self.port)
 
     def stop(self) -> None:
         if self.stop_cmd:
@@ -134,12 +154,9 @@ def start_postgres(folder: str | Path, port: int | None = None, database: str = 
             capture_output=True,
         )
     options = f"-p {port} -k {folder} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200"
-    subprocess.run(
-        [*user, _pg_tool("pg_ctl"), "-D", str(data), "-l", str(folder / "postgres.log"), "-o", options, "-w", "start"],
-        check=True,
-        capture_output=True,
-        timeout=120,
-    )
+    log_file = str(folder / "postgres.log")
+    start = [*user, _pg_tool("pg_ctl"), "-D", str(data), "-l", log_file, "-o", options, "-w", "start"]
+    subprocess.run(start, check=True, capture_output=True, timeout=120)
     url = f"postgresql://postgres@127.0.0.1:{port}/{database}"
     exists = subprocess.run(
         [_pg_tool("psql"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "-tAc",
@@ -151,8 +168,16 @@ def start_postgres(folder: str | Path, port: int | None = None, database: str = 
             [_pg_tool("createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", database], check=True
         )
     log.info("PostgreSQL on %s", url)
-    stop = [*user, _pg_tool("pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"]
-    return Service("postgresql", url, port, folder, stop_cmd=stop)
+    pg_ctl = [*user, _pg_tool("pg_ctl"), "-D", str(data)]
+    return Service(
+        "postgresql",
+        url,
+        port,
+        folder,
+        stop_cmd=[*pg_ctl, "-m", "fast", "-w", "stop"],
+        start_cmd=start,
+        kill_cmd=[*pg_ctl, "-m", "immediate", "-w", "stop"],
+    )
 
 
 MOSQUITTO_CONF = """\
@@ -160,8 +185,7 @@ listener {port} 127.0.0.1
 allow_anonymous true
 persistence true
 persistence_location {folder}/
-# Written every second, not only at shutdown: a SIGKILLed broker keeps its sessions and queued messages.
-autosave_interval 1
+{autosave}
 # zigbee2mqtt publishes at QoS 0: queue those too for a persistent session whose client is away.
 queue_qos0_messages true
 max_queued_messages 100000
@@ -173,20 +197,33 @@ log_type notice
 """
 
 
-def start_mosquitto(folder: str | Path, port: int | None = None) -> Service:
-    """A Mosquitto 2 broker with persistence on, anonymous on loopback only."""
+EVERY_SECOND = """\
+# Written every second, not only at shutdown: a SIGKILLed broker keeps its sessions and queued messages,
+# less those of its last second.
+autosave_interval 1"""
+EVERY_CHANGE = """\
+# Written at every queued message and subscription change: a SIGKILLed broker loses nothing it acknowledged.
+autosave_on_changes true
+autosave_interval 1"""
+
+
+def start_mosquitto(folder: str | Path, port: int | None = None, save_every_change: bool = False) -> Service:
+    """A Mosquitto 2 broker with persistence on, anonymous on loopback only; its database is saved every second,
+    or at every change (``save_every_change``: slower, but a SIGKILL loses nothing it acknowledged)."""
     folder = Path(folder)
     port = port or free_port()
     folder.mkdir(parents=True, exist_ok=True)
     conf = folder / "mosquitto.conf"
-    conf.write_text(MOSQUITTO_CONF.format(port=port, folder=folder))
+    autosave = EVERY_CHANGE if save_every_change else EVERY_SECOND
+    conf.write_text(MOSQUITTO_CONF.format(port=port, folder=folder, autosave=autosave))
     _chown_to(folder, "mosquitto")
     binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-    proc = subprocess.Popen([binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    command = [binary, "-c", str(conf)]
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_for_port(port, 15, proc)
     url = f"mqtt://127.0.0.1:{port}"
     log.info("Mosquitto on %s", url)
-    return Service("mosquitto", url, port, folder, proc=proc)
+    return Service("mosquitto", url, port, folder, proc=proc, start_cmd=command)
 
 
 _DEPLOYED_PATHS = re.compile(r"(?<=\s)/(?:etc|var/lib)/mosquitto/(?:\S+/)?(\S*)")

@@ -1,0 +1,179 @@
+"""A vanished node, and coverage notices: trouble that blinds a device reaches the desks whose alarms it feeds.
+
+The node and ingest run as real processes; the node is SIGKILLed. The watchdog's heartbeat path raises
+``node_offline`` on its own; the last-will path is tested by publishing the will's NodeStatus by hand.
+"""
+
+from __future__ import annotations
+
+import re
+import signal
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+import paho.mqtt.client as mqtt
+import pytest
+from conftest import ApiServer, SseReader, eventually, mqtt_client
+from test_api import raise_alert
+from test_faults import env, ingest, node_yaml, query
+from test_page import page_dom
+
+from alerts.models import Alert, DeviceStatus, EventKind, Heartbeat, NodeStatus, Place, Role, Severity
+from deploy.local.services import Service, spawn
+from ingest.mqtt import uplink_topic
+
+SITE = Place(sub_district="riverside", community="east-gate", grid="g07", site="willow-court")
+
+
+def next_node_offline(stream: SseReader, timeout: float) -> tuple[str, dict]:
+    """The next node_offline change on a stream, skipping others."""
+    deadline = time.monotonic() + timeout
+    while True:
+        _, change, alert = stream.next(timeout=max(0.1, deadline - time.monotonic()))
+        if alert["type"] == "node_offline":
+            return change, alert
+
+
+def test_a_vanished_node_is_raised_to_the_operator_and_the_fire_desk_and_clears_when_back(
+    broker: Service, database_url: str, api: ApiServer, tmp_path: Path
+) -> None:
+    heartbeat_s, missed = 1.0, 3
+    config = node_yaml(tmp_path, broker, heartbeat_s=heartbeat_s)
+    with ExitStack() as stack:
+        ingest(broker, database_url, stack, "--name", "watch", "--offline-after", str(missed))
+        node = spawn(["edge", "run", "--config", str(config)], env(broker.url, database_url), stack)
+        eventually(
+            lambda: query(database_url, "SELECT 1 FROM nodes WHERE heartbeat_interval_s IS NOT NULL"), timeout=90
+        )
+        operator = stack.enter_context(SseReader(f"{api.url}/api/v1/alerts/stream", api.key("operator")))
+        fire = stack.enter_context(SseReader(f"{api.url}/api/v1/alerts/stream", api.key("fire")))
+        police = stack.enter_context(SseReader(f"{api.url}/api/v1/alerts/stream", api.key("police")))
+
+        node.send_signal(signal.SIGKILL)
+        node.wait(timeout=10)
+        killed = time.monotonic()
+        change, raised = next_node_offline(operator, timeout=30)
+        noticed = time.monotonic() - killed
+        assert change == "raised" and raised["active"] is True and raised["kind"] == "trouble"
+        assert raised["route"] == "operator" and sorted(raised["notify"]) == ["fire", "police"]
+        for desk in (fire, police):
+            change, notice = next_node_offline(desk, timeout=10)
+            assert (change, notice["id"]) == ("raised", raised["id"])
+        print(f"node SIGKILLed: node_offline on the desks after {noticed:.1f} s (limit {missed} x {heartbeat_s} s)")
+        assert noticed < missed * heartbeat_s + 10
+
+        spawn(["edge", "run", "--config", str(config)], env(broker.url, database_url), stack)
+        restarted = time.monotonic()
+        change, cleared = next_node_offline(operator, timeout=60)
+        assert (change, cleared["id"], cleared["active"]) == ("cleared", raised["id"], False)
+        assert next_node_offline(fire, timeout=10)[0] == "cleared"
+        print(f"node restarted: node_offline cleared after {time.monotonic() - restarted:.1f} s")
+    assert query(database_url, "SELECT count(*) FROM alerts WHERE type = 'node_offline'") == [(1,)]
+
+
+def heartbeat(node_id: str, devices: list[DeviceStatus] | None = None) -> bytes:
+    beat = Heartbeat(node_id=node_id, place=SITE, started_at=datetime.now(UTC), devices=devices or [])
+    return beat.model_dump_json().encode()
+
+
+@pytest.fixture
+def uplink(broker: Service) -> Iterator[mqtt.Client]:
+    with mqtt_client(broker, "test-edge-uplink") as client:
+        yield client
+
+
+def send(client: mqtt.Client, channel: str, payload: bytes, retain: bool = False) -> None:
+    client.publish(uplink_topic(SITE.site, channel), payload, qos=1, retain=retain).wait_for_publish(timeout=5)
+
+
+def test_a_last_will_raises_node_offline_at_once_and_a_heartbeat_clears_it(
+    broker: Service, database_url: str, api: ApiServer, uplink: mqtt.Client
+) -> None:
+    with ExitStack() as stack:
+        # Several workers run watchdogs: the alert is still raised once.
+        for name in ("watch-1", "watch-2"):
+            ingest(broker, database_url, stack, "--name", name)
+        eventually(lambda: query(database_url, "SELECT count(*) FROM ingest_workers")[0][0] == 2, timeout=90)
+        stored_once(uplink, database_url, heartbeat("will-node"), "SELECT 1 FROM nodes WHERE node_id = 'will-node'")
+        with SseReader(f"{api.url}/api/v1/alerts/stream", api.key("fire", community="east-gate")) as fire:
+            will = NodeStatus(node_id="will-node", place=SITE, online=False)
+            sent = time.monotonic()
+            send(uplink, "status", will.model_dump_json().encode(), retain=True)
+            change, notice = next_node_offline(fire, timeout=15)
+            print(f"last will: node_offline on the fire desk after {time.monotonic() - sent:.1f} s")
+            assert change == "raised" and "last will" in notice["title"] and "fire" in notice["notify"]
+            send(uplink, "heartbeats", heartbeat("will-node"))
+            assert next_node_offline(fire, timeout=15)[0] == "cleared"
+        time.sleep(2)  # two watchdogs, several rounds each: still one alert
+    assert query(database_url, "SELECT count(*), bool_or(active) FROM alerts WHERE type = 'node_offline'") == [
+        (1, False)
+    ]
+    assert query(database_url, "SELECT change FROM alert_changes ORDER BY seq") == [("raised",), ("cleared",)]
+
+
+def stored_once(uplink: mqtt.Client, database_url: str, beat: bytes, check: str) -> None:
+    """Sends a heartbeat until ``check`` finds it: until then no worker had subscribed, and the broker dropped it."""
+
+    def stored() -> list[tuple]:
+        send(uplink, "heartbeats", beat)
+        return query(database_url, check)
+
+    eventually(stored, timeout=90, interval=0.5)
+
+
+def trouble(type_: str, device: str) -> bytes:
+    place = SITE.with_device(device)
+    alert = Alert(kind=EventKind.TROUBLE, type=type_, severity=Severity.MAJOR, place=place, source="n1",
+                  route=Role.OPERATOR, dedup_key=f"{place.site}/{device}/trouble/{type_}/")  # fmt: skip
+    return alert.model_dump_json().encode()
+
+
+def test_coverage_notices_reach_the_desks_the_device_feeds_and_no_other_trouble(
+    broker: Service, database_url: str, api: ApiServer, uplink: mqtt.Client
+) -> None:
+    linked = DeviceStatus(device="smoke-1", type="zigbee2mqtt", online=True, detail={"cameras": ["cam-stairs"]})
+    with ExitStack() as stack:
+        ingest(broker, database_url, stack, "--name", "coverage")
+        stored_once(uplink, database_url, heartbeat("n1", [linked]), "SELECT 1 FROM devices WHERE device = 'smoke-1'")
+        sent = {
+            "silent": ("sensor_silent", "smoke-1"),
+            "battery": ("battery_low", "smoke-1"),
+            "gate": ("camera_offline", "cam-gate"),
+            "stairs": ("camera_blinded", "cam-stairs"),
+        }
+        for type_, device in sent.values():
+            send(uplink, "alerts", trouble(type_, device))
+        eventually(lambda: query(database_url, "SELECT count(*) FROM alerts")[0][0] == len(sent), timeout=30)
+
+    def seen(role: str) -> set[tuple[str, str]]:
+        response = httpx.get(f"{api.url}/api/v1/alerts", headers=api.key(role))
+        assert response.status_code == 200, response.text
+        return {(a["type"], a["place"]["device"]) for a in response.json()["items"]}
+
+    assert seen("operator") == set(sent.values())
+    assert seen("fire") == {sent["silent"], sent["stairs"]}
+    assert seen("police") == {sent["gate"], sent["stairs"]}
+    assert httpx.get(f"{api.url}/api/v1/alerts", headers=api.key("fire"), params={"kind": "trouble"}).status_code == 403
+
+
+def test_the_fire_desk_page_shows_a_coverage_notice_grey_and_labelled_not_as_an_alarm(api: ApiServer) -> None:
+    _, fire = raise_alert(api.database_url, EventKind.FIRE, SITE.with_device("smoke-2"), title="Smoke alarm")
+    _, silent = raise_alert(
+        api.database_url, EventKind.TROUBLE, SITE.with_device("smoke-1"), type="sensor_silent", title="Sensor silent"
+    )
+    key = api.key("fire")["Authorization"].split()[1]
+    dom = page_dom(f"{api.url}/#key={key}")
+    rows = {
+        alert_id: (classes.split(), html)
+        for classes, html, alert_id in re.findall(
+            r'<tr class="([^"]*)">((?:(?!</tr>).)*?data-open="([0-9a-f-]{36})".*?)</tr>', dom, flags=re.S
+        )
+    }
+    chip = '<span class="sev coverage">coverage</span>'
+    assert "coverage" in rows[str(silent.id)][0] and chip in rows[str(silent.id)][1]
+    assert "coverage" not in rows[str(fire.id)][0] and chip not in rows[str(fire.id)][1]
+    assert '<span class="sev major">major</span>' in rows[str(fire.id)][1], "the alarm keeps its severity chip"
