@@ -375,7 +375,7 @@ class EdgeNode:
                         type=sensor.adapter,
                         online=state.online,
                         last_seen=state.last_seen,
-                        detail={**detail, "conditions": sorted(state.on)},
+                        detail={**detail, "conditions": sorted(state.on), "cameras": sensor.cameras},
                     )
                 )
         if self.video:
