@@ -7,14 +7,17 @@ Each rule is a condition of one sensor that starts (a START event) and ends
 - fire: the alarm flags ``smoke``, ``gas`` and ``carbon_monoxide``; heat over a
   fixed temperature and a fast rate of rise (``detectors.heat``);
 - test: a detector in test mode or with its test button pressed (``test``) is
-  recorded as a fire Event of severity info marked ``test: true``, which the
+  recorded as a fire Event of severity info marked ``test``, which the
   alert policy never dispatches. While it lasts, the detector's alarms are held
   back; one still on when the test ends starts then;
 - trouble: battery low (the sensor's flag, or its battery under a percentage),
   tamper, offline on its availability topic, and silent past its heartbeat.
 
 Times are the readings' own for the rules and the caller's ``now`` for
-liveness, so tests need no clock and no sleeping.
+liveness, so tests need no clock and no sleeping. Each condition is an edge
+detector, ``Debounce(0, 0)``: on and off at once. Every event carries the
+message's readings (``Event.readings``); the rule that fired and the heat
+rule's figures go in its attributes.
 
 A restarted node gets back what was on with ``restore`` (from ``export``):
 the sensor's next message then ends a condition that cleared meanwhile (an
@@ -47,6 +50,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from alerts.debounce import Debounce
 from alerts.models import Event, EventKind, EventState, Place, Reading, Severity
 from detectors.heat import HeatRule, HeatSettings
 
@@ -119,14 +123,24 @@ class SensorState:
     since: datetime | None
     heat: HeatRule | None
     last_seen: datetime | None = None
-    on: set[str] = field(default_factory=set)
+    switches: dict[str, Debounce] = field(default_factory=dict)
+    """Each condition met so far, by name."""
     values: dict[str, float] = field(default_factory=dict)
     resumed: set[str] = field(default_factory=set)
     """Conditions on before a restart that no reading has confirmed or ended since."""
 
+    def is_on(self, name: str) -> bool:
+        switch = self.switches.get(name)
+        return switch is not None and switch.on
+
+    @property
+    def on(self) -> set[str]:
+        """The conditions on now."""
+        return {name for name, switch in self.switches.items() if switch.on}
+
     @property
     def online(self) -> bool:
-        return not {"offline", "silent"} & self.on
+        return not (self.is_on("offline") or self.is_on("silent"))
 
 
 class SensorRules:
@@ -168,18 +182,16 @@ class SensorRules:
         if sensor.heat is not None and sensor.heat.settings.quantity in values:
             heat, details = sensor.heat.update(first.ts, values[sensor.heat.settings.quantity])
             conditions.update(heat)
-        testing = conditions.get("test", "test" in sensor.on)
+        testing = conditions.get("test", sensor.is_on("test"))
         events = []
         for name, on in conditions.items():
             if on and testing and name != "test" and RULES[name].kind is EventKind.FIRE:
                 continue
-            attributes: dict[str, Any] = {"readings": values, "trigger": name, **details}
-            if name == "test":
-                attributes["test"] = True
+            attributes: dict[str, Any] = {"trigger": name, **details}
             if on and name in sensor.resumed:
-                events.append(self._event(sensor, name, EventState.UPDATE, first.ts, attributes))
+                events.append(self._event(sensor, name, EventState.UPDATE, first.ts, attributes, values))
             sensor.resumed.discard(name)
-            events += self._switch(sensor, name, on, first.ts, attributes)
+            events += self._switch(sensor, name, on, first.ts, attributes, values)
         return events
 
     def export(self, device: str) -> dict[str, Any] | None:
@@ -195,11 +207,13 @@ class SensorRules:
             sensor = self._sensors.get(device)
             if sensor is None:
                 continue
-            sensor.on = set(data["on"])
+            sensor.switches = {name: Debounce(0, 0) for name in data["on"]}
+            for switch in sensor.switches.values():
+                switch.update(True, 0.0)  # on, as it was; an edge detector reads no time of its past
             sensor.resumed = set(data["on"])
             sensor.values.update(data["values"])
             if sensor.heat is not None:
-                sensor.heat.hot = "heat" in sensor.on
+                sensor.heat.hot = sensor.is_on("heat")
 
     def seen(self, device: str, now: datetime) -> list[Event]:
         """The sensor was heard from at ``now``: it is not silent (any more)."""
@@ -207,9 +221,10 @@ class SensorRules:
         if sensor is None:
             return []
         previous, sensor.last_seen = sensor.last_seen, now
-        if "silent" not in sensor.on:
+        if not sensor.is_on("silent"):
             return []
-        return self._switch(sensor, "silent", False, now, {"silent_since": (previous or sensor.since).isoformat()})
+        since = previous or sensor.since
+        return self._switch(sensor, "silent", False, now, {"silent_since": since and since.isoformat()})
 
     def availability(self, device: str, online: bool, now: datetime) -> list[Event]:
         """The sensor (or its bridge, or the broker on its behalf) says it is online or offline."""
@@ -232,19 +247,28 @@ class SensorRules:
         return events
 
     def _switch(
-        self, sensor: SensorState, name: str, on: bool, ts: datetime, attributes: dict[str, Any]
+        self,
+        sensor: SensorState,
+        name: str,
+        on: bool,
+        ts: datetime,
+        attributes: dict[str, Any],
+        readings: dict[str, float] | None = None,
     ) -> list[Event]:
-        # An unknown earlier state counts as off: a first "smoke: false" is no event.
-        if on == (name in sensor.on):
+        # A new switch is off: a first "smoke: false" is no event.
+        turned = sensor.switches.setdefault(name, Debounce(0, 0)).update(on, ts.timestamp())
+        if turned is None:
             return []
-        if on:
-            sensor.on.add(name)
-        else:
-            sensor.on.discard(name)
-        return [self._event(sensor, name, EventState.START if on else EventState.END, ts, attributes)]
+        return [self._event(sensor, name, EventState.START if turned else EventState.END, ts, attributes, readings)]
 
     def _event(
-        self, sensor: SensorState, name: str, state: EventState, ts: datetime, attributes: dict[str, Any]
+        self,
+        sensor: SensorState,
+        name: str,
+        state: EventState,
+        ts: datetime,
+        attributes: dict[str, Any],
+        readings: dict[str, float] | None = None,
     ) -> Event:
         rule = RULES[name]
         where = sensor.name or sensor.place.device
@@ -259,5 +283,7 @@ class SensorRules:
             place=sensor.place,
             source=self.source,
             title=title,
+            test=name == "test",
+            readings=readings or {},
             attributes=attributes,
         )
