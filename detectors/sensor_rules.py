@@ -189,9 +189,9 @@ class SensorRules:
                 continue
             attributes: dict[str, Any] = {"trigger": name, **details}
             if on and name in sensor.resumed:
-                events.append(self._event(sensor, name, EventState.UPDATE, first.ts, attributes, values))
+                events += self._events(sensor, name, EventState.UPDATE, first.ts, attributes, values)
             sensor.resumed.discard(name)
-            events += self._switch(sensor, name, on, first.ts, attributes, values)
+            events += self._events(sensor, name, self._switch(sensor, name, on, first.ts), first.ts, attributes, values)
         return events
 
     def export(self, device: str) -> dict[str, Any] | None:
@@ -224,7 +224,8 @@ class SensorRules:
         if not sensor.is_on("silent"):
             return []
         since = previous or sensor.since
-        return self._switch(sensor, "silent", False, now, {"silent_since": since and since.isoformat()})
+        attributes = {"silent_since": since and since.isoformat()}
+        return self._events(sensor, "silent", self._switch(sensor, "silent", False, now), now, attributes)
 
     def availability(self, device: str, online: bool, now: datetime) -> list[Event]:
         """The sensor (or its bridge, or the broker on its behalf) says it is online or offline."""
@@ -232,7 +233,8 @@ class SensorRules:
         if sensor is None:
             return []
         events = self.seen(device, now) if online else []
-        return events + self._switch(sensor, "offline", not online, now, {"online": online})
+        turned = self._switch(sensor, "offline", not online, now)
+        return events + self._events(sensor, "offline", turned, now, {"online": online})
 
     def check_silence(self, now: datetime) -> list[Event]:
         """Trouble for every sensor heard from neither since its heartbeat nor since it was watched."""
@@ -243,38 +245,33 @@ class SensorRules:
             if heard is None or limit is None or (now - heard).total_seconds() <= limit:
                 continue
             attributes = {"last_seen": sensor.last_seen and sensor.last_seen.isoformat(), "heartbeat_s": limit}
-            events += self._switch(sensor, "silent", True, now, attributes)
+            events += self._events(sensor, "silent", self._switch(sensor, "silent", True, now), now, attributes)
         return events
 
-    def _switch(
+    @staticmethod
+    def _switch(sensor: SensorState, name: str, on: bool, ts: datetime) -> EventState | None:
+        """START or END when the condition turns on or off; None when it stays as it was."""
+        # A new switch is off: a first "smoke: false" is no event.
+        turned = sensor.switches.setdefault(name, Debounce(0, 0)).update(on, ts.timestamp())
+        return None if turned is None else EventState.START if turned else EventState.END
+
+    def _events(
         self,
         sensor: SensorState,
         name: str,
-        on: bool,
+        state: EventState | None,
         ts: datetime,
         attributes: dict[str, Any],
         readings: dict[str, float] | None = None,
     ) -> list[Event]:
-        # A new switch is off: a first "smoke: false" is no event.
-        turned = sensor.switches.setdefault(name, Debounce(0, 0)).update(on, ts.timestamp())
-        if turned is None:
+        """The condition's event in ``state``; none when there is no state to tell."""
+        if state is None:
             return []
-        return [self._event(sensor, name, EventState.START if turned else EventState.END, ts, attributes, readings)]
-
-    def _event(
-        self,
-        sensor: SensorState,
-        name: str,
-        state: EventState,
-        ts: datetime,
-        attributes: dict[str, Any],
-        readings: dict[str, float] | None = None,
-    ) -> Event:
         rule = RULES[name]
         where = sensor.name or sensor.place.device
         title = f"{rule.ended if state is EventState.END else rule.title} at {where}"
         log.info("%s: %s", sensor.place.site, title)
-        return Event(
+        event = Event(
             ts=ts,
             kind=rule.kind,
             type=rule.type,
@@ -287,3 +284,4 @@ class SensorRules:
             readings=readings or {},
             attributes=attributes,
         )
+        return [event]
