@@ -12,7 +12,7 @@ Example:
     ...               device="smoke-1")
     >>> alert = StoredAlert(kind="fire", type="smoke", severity="critical", place=place, source="n1",
     ...                     route=Role.FIRE, dedup_key="k", title="Smoke alarm",
-    ...                     attributes={"readings": {"smoke": 1.0}, "confirmed": True})
+    ...                     readings={"smoke": 1.0}, confirmed=True, confirmed_by=["smoke-1", "smoke-2"])
     >>> root = cap_alert(alert, sender="patrolnet", base="https://alerts.example")
     >>> [root.find(f"cap:{n}", NS).text for n in ("status", "msgType", "scope")]
     ['Actual', 'Alert', 'Restricted']
@@ -95,12 +95,11 @@ def _sub(parent: ET.Element, name: str, text: str | None = None) -> ET.Element:
 def _parameters(alert: StoredAlert) -> list[tuple[str, str]]:
     params = [("kind", alert.kind.value), ("device", alert.place.device or ""), ("events", str(alert.count)),
               ("active", str(alert.active).lower()), ("status", alert.status.value),
-              ("confirmed", str(bool(alert.attributes.get("confirmed"))).lower())]  # fmt: skip
+              ("confirmed", str(bool(alert.confirmed)).lower()),
+              ("confirmedBy", ",".join(alert.confirmed_by))]  # fmt: skip
     if alert.on_duty:
         params.append(("onDuty", alert.on_duty))
-    readings = alert.attributes.get("readings")
-    if isinstance(readings, dict):
-        params += [(f"reading:{name}", str(value)) for name, value in sorted(readings.items())]
+    params += [(f"reading:{name}", str(value)) for name, value in sorted(alert.readings.items())]
     return [(name, value) for name, value in params if value]
 
 
@@ -126,7 +125,7 @@ def cap_alert(alert: StoredAlert, sender: str, base: str, snapshots: list[tuple[
     _sub(info, "event", alert.type)
     _sub(info, "urgency", _urgency(alert))
     _sub(info, "severity", SEVERITY[alert.severity])
-    _sub(info, "certainty", "Observed" if alert.attributes.get("confirmed") else "Likely")
+    _sub(info, "certainty", "Observed" if alert.confirmed else "Likely")
     _sub(info, "senderName", alert.source)
     _sub(info, "headline", (alert.title or alert.type)[:160])
     place = alert.place

@@ -133,8 +133,24 @@ class Event(_Stamped):
         "ends when the last of them ends.",
     )
     title: str = Field(default="", title="Title", description="One line a person reads first.")
+    test: bool = Field(
+        default=False,
+        title="Test",
+        description="A detector test (test mode or its test button): stored, never an alert, never dispatched.",
+    )
+    readings: dict[str, float] = Field(
+        default_factory=dict, title="Readings", description="The sensor's values of the message that raised it."
+    )
+    confirmed: bool | None = Field(
+        default=None,
+        title="Confirmed",
+        description="A fire alarm another detector of the site confirms (alarm verification); null: not verified.",
+    )
+    confirmed_by: list[str] = Field(
+        default_factory=list, title="Confirmed by", description="The devices in alarm together, sorted; empty if none."
+    )
     attributes: dict[str, Any] = Field(
-        default_factory=dict, title="Attributes", description="Readings, track id, box, zone and the like."
+        default_factory=dict, title="Attributes", description="Track id, box, zone, trigger and the like."
     )
     snapshot: bytes | None = Field(
         default=None, title="Snapshot", description="JPEG of what the camera saw, boxes drawn (base64 in JSON)."
@@ -169,7 +185,20 @@ class Alert(_Stamped):
     cleared_at: AwareDatetime | None = Field(default=None, title="Cleared at", description="When it cleared.")
     revision: int = Field(default=1, ge=1, title="Revision", description="Grows with every update.")
     last_event_id: UUID | None = Field(default=None, title="Last event", description="Newest event's id.")
-    attributes: dict[str, Any] = Field(default_factory=dict, title="Attributes", description="Newest details.")
+    readings: dict[str, float] = Field(
+        default_factory=dict, title="Readings", description="The sensor's values of the newest event that had any."
+    )
+    confirmed: bool | None = Field(
+        default=None,
+        title="Confirmed",
+        description="Whether another detector of the site confirms the fire alarm; null: not verified.",
+    )
+    confirmed_by: list[str] = Field(
+        default_factory=list, title="Confirmed by", description="The devices in alarm together, sorted; empty if none."
+    )
+    attributes: dict[str, Any] = Field(
+        default_factory=dict, title="Attributes", description="The newest event's other details."
+    )
     notify: list[Role] = Field(
         default_factory=list,
         title="Coverage notice for",

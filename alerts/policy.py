@@ -6,9 +6,14 @@ open at once (two people in one zone, each its own track): the alert clears
 when the last of them ends. A momentary event (a line crossed) raises or
 updates an alert that is not ongoing. A situation that starts again within the
 cooldown reopens the cleared alert, so a detector that flaps is still one
-alert for the desk. A test (an event whose attributes say
-``test: true``, such as a smoke detector's test button) is stored as an event
-but never raises an alert: nobody is dispatched to a test.
+alert for the desk. A test (an event marked ``test``, such as a smoke
+detector's test button) is stored as an event but never raises an alert:
+nobody is dispatched to a test.
+
+An alert carries its newest event's confirmation and the newest readings
+(an event without any, such as a sensor gone silent, keeps the last ones),
+and the newest event's free-form ``attributes`` (trigger, zone, track, a
+report's text) as details for the desk: no one reads a contract from them.
 
 What a restarted node needs to go on updating the same alerts is ``export(key)``
 (the alert and its open conditions as JSON-ready data) and ``restore``.
@@ -23,7 +28,10 @@ Example:
     (True, 2, 2)
     >>> policy.apply(Event(kind=EventKind.FIRE, type="smoke", state=EventState.END, place=place, source="n1")).active
     False
-    >>> policy.apply(Event(kind=EventKind.FIRE, type="test", place=place, source="n1", attributes={"test": True}))
+    >>> policy.apply(Event(kind=EventKind.FIRE, type="smoke", place=place, source="n1", confirmed=True,
+    ...                    confirmed_by=["smoke-1", "smoke-2"])).confirmed_by
+    ['smoke-1', 'smoke-2']
+    >>> policy.apply(Event(kind=EventKind.FIRE, type="test", place=place, source="n1", test=True))
 """
 
 from __future__ import annotations
@@ -37,6 +45,17 @@ from alerts.models import ROUTES, Alert, Event, EventState, Severity
 log = logging.getLogger(__name__)
 
 
+def _details(alert: Alert, event: Event) -> dict[str, Any]:
+    """What an alert takes of its newest event besides counts and times: see the module docstring."""
+    confirmed = event.confirmed is not None
+    return {
+        "readings": event.readings or alert.readings,
+        "confirmed": event.confirmed if confirmed else alert.confirmed,
+        "confirmed_by": event.confirmed_by if confirmed else alert.confirmed_by,
+        "attributes": event.attributes,
+    }
+
+
 class AlertPolicy:
     """Dedup and cooldown for the events of one node."""
 
@@ -47,7 +66,7 @@ class AlertPolicy:
 
     def apply(self, event: Event) -> Alert | None:
         """The alert this event raises or updates, or None when it changes nothing or is a test."""
-        if event.attributes.get("test") is True:
+        if event.test:
             return None
         key = event.dedup_key
         current = self._alerts.get(key)
@@ -86,6 +105,9 @@ class AlertPolicy:
             cleared_at=None if active else event.ts,
             last_seen=event.ts,
             last_event_id=event.id,
+            readings=event.readings,
+            confirmed=event.confirmed,
+            confirmed_by=event.confirmed_by,
             attributes=event.attributes,
         )
 
@@ -101,7 +123,7 @@ class AlertPolicy:
                 "title": alert.title if event.state is EventState.END else event.title or alert.title,
                 "revision": alert.revision + 1,
                 "last_event_id": event.id,
-                "attributes": event.attributes,
+                **_details(alert, event),
             }
         )
 
@@ -116,7 +138,7 @@ class AlertPolicy:
                 "last_seen": max(alert.last_seen, event.ts),
                 "revision": alert.revision + 1,
                 "last_event_id": event.id,
-                "attributes": event.attributes,
+                **_details(alert, event),
             }
         )
 

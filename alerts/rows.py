@@ -39,7 +39,8 @@ class StoredAlert(Alert):
 ALERT_COLUMNS = (
     "a.id, a.ts, a.kind, a.type, a.severity, a.route, a.sub_district, a.community, a.grid, a.site, a.device,"
     " a.source, a.title, a.dedup_key, a.active, a.count, a.last_seen, a.cleared_at, a.revision,"
-    " a.last_event_id, a.attributes, a.status, a.status_by, a.status_at, a.on_duty, a.on_duty_contact, a.notify"
+    " a.last_event_id, a.attributes, a.status, a.status_by, a.status_at, a.on_duty, a.on_duty_contact, a.notify,"
+    " a.readings, a.confirmed, a.confirmed_by"
 )
 
 
@@ -48,7 +49,7 @@ def row_to_alert(row: tuple[Any, ...]) -> StoredAlert:
     (
         id_, ts, kind, type_, severity, route, sub_district, community, grid, site, device, source, title,
         dedup_key, active, count, last_seen, cleared_at, revision, last_event_id, attributes, status, status_by,
-        status_at, on_duty, on_duty_contact, notify,
+        status_at, on_duty, on_duty_contact, notify, readings, confirmed, confirmed_by,
     ) = row  # fmt: skip
     return StoredAlert(
         id=id_, ts=ts, kind=kind, type=type_, severity=severity, route=route,
@@ -56,7 +57,7 @@ def row_to_alert(row: tuple[Any, ...]) -> StoredAlert:
         source=source, title=title, dedup_key=dedup_key, active=active, count=count, last_seen=last_seen,
         cleared_at=cleared_at, revision=revision, last_event_id=last_event_id, attributes=attributes,
         status=status, status_by=status_by, status_at=status_at, on_duty=on_duty, on_duty_contact=on_duty_contact,
-        notify=notify,
+        notify=notify, readings=readings, confirmed=confirmed, confirmed_by=confirmed_by,
     )  # fmt: skip
 
 

@@ -91,7 +91,7 @@ class Batch:
 
 PLACE_COLUMNS = ("sub_district", "community", "grid", "site", "device")
 EVENT_COLUMNS = ("id", "ts", "kind", "type", "state", "severity", *PLACE_COLUMNS, "source", "title", "attributes",
-                 "snapshot")  # fmt: skip
+                 "snapshot", "test", "readings", "confirmed", "confirmed_by")  # fmt: skip
 READING_COLUMNS = ("id", "ts", *PLACE_COLUMNS, "quantity", "value", "unit")
 _DEAD_LETTER_COLUMNS = ("id", "ts", "topic", "payload", "reason", "source")
 
@@ -128,7 +128,7 @@ def copy_insert(cur: psycopg.Cursor, table: str, columns: Sequence[str], rows: S
 
 def event_row(e: Event) -> tuple[Any, ...]:
     return (e.id, e.ts, e.kind, e.type, e.state, e.severity, *_place_values(e.place), e.source, e.title,
-            Jsonb(e.attributes), e.snapshot)  # fmt: skip
+            Jsonb(e.attributes), e.snapshot, e.test, Jsonb(e.readings), e.confirmed, e.confirmed_by)  # fmt: skip
 
 
 def reading_row(r: Reading) -> tuple[Any, ...]:
@@ -138,12 +138,14 @@ def reading_row(r: Reading) -> tuple[Any, ...]:
 # Desks own status; the edge owns the rest. A late, older copy changes nothing.
 _UPSERT_ALERT = """
 INSERT INTO alerts (id, ts, kind, type, severity, route, sub_district, community, grid, site, device, source,
-                    title, dedup_key, active, count, last_seen, cleared_at, revision, last_event_id, attributes, notify)
-VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+                    title, dedup_key, active, count, last_seen, cleared_at, revision, last_event_id, attributes, notify,
+                    readings, confirmed, confirmed_by)
+VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
 ON CONFLICT (id) DO UPDATE SET
     severity = EXCLUDED.severity, title = EXCLUDED.title, active = EXCLUDED.active, count = EXCLUDED.count,
     last_seen = EXCLUDED.last_seen, cleared_at = EXCLUDED.cleared_at, revision = EXCLUDED.revision,
     last_event_id = EXCLUDED.last_event_id, attributes = EXCLUDED.attributes, notify = EXCLUDED.notify,
+    readings = EXCLUDED.readings, confirmed = EXCLUDED.confirmed, confirmed_by = EXCLUDED.confirmed_by,
     updated_at = now()
 WHERE alerts.revision < EXCLUDED.revision AND alerts.site = EXCLUDED.site
 RETURNING id, (xmax = 0) AS inserted, active"""
@@ -201,7 +203,8 @@ def _alert_change(inserted: bool, active: bool) -> str:
 def _alert_row(a: Alert) -> tuple[Any, ...]:
     return (a.id, a.ts, a.kind, a.type, a.severity, a.route, *_place_values(a.place), a.source, a.title,
             a.dedup_key, a.active, a.count, a.last_seen, a.cleared_at, a.revision, a.last_event_id,
-            Jsonb(a.attributes), [str(r) for r in a.notify])  # fmt: skip
+            Jsonb(a.attributes), [str(r) for r in a.notify], Jsonb(a.readings), a.confirmed,
+            a.confirmed_by)  # fmt: skip
 
 
 def _foreign_copies(cur: psycopg.Cursor, alerts: list[Alert]) -> tuple[list[Alert], list[DeadLetter]]:

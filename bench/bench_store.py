@@ -190,12 +190,12 @@ def bench_ingest(url: str, broker_url: str, messages: int, per_message: int) -> 
 
 BULK_ALERTS = """
 INSERT INTO alerts (id, ts, kind, type, severity, route, sub_district, community, grid, site, device, source, title,
-                    dedup_key, active, count, last_seen, revision, attributes, status)
+                    dedup_key, active, count, last_seen, revision, readings, status)
 SELECT gen_random_uuid(), t, k, 'bench', (ARRAY['info', 'minor', 'major', 'critical'])[1 + (i / 7) %% 4],
        CASE k WHEN 'fire' THEN 'fire' WHEN 'trouble' THEN 'operator' ELSE 'police' END,
        'sd-' || i %% 5, 'c-' || i %% 20, 'g-' || i %% 40, 's-' || i %% 200, 'd-' || i %% 1000, 'node-' || i %% 200,
        'Bench alert ' || i, 'k' || i, i %% 10 = 0, 1 + i %% 5, t, 1,
-       '{"readings": {"smoke": 1.0, "battery": 87}}'::jsonb, 'new'
+       '{"smoke": 1.0, "battery": 87}'::jsonb, 'new'
 FROM generate_series(1, %s) i,
      LATERAL (SELECT now() - i * interval '30 seconds' AS t,
                      (ARRAY['security', 'fire', 'trouble', 'report'])[1 + (i / 3) %% 4] AS k) x"""

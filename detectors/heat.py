@@ -80,9 +80,11 @@ class _Slope:
             self._sums[i] += sign * term
 
     def append(self, ts: datetime, value: float, window_s: float) -> None:
-        if self._origin is None or (ts - self._origin).total_seconds() > 10 * window_s:
+        origin = self._origin
+        if origin is None or (ts - origin).total_seconds() > 10 * window_s:
             self._rebase(ts)
-        t = (ts - self._origin).total_seconds()
+            origin = ts
+        t = (ts - origin).total_seconds()
         self.points.append((t, value))
         self._add(t, value, 1.0)
         while t - self.points[0][0] > window_s:

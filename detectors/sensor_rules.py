@@ -7,14 +7,17 @@ Each rule is a condition of one sensor that starts (a START event) and ends
 - fire: the alarm flags ``smoke``, ``gas`` and ``carbon_monoxide``; heat over a
   fixed temperature and a fast rate of rise (``detectors.heat``);
 - test: a detector in test mode or with its test button pressed (``test``) is
-  recorded as a fire Event of severity info marked ``test: true``, which the
+  recorded as a fire Event of severity info marked ``test``, which the
   alert policy never dispatches. While it lasts, the detector's alarms are held
   back; one still on when the test ends starts then;
 - trouble: battery low (the sensor's flag, or its battery under a percentage),
   tamper, offline on its availability topic, and silent past its heartbeat.
 
 Times are the readings' own for the rules and the caller's ``now`` for
-liveness, so tests need no clock and no sleeping.
+liveness, so tests need no clock and no sleeping. Each condition is an edge
+detector, ``Debounce(0, 0)``: on and off at once. Every event carries the
+message's readings (``Event.readings``); the rule that fired and the heat
+rule's figures go in its attributes.
 
 A restarted node gets back what was on with ``restore`` (from ``export``):
 the sensor's next message then ends a condition that cleared meanwhile (an
@@ -47,6 +50,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from alerts.debounce import Debounce
 from alerts.models import Event, EventKind, EventState, Place, Reading, Severity
 from detectors.heat import HeatRule, HeatSettings
 
@@ -119,14 +123,24 @@ class SensorState:
     since: datetime | None
     heat: HeatRule | None
     last_seen: datetime | None = None
-    on: set[str] = field(default_factory=set)
+    switches: dict[str, Debounce] = field(default_factory=dict)
+    """Each condition met so far, by name."""
     values: dict[str, float] = field(default_factory=dict)
     resumed: set[str] = field(default_factory=set)
     """Conditions on before a restart that no reading has confirmed or ended since."""
 
+    def is_on(self, name: str) -> bool:
+        switch = self.switches.get(name)
+        return switch is not None and switch.on
+
+    @property
+    def on(self) -> set[str]:
+        """The conditions on now."""
+        return {name for name, switch in self.switches.items() if switch.on}
+
     @property
     def online(self) -> bool:
-        return not {"offline", "silent"} & self.on
+        return not (self.is_on("offline") or self.is_on("silent"))
 
 
 class SensorRules:
@@ -168,18 +182,16 @@ class SensorRules:
         if sensor.heat is not None and sensor.heat.settings.quantity in values:
             heat, details = sensor.heat.update(first.ts, values[sensor.heat.settings.quantity])
             conditions.update(heat)
-        testing = conditions.get("test", "test" in sensor.on)
+        testing = conditions.get("test", sensor.is_on("test"))
         events = []
         for name, on in conditions.items():
             if on and testing and name != "test" and RULES[name].kind is EventKind.FIRE:
                 continue
-            attributes: dict[str, Any] = {"readings": values, "trigger": name, **details}
-            if name == "test":
-                attributes["test"] = True
+            attributes: dict[str, Any] = {"trigger": name, **details}
             if on and name in sensor.resumed:
-                events.append(self._event(sensor, name, EventState.UPDATE, first.ts, attributes))
+                events += self._events(sensor, name, EventState.UPDATE, first.ts, attributes, values)
             sensor.resumed.discard(name)
-            events += self._switch(sensor, name, on, first.ts, attributes)
+            events += self._events(sensor, name, self._switch(sensor, name, on, first.ts), first.ts, attributes, values)
         return events
 
     def export(self, device: str) -> dict[str, Any] | None:
@@ -195,11 +207,13 @@ class SensorRules:
             sensor = self._sensors.get(device)
             if sensor is None:
                 continue
-            sensor.on = set(data["on"])
+            sensor.switches = {name: Debounce(0, 0) for name in data["on"]}
+            for switch in sensor.switches.values():
+                switch.update(True, 0.0)  # on, as it was; an edge detector reads no time of its past
             sensor.resumed = set(data["on"])
             sensor.values.update(data["values"])
             if sensor.heat is not None:
-                sensor.heat.hot = "heat" in sensor.on
+                sensor.heat.hot = sensor.is_on("heat")
 
     def seen(self, device: str, now: datetime) -> list[Event]:
         """The sensor was heard from at ``now``: it is not silent (any more)."""
@@ -207,9 +221,11 @@ class SensorRules:
         if sensor is None:
             return []
         previous, sensor.last_seen = sensor.last_seen, now
-        if "silent" not in sensor.on:
+        if not sensor.is_on("silent"):
             return []
-        return self._switch(sensor, "silent", False, now, {"silent_since": (previous or sensor.since).isoformat()})
+        since = previous or sensor.since
+        attributes = {"silent_since": since and since.isoformat()}
+        return self._events(sensor, "silent", self._switch(sensor, "silent", False, now), now, attributes)
 
     def availability(self, device: str, online: bool, now: datetime) -> list[Event]:
         """The sensor (or its bridge, or the broker on its behalf) says it is online or offline."""
@@ -217,7 +233,8 @@ class SensorRules:
         if sensor is None:
             return []
         events = self.seen(device, now) if online else []
-        return events + self._switch(sensor, "offline", not online, now, {"online": online})
+        turned = self._switch(sensor, "offline", not online, now)
+        return events + self._events(sensor, "offline", turned, now, {"online": online})
 
     def check_silence(self, now: datetime) -> list[Event]:
         """Trouble for every sensor heard from neither since its heartbeat nor since it was watched."""
@@ -228,29 +245,33 @@ class SensorRules:
             if heard is None or limit is None or (now - heard).total_seconds() <= limit:
                 continue
             attributes = {"last_seen": sensor.last_seen and sensor.last_seen.isoformat(), "heartbeat_s": limit}
-            events += self._switch(sensor, "silent", True, now, attributes)
+            events += self._events(sensor, "silent", self._switch(sensor, "silent", True, now), now, attributes)
         return events
 
-    def _switch(
-        self, sensor: SensorState, name: str, on: bool, ts: datetime, attributes: dict[str, Any]
-    ) -> list[Event]:
-        # An unknown earlier state counts as off: a first "smoke: false" is no event.
-        if on == (name in sensor.on):
-            return []
-        if on:
-            sensor.on.add(name)
-        else:
-            sensor.on.discard(name)
-        return [self._event(sensor, name, EventState.START if on else EventState.END, ts, attributes)]
+    @staticmethod
+    def _switch(sensor: SensorState, name: str, on: bool, ts: datetime) -> EventState | None:
+        """START or END when the condition turns on or off; None when it stays as it was."""
+        # A new switch is off: a first "smoke: false" is no event.
+        turned = sensor.switches.setdefault(name, Debounce(0, 0)).update(on, ts.timestamp())
+        return None if turned is None else EventState.START if turned else EventState.END
 
-    def _event(
-        self, sensor: SensorState, name: str, state: EventState, ts: datetime, attributes: dict[str, Any]
-    ) -> Event:
+    def _events(
+        self,
+        sensor: SensorState,
+        name: str,
+        state: EventState | None,
+        ts: datetime,
+        attributes: dict[str, Any],
+        readings: dict[str, float] | None = None,
+    ) -> list[Event]:
+        """The condition's event in ``state``; none when there is no state to tell."""
+        if state is None:
+            return []
         rule = RULES[name]
         where = sensor.name or sensor.place.device
         title = f"{rule.ended if state is EventState.END else rule.title} at {where}"
         log.info("%s: %s", sensor.place.site, title)
-        return Event(
+        event = Event(
             ts=ts,
             kind=rule.kind,
             type=rule.type,
@@ -259,5 +280,8 @@ class SensorRules:
             place=sensor.place,
             source=self.source,
             title=title,
+            test=name == "test",
+            readings=readings or {},
             attributes=attributes,
         )
+        return [event]

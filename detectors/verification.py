@@ -20,13 +20,13 @@ Example:
     >>> site = Place(sub_district="n", community="c", grid="g", site="s")
     >>> verification = AlarmVerification(window_s=120)
     >>> first = Event(kind=EventKind.FIRE, type="smoke", place=site.with_device("a"), source="n1")
-    >>> [e.attributes for e in verification.apply(first)]
-    [{'confirmed': False, 'confirmed_by': []}]
+    >>> [(e.confirmed, e.confirmed_by) for e in verification.apply(first)]
+    [(False, [])]
     >>> second = first.model_copy(update={"place": site.with_device("b"), "ts": first.ts + timedelta(seconds=30)})
-    >>> [(e.place.device, e.state.value, e.attributes["confirmed_by"]) for e in verification.apply(second)]
+    >>> [(e.place.device, e.state.value, e.confirmed_by) for e in verification.apply(second)]
     [('b', 'start', ['a', 'b']), ('a', 'update', ['a', 'b'])]
     >>> gas = first.model_copy(update={"place": site.with_device("c"), "type": "gas"})
-    >>> [e.attributes["confirmed"] for e in verification.apply(gas)]
+    >>> [e.confirmed for e in verification.apply(gas)]
     [False]
 """
 
@@ -83,8 +83,7 @@ class _Alarm:
 
 
 def _marked(event: Event, confirmed_by: frozenset[str]) -> Event:
-    attributes = {**event.attributes, "confirmed": bool(confirmed_by), "confirmed_by": sorted(confirmed_by)}
-    return event.model_copy(update={"attributes": attributes})
+    return event.model_copy(update={"confirmed": bool(confirmed_by), "confirmed_by": sorted(confirmed_by)})
 
 
 class AlarmVerification:
@@ -96,7 +95,7 @@ class AlarmVerification:
 
     def apply(self, event: Event) -> list[Event]:
         """The event, marked when it is a fire alarm, then an UPDATE for each alarm it newly confirms."""
-        if event.kind is not EventKind.FIRE or event.attributes.get("test"):
+        if event.kind is not EventKind.FIRE or event.test:
             return [event]
         key = event.dedup_key
         if event.state is EventState.END:

@@ -44,6 +44,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from datetime import datetime, timedelta
+from typing import Any
 
 import paho.mqtt.client as mqtt
 
@@ -95,15 +96,14 @@ class EdgeNode:
         self.policy.restore(self.state.load("policy"))
         self.downsampler = Downsampler({s.id: s.downsample for s in config.sensors})
         self._linked = {s.id: s.cameras for s in config.sensors if s.cameras}
-        status = {"node_id": config.node_id, "place": site}
         self.uplink = Uplink(
             Spool(config.uplink.spool),
             config.uplink_url(),
             client_id=f"patrolnet-edge-{config.node_id}-uplink",
             max_inflight=config.uplink.max_inflight,
             status_topic=uplink_topic(config.site.id, "status"),
-            online=NodeStatus(**status, online=True).model_dump_json().encode(),
-            offline=NodeStatus(**status, online=False).model_dump_json().encode(),
+            online=NodeStatus(node_id=config.node_id, place=site, online=True).model_dump_json().encode(),
+            offline=NodeStatus(node_id=config.node_id, place=site, online=False).model_dump_json().encode(),
         )
         self.sink = EventSink(
             self.verification, self.policy, self.state, self._send, self._with_camera_picture, config.node_id
@@ -269,7 +269,7 @@ class EdgeNode:
             return
         now = utc_now()
         try:
-            decoded = self._decode(route, message.payload, now)
+            decoded = self._decode(route, bytes(message.payload), now)
         except PayloadError as exc:
             self._dead_letter(message, str(exc))
             return
@@ -286,7 +286,10 @@ class EdgeNode:
         self.sink.put(Batch(events=events, readings=readings, sensors=sensors, ack=self._ack(message)))
 
     def _ack(self, message: mqtt.MQTTMessage) -> Callable[[], None]:
-        return lambda: self._client.ack(message.mid, message.qos)
+        def ack() -> None:
+            self._client.ack(message.mid, message.qos)
+
+        return ack
 
     def _decode(self, route: Route, payload: bytes, now: datetime) -> Decoded:
         cap = self._max_bytes[route.device]
@@ -316,7 +319,7 @@ class EdgeNode:
         return True
 
     def _dead_letter(self, message: mqtt.MQTTMessage, reason: str, ack: bool = True) -> None:
-        self._letter(message.topic, message.payload, reason, self._ack(message) if ack else None)
+        self._letter(message.topic, bytes(message.payload), reason, self._ack(message) if ack else None)
 
     def _letter(
         self, topic: str, payload: bytes, reason: str, ack: Callable[[], None] | None = None, block: bool = True
@@ -368,7 +371,7 @@ class EdgeNode:
                 state = self.rules.state(sensor.id)
                 if state is None:
                     continue
-                detail = {k: state.values[k] for k in ("battery", "linkquality") if k in state.values}
+                detail: dict[str, Any] = {k: state.values[k] for k in ("battery", "linkquality") if k in state.values}
                 devices.append(
                     DeviceStatus(
                         device=sensor.id,

@@ -26,6 +26,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 
 from alerts.models import Event, Place
 from detectors.detections import Detections
@@ -164,8 +165,8 @@ class VideoPipeline:
         for cid, camera in self.cameras.items():
             supervisor.watch(
                 f"camera-{cid}",
-                alive=lambda cid=cid, camera=camera: self._threads[cid].is_alive() or camera.source.ended,
-                restart=lambda cid=cid: self._restart_feed(cid),
+                alive=partial(self._feed_alive, cid),
+                restart=partial(self._restart_feed, cid),
                 liveness=camera.liveness,
                 stuck_after_s=stuck_after_s,
                 critical=False,
@@ -177,6 +178,9 @@ class VideoPipeline:
             liveness=self.worker,
             stuck_after_s=stuck_after_s,
         )
+
+    def _feed_alive(self, camera_id: str) -> bool:
+        return self._threads[camera_id].is_alive() or self.cameras[camera_id].source.ended
 
     def _restart_feed(self, camera_id: str) -> None:
         self._threads[camera_id] = thread = self._feed_thread(self.cameras[camera_id])
@@ -220,7 +224,9 @@ class VideoPipeline:
         tiles = []
         for cid in camera_ids:
             camera = self.cameras.get(cid)
-            frame = camera.source.latest() if camera else None
+            if camera is None:
+                continue
+            frame = camera.source.latest()
             if frame is not None:
                 tiles.append((frame.image, f"{camera.config.name or cid} {frame.ts:%H:%M:%S} UTC"))
         return mosaic(tiles) if tiles else None

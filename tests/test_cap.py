@@ -152,12 +152,13 @@ def public_api(database_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[A
 
 def test_a_fire_alarm_as_cap_with_readings_confirmation_snapshot_and_place(public_api: ApiServer) -> None:
     api = public_api
-    attributes = {"readings": {"smoke": 1.0, "temperature": 41.5}, "confirmed": True}
     event, alert = raise_alert(
         api.database_url,
         snapshot=JPEG,
         severity="critical",
-        attributes=attributes,
+        readings={"smoke": 1.0, "temperature": 41.5},
+        confirmed=True,
+        confirmed_by=[EAST.device, "smoke-2"],
         title="Smoke alarm at Building 3, stairwell",
         type="smoke",
     )
@@ -184,6 +185,7 @@ def test_a_fire_alarm_as_cap_with_readings_confirmation_snapshot_and_place(publi
     parameters = {text(p, "cap:valueName"): text(p, "cap:value") for p in info.findall("cap:parameter", NS)}
     assert parameters["reading:smoke"] == "1.0" and parameters["reading:temperature"] == "41.5"
     assert parameters["confirmed"] == "true" and parameters["device"] == EAST.device
+    assert parameters["confirmedBy"] == f"{EAST.device},smoke-2"
     [resource] = info.findall("cap:resource", NS)
     assert text(resource, "cap:mimeType") == "image/jpeg"
     assert text(resource, "cap:uri") == f"{PUBLIC_URL}/api/v1/events/{event.id}/snapshot"

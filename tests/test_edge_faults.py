@@ -113,7 +113,7 @@ class Uplink:
 
 
 def spooled_ids(spool: Path) -> set[str]:
-    ids = set()
+    ids: set[str] = set()
     for _, topic, payload in Spool(spool).after(0, 1_000_000):
         if topic.rsplit("/", 1)[1] in ("events", "alerts", "readings"):
             body = json.loads(payload)

@@ -58,7 +58,7 @@ def test_smoke_alarm_reaches_the_fire_desk_and_clears(pipeline, sensor, api: Api
             "device": "smoke-b3-stair",
         }
         assert alert["title"] == "Smoke alarm at Building 3, stairwell"
-        assert alert["attributes"]["readings"]["battery"] == 87.0
+        assert alert["readings"]["battery"] == 87.0 and alert["confirmed"] is False
 
         listed = list_alerts(api, fire)
         assert [a["id"] for a in listed] == [alert["id"]]

@@ -74,9 +74,11 @@ def test_the_node_watches_the_camera_and_puts_its_picture_on_the_fire_alarm(
         with mqtt_client(broker, "test-zigbee2mqtt") as sensor:
             publish(sensor, ALARM)
         fire = Event.model_validate(next_on(uplink, "events", lambda e: e["type"] == "smoke"))
+        assert fire.snapshot is not None, "a sensor alarm carries its linked camera's picture"
         picture = cv2.imdecode(np.frombuffer(fire.snapshot, np.uint8), cv2.IMREAD_COLOR)
+        assert picture is not None, "the snapshot is a picture"
         assert picture.shape == (360, 480, 3), "the walkway camera's frame, scaled to the mosaic's height"
-        assert fire.attributes["confirmed"] is False
+        assert fire.confirmed is False
 
         # A camera that sees smoke on the same site confirms the detector's alarm.
         node.raise_event(
@@ -89,8 +91,8 @@ def test_the_node_watches_the_camera_and_puts_its_picture_on_the_fire_alarm(
                 title="Camera sees smoke",
             )
         )
-        confirmed = next_on(uplink, "alerts", lambda a: a["type"] == "smoke" and a["attributes"].get("confirmed"))
-        assert confirmed["attributes"]["confirmed_by"] == ["cam-walkway", "smoke-b3-stair"]
+        confirmed = next_on(uplink, "alerts", lambda a: a["type"] == "smoke" and a["confirmed"])
+        assert confirmed["confirmed_by"] == ["cam-walkway", "smoke-b3-stair"]
     finally:
         node.stop()
     eventually(lambda: node.counts["alerts"] >= 3)

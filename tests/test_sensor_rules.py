@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 
-from alerts.models import Event, EventKind, EventState, Place, Reading, Role, Severity
+from alerts.models import Alert, Event, EventKind, EventState, Place, Reading, Role, Severity
 from alerts.policy import AlertPolicy
 from detectors.heat import HeatRule, HeatSettings
 from detectors.sensor_rules import SensorRules, SensorRuleSettings
@@ -32,6 +34,23 @@ def zigbee(payload: bytes, ts: datetime = T0) -> list[Reading]:
 
 def at(seconds: float) -> datetime:
     return T0 + timedelta(seconds=seconds)
+
+
+def alert_of(policy: AlertPolicy, event: Event) -> Alert:
+    """The alert the event raises or updates; the test fails if it changes none."""
+    alert = policy.apply(event)
+    assert alert is not None, f"{event.type} {event.state} changed no alert"
+    return alert
+
+
+def saved(export: Callable[[str], dict[str, Any] | None], keys: list[str]) -> dict[str, dict[str, Any]]:
+    """What ``export`` gives for each key, as the edge state keeps it; each key must have some."""
+    states = {}
+    for key in keys:
+        state = export(key)
+        assert state is not None, f"nothing to save for {key}"
+        states[key] = state
+    return states
 
 
 def test_zigbee2mqtt_keeps_unknown_numeric_fields_and_ignores_text() -> None:
@@ -162,8 +181,9 @@ def test_routes_subscribe_to_adapter_wildcards_once_and_know_the_bridge() -> Non
         ]
     )
     assert routes.subscriptions() == ["patrolnet/sensors/#", "zigbee2mqtt/#"]
-    assert routes.route("zigbee2mqtt/floor 2/b").device == "b"
-    assert routes.route("patrolnet/sensors/wing/d/availability").availability
+    stair, wing = routes.route("zigbee2mqtt/floor 2/b"), routes.route("patrolnet/sensors/wing/d/availability")
+    assert stair is not None and stair.device == "b"
+    assert wing is not None and wing.availability
     assert routes.is_unknown_device("zigbee2mqtt/floor 2/x")
     assert not routes.is_unknown_device("zigbee2mqtt/a/set")
     assert not routes.is_unknown_device("zigbee2mqtt/bridge/state")
@@ -199,9 +219,7 @@ def test_a_test_is_recorded_holds_the_alarm_back_and_an_alarm_left_on_after_it_s
     rules = SensorRules(source="n1")
     rules.watch(PLACE)
     pressed = rules.apply(zigbee(b'{"test": true, "smoke": true}'))
-    assert [(e.type, e.state, e.severity, e.attributes["test"]) for e in pressed] == [
-        ("test", EventState.START, Severity.INFO, True)
-    ]
+    assert [(e.type, e.state, e.severity, e.test) for e in pressed] == [("test", EventState.START, Severity.INFO, True)]
     assert AlertPolicy().apply(pressed[0]) is None
     assert rules.apply(zigbee(b'{"smoke": true}')) == []
     released = rules.apply(zigbee(b'{"test": false, "smoke": true}'))
@@ -246,7 +264,8 @@ def test_silence_offline_and_their_recovery_take_the_callers_clock() -> None:
     assert [(e.type, e.state) for e in rules.availability("smoke-1", False, at(140))] == [
         ("sensor_offline", EventState.START)
     ]
-    assert not rules.state("smoke-1").online
+    state = rules.state("smoke-1")
+    assert state is not None and not state.online
     assert [(e.type, e.state) for e in rules.availability("smoke-1", True, at(150))] == [
         ("sensor_offline", EventState.END)
     ]
@@ -261,16 +280,17 @@ def test_two_detectors_within_the_window_confirm_each_other_and_one_device_is_no
                       source="n1", attributes={"trigger": kind})  # fmt: skip
         return verification.apply(event)
 
-    assert alarm("a", "smoke", 0)[0].attributes == {"trigger": "smoke", "confirmed": False, "confirmed_by": []}
-    assert alarm("a", "heat", 10)[0].attributes["confirmed"] is False
+    [first] = alarm("a", "smoke", 0)
+    assert (first.confirmed, first.confirmed_by, first.attributes) == (False, [], {"trigger": "smoke"})
+    assert alarm("a", "heat", 10)[0].confirmed is False
     second = alarm("b", "smoke", 100)
-    assert [(e.place.device, e.type, e.state, e.attributes["confirmed_by"]) for e in second] == [
+    assert [(e.place.device, e.type, e.state, e.confirmed_by) for e in second] == [
         ("b", "smoke", EventState.START, ["a", "b"]),
         ("a", "smoke", EventState.UPDATE, ["a", "b"]),
         ("a", "heat", EventState.UPDATE, ["a", "b"]),
     ]
-    assert alarm("a", "smoke", 110, EventState.END)[0].attributes["confirmed_by"] == ["a", "b"]
-    assert alarm("c", "smoke", 300)[0].attributes["confirmed"] is False  # b started 200 s before
+    assert alarm("a", "smoke", 110, EventState.END)[0].confirmed_by == ["a", "b"]
+    assert alarm("c", "smoke", 300)[0].confirmed is False  # b started 200 s before
 
 
 def test_confirmation_sends_the_earlier_alert_again_with_a_new_revision() -> None:
@@ -279,11 +299,11 @@ def test_confirmation_sends_the_earlier_alert_again_with_a_new_revision() -> Non
     alerts = []
     for device, seconds in (("a", 0), ("b", 30)):
         start = Event(ts=at(seconds), kind=EventKind.FIRE, type="smoke", place=site.with_device(device), source="n1")
-        alerts += [policy.apply(e) for e in verification.apply(start)]
+        alerts += [alert_of(policy, e) for e in verification.apply(start)]
     first, second, first_again = alerts
-    assert first.attributes["confirmed"] is False and first.revision == 1
-    assert second.attributes["confirmed_by"] == ["a", "b"]
-    assert first_again.id == first.id and first_again.revision == 2 and first_again.attributes["confirmed"] is True
+    assert first.confirmed is False and first.revision == 1
+    assert second.confirmed_by == ["a", "b"]
+    assert first_again.id == first.id and first_again.revision == 2 and first_again.confirmed is True
 
 
 def test_downsampling_holds_back_chatter_but_never_a_message_that_raised_an_event() -> None:
@@ -296,17 +316,17 @@ def test_downsampling_holds_back_chatter_but_never_a_message_that_raised_an_even
 def test_policy_reopens_within_cooldown_and_raises_anew_after_it() -> None:
     policy = AlertPolicy(cooldown_s=60)
     start = Event(kind=EventKind.FIRE, type="smoke", place=PLACE, source="n1")
-    first = policy.apply(start)
+    first = alert_of(policy, start)
     assert first.route is Role.FIRE and first.active
     end = Event(kind=EventKind.FIRE, type="smoke", state=EventState.END, place=PLACE, source="n1",
                 ts=start.ts + timedelta(seconds=10))  # fmt: skip
-    assert policy.apply(end).active is False
+    assert alert_of(policy, end).active is False
     assert policy.apply(end) is None
     soon = start.model_copy(update={"ts": start.ts + timedelta(seconds=30)})
-    reopened = policy.apply(soon)
+    reopened = alert_of(policy, soon)
     assert reopened.id == first.id and reopened.active and reopened.count == 2
     policy.apply(end.model_copy(update={"ts": start.ts + timedelta(seconds=40)}))
-    later = policy.apply(start.model_copy(update={"ts": start.ts + timedelta(seconds=200)}))
+    later = alert_of(policy, start.model_copy(update={"ts": start.ts + timedelta(seconds=200)}))
     assert later.id != first.id and later.count == 1
 
 
@@ -318,26 +338,26 @@ def test_an_alert_with_several_conditions_clears_when_the_last_one_ends() -> Non
         return Event(kind=EventKind.SECURITY, type="intrusion", state=state, place=cam, source="n1",
                      subject="intrusion:walkway", condition=track)  # fmt: skip
 
-    first = policy.apply(intrusion("7", EventState.START))
-    second = policy.apply(intrusion("9", EventState.START))
+    first = alert_of(policy, intrusion("7", EventState.START))
+    second = alert_of(policy, intrusion("9", EventState.START))
     assert second.id == first.id and second.active
-    still = policy.apply(intrusion("7", EventState.END).model_copy(update={"title": "ended"}))
+    still = alert_of(policy, intrusion("7", EventState.END).model_copy(update={"title": "ended"}))
     assert still.active is True and still.title != "ended"
-    cleared = policy.apply(intrusion("9", EventState.END))
+    cleared = alert_of(policy, intrusion("9", EventState.END))
     assert cleared.id == first.id and cleared.active is False
     other_zone = Event(kind=EventKind.SECURITY, type="intrusion", place=cam, source="n1", subject="intrusion:gate")
-    assert policy.apply(other_zone).id != first.id
+    assert alert_of(policy, other_zone).id != first.id
 
 
 def test_a_momentary_event_raises_an_alert_that_is_not_ongoing() -> None:
     policy = AlertPolicy(cooldown_s=60)
     cam = PLACE.with_device("cam-1")
     crossing = Event(kind=EventKind.SECURITY, type="line_crossing", state=EventState.INSTANT, place=cam, source="n1")
-    first = policy.apply(crossing)
+    first = alert_of(policy, crossing)
     assert first.active is False and first.cleared_at == crossing.ts
-    again = policy.apply(crossing.model_copy(update={"ts": crossing.ts + timedelta(seconds=10)}))
+    again = alert_of(policy, crossing.model_copy(update={"ts": crossing.ts + timedelta(seconds=10)}))
     assert again.id == first.id and again.count == 2 and again.active is False
-    later = policy.apply(crossing.model_copy(update={"ts": crossing.ts + timedelta(seconds=200)}))
+    later = alert_of(policy, crossing.model_copy(update={"ts": crossing.ts + timedelta(seconds=200)}))
     assert later.id != first.id
 
 
@@ -363,7 +383,7 @@ def test_only_detectors_of_one_hazard_confirm_each_other(first: str, second: str
     out = verification.apply(
         Event(ts=at(30), kind=EventKind.FIRE, type=second, place=site.with_device("b"), source="n1")
     )
-    assert out[0].attributes["confirmed"] is confirmed
+    assert out[0].confirmed is confirmed
     assert [e.place.device for e in out] == (["b", "a"] if confirmed else ["b"])
 
 
@@ -376,19 +396,22 @@ def test_restored_state_updates_the_alarm_still_on_and_ends_the_one_cleared_mean
     for device in ("a", "b"):
         for event in rules.apply([Reading(ts=at(0), place=site.with_device(device), quantity="smoke", value=1.0)]):
             for marked in verification.apply(event):
-                alerts[marked.place.device] = policy.apply(marked)
+                alerts[marked.place.device or ""] = alert_of(policy, marked)
 
     restarted = (SensorRules(source="n1"), AlarmVerification(), AlertPolicy())
     for device in ("a", "b"):
         restarted[0].watch(site.with_device(device))
-    restarted[0].restore({d: rules.export(d) for d in ("a", "b")})
-    restarted[1].restore({k: verification.export(k) for k in (alerts["a"].dedup_key, alerts["b"].dedup_key)})
-    restarted[2].restore({k: policy.export(k) for k in (alerts["a"].dedup_key, alerts["b"].dedup_key)})
+    keys = [alerts["a"].dedup_key, alerts["b"].dedup_key]
+    restarted[0].restore(saved(rules.export, ["a", "b"]))
+    restarted[1].restore(saved(verification.export, keys))
+    restarted[2].restore(saved(policy.export, keys))
 
-    def after_restart(device: str, smoke: float) -> list:
+    def after_restart(device: str, smoke: float) -> list[tuple[EventState, Alert]]:
         readings = [Reading(ts=at(60), place=site.with_device(device), quantity="smoke", value=smoke)]
         return [
-            (e.state, restarted[2].apply(e)) for raw in restarted[0].apply(readings) for e in restarted[1].apply(raw)
+            (e.state, alert_of(restarted[2], e))
+            for raw in restarted[0].apply(readings)
+            for e in restarted[1].apply(raw)
         ]
 
     [(state_a, alert_a)] = after_restart("a", 1.0)

@@ -276,3 +276,29 @@ def test_the_db_and_apikey_commands(database_url: str) -> None:
     assert patrolnet(database_url, "apikey", "revoke", key_id).returncode == 0
     assert "revoked" in patrolnet(database_url, "apikey", "list").stdout
     assert patrolnet(database_url, "apikey", "revoke", key_id).returncode == 1
+
+
+def test_migration_5_moves_readings_confirmation_and_test_out_of_the_attributes(database_url: str) -> None:
+    # The store as version 4 left it, with a confirmed alarm, its event and a test event in the old form.
+    old = {"readings": {"smoke": 1.0}, "confirmed": True, "confirmed_by": ["a", "b"], "trigger": "smoke"}
+    alarm = Event(kind=EventKind.FIRE, type="smoke", place=PLACE, source="n1", attributes=old)
+    test = Event(kind=EventKind.FIRE, type="test", place=PLACE, source="n1", attributes={"test": True})
+    alert = AlertPolicy().apply(alarm)
+    assert alert is not None
+    write(database_url, Batch(events=[alarm, test], alerts=[alert]))
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute("ALTER TABLE events DROP COLUMN test, DROP COLUMN readings, DROP COLUMN confirmed,"
+                     " DROP COLUMN confirmed_by")  # fmt: skip
+        conn.execute("ALTER TABLE alerts DROP COLUMN readings, DROP COLUMN confirmed, DROP COLUMN confirmed_by")
+        conn.execute("DELETE FROM schema_migrations WHERE version = 5")
+    assert migrate(database_url) == ["0005_typed_event_fields.sql"]
+    with psycopg.connect(database_url) as conn:
+        events = conn.execute(
+            "SELECT type, test, readings, confirmed, confirmed_by, attributes FROM events ORDER BY type"
+        ).fetchall()
+        alerts = conn.execute("SELECT readings, confirmed, confirmed_by, attributes FROM alerts").fetchall()
+    assert events == [
+        ("smoke", False, {"smoke": 1.0}, True, ["a", "b"], {"trigger": "smoke"}),
+        ("test", True, {}, None, [], {}),
+    ]
+    assert alerts == [({"smoke": 1.0}, True, ["a", "b"], {"trigger": "smoke"})]
