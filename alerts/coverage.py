@@ -11,6 +11,9 @@ sensor (its picture verifies that sensor's alarms; the node reports the links
 as ``cameras`` in its sensors' heartbeat detail). Other trouble (a low battery,
 a sensor's tamper switch) still leaves the device watching: operators only.
 
+A coverage notice is information for the desks it names, not theirs to close: only a role that reads the
+alert's kind (the operator, and admin) may acknowledge or resolve it (``may_change``).
+
 Example:
     >>> coverage_desks("sensor_silent", linked=False)
     [<Role.FIRE: 'fire'>]
@@ -18,6 +21,14 @@ Example:
     [<Role.POLICE: 'police'>, <Role.FIRE: 'fire'>]
     >>> coverage_desks("battery_low", linked=False)
     []
+    >>> from alerts.models import Place
+    >>> notice = Alert(kind=EventKind.TROUBLE, type="sensor_silent", severity="major", source="n1",
+    ...     place=Place(sub_district="n", community="c", grid="g", site="s", device="smoke-1"),
+    ...     route=Role.OPERATOR, dedup_key="s/smoke-1/trouble/sensor_silent/", notify=[Role.FIRE])
+    >>> may_change(Principal(name="desk", role=Role.FIRE), notice)
+    'role fire reads this trouble alert as a coverage notice, for information: only the operator desk may act on it'
+    >>> may_change(Principal(name="ops", role=Role.OPERATOR), notice) is None
+    True
 """
 
 from __future__ import annotations
@@ -26,7 +37,8 @@ import logging
 
 import psycopg
 
-from alerts.models import Alert, EventKind, Role
+from alerts.auth import Principal
+from alerts.models import ROUTES, Alert, EventKind, Role
 
 log = logging.getLogger(__name__)
 
@@ -66,3 +78,14 @@ def with_coverage(cur: psycopg.Cursor, alerts: list[Alert]) -> list[Alert]:
         notify = sorted({*alert.notify, *desks})
         out.append(alert.model_copy(update={"notify": notify}) if notify != alert.notify else alert)
     return out
+
+
+def may_change(who: Principal, alert: Alert) -> str | None:
+    """Why ``who`` may not acknowledge, resolve or dismiss ``alert``, or None when it may: a desk reading an
+    alert only as a coverage notice (not of a kind its role reads) may not close it for the desk that fixes it."""
+    if alert.kind in who.kinds:
+        return None
+    return (
+        f"role {who.role} reads this {alert.kind} alert as a coverage notice, for information:"
+        f" only the {ROUTES[alert.kind]} desk may act on it"
+    )

@@ -1,13 +1,17 @@
 """Edge nodes' and their devices' health, as their heartbeats last told it, within the caller's places.
 
-A node is healthy while its newest heartbeat is younger than ``stale``; a device's ``online`` is what its
-node last said, and ``stale`` marks it out of date when that node's heartbeat is old. Ingest writes the
-``nodes`` and ``devices`` tables (``alerts.store``); the routes in ``alerts.routes_sensors`` read them here.
+A node is healthy while its newest heartbeat is younger than ``stale``; its ``online`` is its latest online
+status (the retained status it publishes, or its last will, which a later heartbeat overrules), and
+``offline_since`` is set while the centre's watchdog (``alerts.watchdog``) holds a ``node_offline`` alert
+open for it. A device's ``online`` is what its node last said, and ``stale`` marks it out of date when that
+node's heartbeat is old. Ingest writes the ``nodes``, ``node_status`` and ``devices`` tables
+(``alerts.store``); the routes in ``alerts.routes_sensors`` read them here.
 
 Example:
     >>> NodeHealth.model_validate(dict(node_id="node-1", place={"site": "elm-row"}, healthy=True, counters={},
-    ...     started_at="2024-05-01T08:00:00Z", heartbeat_at="2024-05-01T08:01:00Z")).heartbeat_at.minute
-    1
+    ...     started_at="2024-05-01T08:00:00Z", heartbeat_at="2024-05-01T08:01:00Z", online=False,
+    ...     offline_since="2024-05-01T08:02:00Z")).offline
+    True
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from psycopg_pool import AsyncConnectionPool
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, computed_field
 
 from alerts.auth import Principal
 from alerts.queries import PlaceFilter, scoped_where
@@ -30,6 +34,19 @@ class NodeHealth(BaseModel):
     heartbeat_at: datetime = Field(description="Its newest heartbeat.")
     healthy: bool = Field(description="Whether its newest heartbeat is recent (PATROLNET_NODE_STALE_S).")
     counters: dict[str, float] = Field(description="Its counters: messages, drops, spool depth and the like.")
+    online: bool | None = Field(
+        default=None,
+        description="Its online status: false when its last will fired and no heartbeat came since; true when it"
+        " said it is up, or a heartbeat came after its will; null when it never published a status.",
+    )
+    status_at: datetime | None = Field(default=None, description="When the centre received its latest status.")
+    offline_since: datetime | None = Field(
+        default=None, description="While the watchdog holds a node_offline alert open for it: when it was raised."
+    )
+
+    @computed_field(description="Whether the watchdog considers it offline (a node_offline alert is open).")
+    def offline(self) -> bool:
+        return self.offline_since is not None
 
 
 class DeviceHealth(BaseModel):
@@ -44,11 +61,15 @@ class DeviceHealth(BaseModel):
     detail: dict[str, Any] = Field(description="Battery, fps, reconnects and the like.")
 
 
-# Each selects its model's fields in order, the place levels gathered into one JSON object.
+# Each selects its model's fields in order, the place levels gathered into one JSON object. A node's open
+# node_offline alert is found through the partial index of migration 0004 (few rows: the open ones).
 _NODES_SQL = (
-    "SELECT node_id, json_build_object('sub_district', sub_district, 'community', community, 'grid', grid,"
-    " 'site', site), started_at, heartbeat_at, heartbeat_at > now() - %s, counters"
-    " FROM nodes n WHERE {where} ORDER BY community, site, node_id"
+    "SELECT n.node_id, json_build_object('sub_district', n.sub_district, 'community', n.community, 'grid', n.grid,"
+    " 'site', n.site), started_at, heartbeat_at, heartbeat_at > now() - %s, counters,"
+    " s.online OR s.received_at <= n.received_at, s.received_at,"
+    " (SELECT min(a.ts) FROM alerts a WHERE a.type = 'node_offline' AND a.active AND a.source = n.node_id)"
+    " FROM nodes n LEFT JOIN node_status s ON s.node_id = n.node_id"
+    " WHERE {where} ORDER BY n.community, n.site, n.node_id"
 )
 _DEVICES_SQL = (
     "SELECT site, device, node_id, json_build_object('sub_district', sub_district, 'community', community,"

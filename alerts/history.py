@@ -26,7 +26,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validato
 
 from alerts.auth import Principal
 from alerts.models import EventKind
-from alerts.queries import PlaceFilter, check_order, kinds_allowed, scoped_where
+from alerts.queries import AlertFilter, PlaceFilter, check_order, kinds_allowed, scoped_where, where
 from alerts.rows import rows_as
 from alerts.timescale import bucket_sql
 
@@ -117,13 +117,16 @@ async def hourly_counts(pool: AsyncConnectionPool, who: Principal, q: HourlyQuer
 
 
 async def event_snapshot(pool: AsyncConnectionPool, who: Principal, event_id: UUID) -> bytes | None:
-    """An event's picture, if it has one and the caller may see the event."""
+    """An event's picture, if it has one and the caller may see the event: one of a kind its role reads, or one
+    of an alert it may see (a camera's trouble reaching a desk as a coverage notice)."""
     scope, params = scoped_where(who, None, "e")
+    alert_clause, alert_params = where(AlertFilter(), who)
+    # An event's alerts are at its site: the site's alerts (by index), then the (alert, event) key.
+    sql = (
+        f"SELECT snapshot FROM events e WHERE e.id = %s AND {scope} AND (e.kind = ANY(%s) OR EXISTS ("
+        "SELECT 1 FROM alerts a JOIN alert_events l ON l.alert_id = a.id AND l.event_id = e.id"
+        f" WHERE a.site = e.site AND {alert_clause}))"
+    )
     async with pool.connection() as conn:
-        row = await (
-            await conn.execute(
-                f"SELECT snapshot FROM events e WHERE e.id = %s AND e.kind = ANY(%s) AND {scope}",
-                [event_id, list(who.kinds), *params],
-            )
-        ).fetchone()
+        row = await (await conn.execute(sql, [event_id, *params, list(who.kinds), *alert_params])).fetchone()
     return None if row is None or row[0] is None else bytes(row[0])

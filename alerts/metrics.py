@@ -1,5 +1,18 @@
 """Prometheus metrics of an API process: requests by route and status, latency, and store gauges.
 
+The store gauges include ingest liveness: per ingest worker (``ingest_workers``, written every second by each
+worker's watchdog), the seconds since its last committed batch and since it last reported, and its counters;
+and the number of nodes the watchdog holds offline. Alert on a worker whose report is old (it is gone) and on
+``patrolnet_nodes_offline``; an old last batch alone may only mean a quiet uplink.
+
+Example:
+    >>> m = ApiMetrics()
+    >>> m.set_ingest([("ingest-a", 2.5, 0.4, {"messages": 7, "batches": 3})], nodes_offline=1)
+    >>> m.registry.get_sample_value("patrolnet_ingest_worker_count", {"worker": "ingest-a", "counter": "messages"})
+    7.0
+    >>> m.registry.get_sample_value("patrolnet_nodes_offline")
+    1.0
+
 ``GET /metrics`` needs an operator or admin key, or the scrape token set in
 ``PATROLNET_METRICS_TOKEN`` (a Prometheus ``bearer_token``), so a scraper
 holds no key that could read alerts. Each API replica exposes its own
@@ -11,7 +24,8 @@ from __future__ import annotations
 import hmac
 import logging
 import time
-from typing import Annotated
+from collections.abc import Iterable
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -23,6 +37,10 @@ from alerts.http import Pool, api_key, get_settings, lookup
 log = logging.getLogger(__name__)
 
 router = APIRouter(tags=["health"])
+
+
+IngestRow = tuple[str, float | None, float, dict[str, Any]]
+"""An ingest worker: name, seconds since its last batch (None before its first), since its report; counters."""
 
 
 class ApiMetrics:
@@ -47,8 +65,45 @@ class ApiMetrics:
             "patrolnet_webhook_deliveries_pending", "Webhook deliveries waiting", registry=self.registry
         )
 
+        self.ingest_batch_age = Gauge(
+            "patrolnet_ingest_last_batch_age_seconds",
+            "Seconds since the ingest worker last committed a batch (absent before its first)",
+            ["worker"],
+            registry=self.registry,
+        )
+        self.ingest_report_age = Gauge(
+            "patrolnet_ingest_report_age_seconds",
+            "Seconds since the ingest worker last reported its liveness (every second while it runs)",
+            ["worker"],
+            registry=self.registry,
+        )
+        self.ingest_counters = Gauge(
+            "patrolnet_ingest_worker_count",
+            "The ingest worker's own counters since it started: messages, batches, dead letters, retries",
+            ["worker", "counter"],
+            registry=self.registry,
+        )
+        self.nodes_offline = Gauge(
+            "patrolnet_nodes_offline",
+            "Nodes the watchdog holds offline (open node_offline alerts)",
+            registry=self.registry,
+        )
+
     def install(self, app: FastAPI) -> None:
         app.add_middleware(_Measure, metrics=self)
+
+    def set_ingest(self, workers: Iterable[IngestRow], nodes_offline: int) -> None:
+        """The ingest liveness gauges, from the ``ingest_workers`` rows as they are now."""
+        for gauge in (self.ingest_batch_age, self.ingest_report_age, self.ingest_counters):
+            gauge.clear()
+        for name, batch_age, report_age, counters in workers:
+            if batch_age is not None:
+                self.ingest_batch_age.labels(name).set(batch_age)
+            self.ingest_report_age.labels(name).set(report_age)
+            for counter, value in counters.items():
+                if isinstance(value, int | float) and not isinstance(value, bool):
+                    self.ingest_counters.labels(name, counter).set(value)
+        self.nodes_offline.set(nodes_offline)
 
 
 class _Measure:
@@ -86,6 +141,13 @@ async def metrics_reader(request: Request, key: Annotated[str | None, Depends(ap
         raise HTTPException(403, f"role {who.role} may not read metrics")
 
 
+_INGEST_SQL = (
+    "SELECT name, extract(epoch FROM now() - last_batch_at)::float8, extract(epoch FROM now() - seen_at)::float8,"
+    " counters FROM ingest_workers ORDER BY name"
+)
+_OFFLINE_SQL = "SELECT count(DISTINCT source) FROM alerts WHERE type = 'node_offline' AND active"
+
+
 @router.get(
     "/metrics",
     summary="Prometheus metrics (operator or admin key, or PATROLNET_METRICS_TOKEN)",
@@ -105,8 +167,11 @@ async def metrics(request: Request, pool: Pool) -> Response:
         pending = await (
             await conn.execute("SELECT count(*) FROM webhook_deliveries WHERE state = 'pending'")
         ).fetchone()
+        workers = await (await conn.execute(_INGEST_SQL)).fetchall()
+        offline = await (await conn.execute(_OFFLINE_SQL)).fetchone()
     m.open_alerts.clear()
     for kind, status, n in rows:
         m.open_alerts.labels(kind, status).set(n)
     m.webhooks_pending.set(pending[0] if pending else 0)  # an aggregate always answers one row
+    m.set_ingest(workers, offline[0] if offline else 0)
     return Response(generate_latest(m.registry), media_type=CONTENT_TYPE_LATEST)

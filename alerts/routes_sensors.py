@@ -40,7 +40,7 @@ def _stale(request: Request) -> timedelta:
     return timedelta(seconds=get_settings(request).node_stale_s)
 
 
-@router.get("/nodes", summary="Edge nodes with their health, from their heartbeats")
+@router.get("/nodes", summary="Edge nodes with their health: heartbeats, online status, watchdog verdict")
 async def nodes(
     request: Request, pool: Pool, who: DeviceReader, flt: Annotated[PlaceFilter, Query()]
 ) -> list[NodeHealth]:

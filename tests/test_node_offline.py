@@ -2,6 +2,7 @@
 
 The node and ingest run as real processes; the node is SIGKILLed. The watchdog's heartbeat path raises
 ``node_offline`` on its own; the last-will path is tested by publishing the will's NodeStatus by hand.
+``/api/v1/nodes`` and ``/metrics`` show what the watchdog holds and each ingest worker's liveness.
 """
 
 from __future__ import annotations
@@ -13,16 +14,22 @@ from collections.abc import Iterator
 from contextlib import ExitStack
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import httpx
 import paho.mqtt.client as mqtt
 import pytest
+from api_helpers import JPEG, write
 from conftest import ApiServer, SseReader, eventually, mqtt_client
+from prometheus_client.parser import text_string_to_metric_families
 from test_api import raise_alert
 from test_faults import env, ingest, node_yaml, query
 from test_page import page_dom
 
+from alerts.auth import Principal
+from alerts.coverage import may_change
 from alerts.models import Alert, DeviceStatus, EventKind, Heartbeat, NodeStatus, Place, Role, Severity
+from alerts.store import Batch
 from deploy.local.services import Service, spawn
 from ingest.mqtt import uplink_topic
 
@@ -177,3 +184,126 @@ def test_the_fire_desk_page_shows_a_coverage_notice_grey_and_labelled_not_as_an_
     assert "coverage" in rows[str(silent.id)][0] and chip in rows[str(silent.id)][1]
     assert "coverage" not in rows[str(fire.id)][0] and chip not in rows[str(fire.id)][1]
     assert '<span class="sev major">major</span>' in rows[str(fire.id)][1], "the alarm keeps its severity chip"
+
+
+def metric_samples(api: ApiServer) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample of ``/metrics`` (operator key) by name and labels."""
+    response = httpx.get(f"{api.url}/metrics", headers=api.key("operator"))
+    assert response.status_code == 200, response.text
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(response.text)
+        for sample in family.samples
+    }
+
+
+def worker_counters(samples: dict, worker: str) -> dict[str, float]:
+    return {
+        dict(labels)["counter"]: value
+        for (name, labels), value in samples.items()
+        if name == "patrolnet_ingest_worker_count" and dict(labels)["worker"] == worker
+    }
+
+
+def node(api: ApiServer, node_id: str) -> dict:
+    response = httpx.get(f"{api.url}/api/v1/nodes", headers=api.key("fire"))
+    assert response.status_code == 200, response.text
+    return next(n for n in response.json() if n["node_id"] == node_id)
+
+
+def test_nodes_and_metrics_show_a_vanished_node_and_each_ingest_workers_liveness(
+    broker: Service, database_url: str, api: ApiServer, uplink: mqtt.Client
+) -> None:
+    with ExitStack() as stack:
+        ingest(broker, database_url, stack, "--name", "liveness")
+        stored_once(uplink, database_url, heartbeat("will-node"), "SELECT 1 FROM nodes WHERE node_id = 'will-node'")
+        before = node(api, "will-node")
+        assert (before["online"], before["offline"], before["offline_since"]) == (None, False, None)
+
+        will = NodeStatus(node_id="will-node", place=SITE, online=False)
+        send(uplink, "status", will.model_dump_json().encode(), retain=True)
+        gone = eventually(lambda: (n := node(api, "will-node"))["offline"] and n, timeout=30, interval=0.3)
+        assert gone["online"] is False and gone["offline_since"] is not None and gone["status_at"] is not None
+        samples = eventually(
+            lambda: (s := metric_samples(api))[("patrolnet_nodes_offline", ())] == 1 and s, timeout=15, interval=0.3
+        )
+        # The worker's row now: the counters settle once nothing more is sent (the row is rewritten every second).
+        eventually(lambda: worker_counters(metric_samples(api), "liveness").get("messages", 0) >= 2, timeout=15)
+        samples = metric_samples(api)
+        ((counters, batch_age),) = query(
+            database_url,
+            "SELECT counters, extract(epoch FROM now() - last_batch_at) FROM ingest_workers WHERE name = 'liveness'",
+        )
+        exposed = worker_counters(samples, "liveness")
+        print(f"ingest liveness: counters {exposed}, last batch {batch_age:.1f} s ago")
+        assert exposed == {k: float(v) for k, v in counters.items()} and exposed["messages"] >= 2
+        assert (
+            abs(samples[("patrolnet_ingest_last_batch_age_seconds", (("worker", "liveness"),))] - float(batch_age)) < 5
+        )
+        assert 0 <= samples[("patrolnet_ingest_report_age_seconds", (("worker", "liveness"),))] < 10
+
+        send(uplink, "heartbeats", heartbeat("will-node"))
+        back = eventually(lambda: not (n := node(api, "will-node"))["offline"] and n, timeout=30, interval=0.3)
+        assert back["online"] is True and back["offline_since"] is None and back["healthy"] is True
+        after = eventually(
+            lambda: (s := metric_samples(api))[("patrolnet_nodes_offline", ())] == 0 and s, timeout=15, interval=0.3
+        )
+        assert worker_counters(after, "liveness")["messages"] > exposed["messages"], "the heartbeat counted"
+
+
+NOTICE: dict[str, Any] = dict(kind=EventKind.TROUBLE, type="camera_blinded", severity=Severity.MAJOR, source="n1",
+              place=SITE.with_device("cam-stairs"), route=Role.OPERATOR, notify=[Role.FIRE, Role.POLICE],
+              dedup_key="willow-court/cam-stairs/trouble/camera_blinded/")  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("role", "kind", "refused"),
+    [
+        (Role.FIRE, EventKind.TROUBLE, True),
+        (Role.POLICE, EventKind.TROUBLE, True),
+        (Role.OPERATOR, EventKind.TROUBLE, False),
+        (Role.ADMIN, EventKind.TROUBLE, False),
+        (Role.FIRE, EventKind.FIRE, False),
+        (Role.POLICE, EventKind.SECURITY, False),
+    ],
+)
+def test_only_the_operator_and_admin_may_close_a_coverage_notice(role: Role, kind: EventKind, refused: bool) -> None:
+    alert = Alert.model_validate(
+        {**NOTICE, "kind": kind, "notify": NOTICE["notify"] if kind is EventKind.TROUBLE else []}
+    )
+    reason = may_change(Principal(name="desk", role=role, community="east-gate"), alert)
+    assert (reason is not None) == refused, reason
+    if reason is not None:
+        assert f"role {role}" in reason and "coverage notice" in reason and "operator desk" in reason
+
+
+def test_a_coverage_notices_camera_snapshot_is_seen_by_the_desks_it_notifies(api: ApiServer) -> None:
+    linked = DeviceStatus(device="smoke-1", type="zigbee2mqtt", online=True, detail={"cameras": ["cam-stairs"]})
+    write(api.database_url, Batch(heartbeats=[Heartbeat(node_id="n1", place=SITE, started_at=datetime.now(UTC),
+                                                        devices=[linked])]))  # fmt: skip
+    stairs, _ = raise_alert(api.database_url, EventKind.TROUBLE, SITE.with_device("cam-stairs"),
+                            type="camera_blinded", snapshot=JPEG)  # fmt: skip
+    gate, _ = raise_alert(api.database_url, EventKind.TROUBLE, SITE.with_device("cam-gate"),
+                          type="camera_blinded", snapshot=JPEG)  # fmt: skip
+    keys = {
+        "operator": api.key("operator"),
+        "fire": api.key("fire", community="east-gate"),
+        "police": api.key("police"),
+        "fire elsewhere": api.key("fire", community="west-lake"),
+    }
+
+    def status(who: str, event_id: object) -> int:
+        response = httpx.get(f"{api.url}/api/v1/events/{event_id}/snapshot", headers=keys[who])
+        assert response.status_code in (200, 404), response.text
+        assert response.status_code == 404 or response.content == JPEG
+        return response.status_code
+
+    seen = {
+        (who, camera): status(who, event.id) for who in keys for camera, event in (("stairs", stairs), ("gate", gate))
+    }
+    assert seen == {
+        ("operator", "stairs"): 200, ("operator", "gate"): 200,
+        ("fire", "stairs"): 200, ("fire", "gate"): 404,  # the gate camera feeds no fire sensor
+        ("police", "stairs"): 200, ("police", "gate"): 200,
+        ("fire elsewhere", "stairs"): 404, ("fire elsewhere", "gate"): 404,
+    }  # fmt: skip

@@ -14,8 +14,9 @@ import httpx
 from api_helpers import EAST, raise_alert, write
 from conftest import ApiServer
 
-from alerts.models import DeviceStatus, EventKind, Heartbeat, Place, Severity
+from alerts.models import DeviceStatus, EventKind, Heartbeat, NodeStatus, Place, Severity
 from alerts.store import Batch
+from alerts.watchdog import offline_batch
 
 CHROMIUM = [
     "chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -61,3 +62,20 @@ def test_the_fire_desk_sees_its_alarm_and_its_devices_but_no_police_alert(api: A
     assert '<span class="sev critical">critical</span>' in dom
     assert "willow-court/smoke-1 87%" in dom and 'class="device down"' in dom, "device chips, the camera down"
     assert f'<span class="place">{fire.id}</span>' in dom, "the alert named after #open= is open"
+
+
+def test_a_node_the_watchdog_holds_offline_shows_a_red_chip_and_a_live_node_a_green_one(api: ApiServer) -> None:
+    site = Place(**EAST.model_dump(exclude={"device"}))
+    now = datetime.now(UTC)
+    beats = [Heartbeat(node_id=node, place=site, started_at=now) for node in ("node-up", "node-gone")]
+    write(api.database_url, Batch(heartbeats=beats))
+    # The will arrives after the heartbeat, then the watchdog's round raises node_offline.
+    write(api.database_url, Batch(statuses=[NodeStatus(node_id="node-gone", place=site, online=False)]))
+    write(api.database_url, offline_batch(site, "node-gone", now, "last will"))
+    key = api.key("fire")["Authorization"].split()[1]
+
+    dom = page_dom(f"{api.url}/#key={key}")
+
+    chip = r'<span class="device node ([a-z]*)"[^>]*><span class="dot"></span>node ([^<]+)</span>'
+    chips = {label: classes for classes, label in re.findall(chip, dom)}
+    assert chips == {"node-up": "", "node-gone offline": "down"}, "the vanished node red, the other not"
