@@ -85,8 +85,8 @@ class Spool:
         """One transaction on the node's SQLite file, synced at its commit; the connection to write through.
 
         Nested on one thread, the inner ones join the outermost, which alone commits; an exception out of
-        it rolls back everything. Other threads wait for the spool until it ends. sqlite3.OperationalError
-        when the file stays locked (5 s).
+        the outermost rolls back everything written in it. Other threads wait for the spool until it ends.
+        sqlite3.OperationalError when the file stays locked (5 s).
         """
         with self._lock:
             if self._depth:
