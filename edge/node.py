@@ -90,14 +90,15 @@ class EdgeNode:
             self.rules.watch(self._places[sensor.id], sensor, sensor.name, since=self.started_at)
         self.verification = AlarmVerification(config.verification.window_s)
         self.policy = AlertPolicy()
-        self.state = EdgeState(config.uplink.spool)
+        spool = Spool(config.uplink.spool)
+        self.state = EdgeState(spool)
         self.rules.restore(self.state.load("sensors"))
         self.verification.restore(self.state.load("verification"))
         self.policy.restore(self.state.load("policy"))
         self.downsampler = Downsampler({s.id: s.downsample for s in config.sensors})
         self._linked = {s.id: s.cameras for s in config.sensors if s.cameras}
         self.uplink = Uplink(
-            Spool(config.uplink.spool),
+            spool,
             config.uplink_url(),
             client_id=f"patrolnet-edge-{config.node_id}-uplink",
             max_inflight=config.uplink.max_inflight,
@@ -188,7 +189,7 @@ class EdgeNode:
         self._listener.join(timeout=5)
         self.sink.stop()
         self.uplink.stop()
-        self.state.close()
+        self.uplink.spool.close()
 
     def _watch_workers(self) -> None:
         stuck = self.config.supervision.stuck_after_s
@@ -196,7 +197,7 @@ class EdgeNode:
         watch("sensors", self._listener_alive, self._restart_listener, self.sensor_liveness, stuck)
         watch("timer", lambda: self._timer.is_alive(), self._restart_timer, self.timer_liveness, stuck)
         watch("sink", self.sink.alive, self.sink.restart, self.sink.liveness, stuck)
-        watch("uplink", lambda: self.uplink._thread.is_alive(), None, None, stuck)
+        watch("uplink", self.uplink.alive, None, None, stuck)
         if self.video:
             self.video.watch(self.supervisor, stuck)
 
@@ -396,6 +397,7 @@ class EdgeNode:
                 **self.counts,
                 "spool_pending": self.uplink.spool.pending(),
                 "uplink_acked": self.uplink.acked,
+                "uplink_refused": self.uplink.refused,
                 "sink_queue": self.sink.pending(),
                 **self._worker_counters(),
                 **(self.video.detector_counters() if self.video else {}),

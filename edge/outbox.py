@@ -15,11 +15,25 @@ why, and an error in a callback is logged, not raised into paho's thread. The nu
 unacknowledged messages is bounded, since paho runs out of message ids at
 65,535 and an unbounded window only fills the broker's queue.
 
+The spool's SQLite file is the node's one file on disk (WAL, every commit
+synced): other tables live in it too (``edge.state``), and
+``Spool.transaction()`` makes messages and such writes one transaction, so a
+node killed at any moment has both or neither. A put or any write through the
+spool on the thread of an open transaction joins it. Every commit that spooled
+a message wakes the uplink (``Uplink.notify``), after the commit and outside
+the spool's lock.
+
 Example:
     >>> import tempfile, pathlib
     >>> spool = Spool(pathlib.Path(tempfile.mkdtemp()) / "outbox.sqlite3")
     >>> spool.put("patrolnet/v1/s/events", b"{}")
     1
+    >>> try:
+    ...     with spool.transaction():
+    ...         seq = spool.put("patrolnet/v1/s/alerts", b"{}")
+    ...         raise RuntimeError("killed")
+    ... except RuntimeError:
+    ...     pass
     >>> spool.pending()
     1
 """
@@ -30,6 +44,8 @@ import logging
 import sqlite3
 import threading
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
@@ -42,12 +58,16 @@ log = logging.getLogger(__name__)
 
 
 class Spool:
-    """A durable FIFO of (topic, payload) messages."""
+    """A durable FIFO of (topic, payload) messages, in the node's SQLite file."""
 
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._lock = threading.Lock()
+        # Reentrant: a put inside a transaction on the same thread joins it.
+        self._lock = threading.RLock()
+        self._depth = 0
+        self._spooled = False
+        self._on_put: list[Callable[[], None]] = []
         with self._lock:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
@@ -56,9 +76,49 @@ class Spool:
                 " payload BLOB NOT NULL)"
             )
 
-    def put(self, topic: str, payload: bytes) -> int:
+    def on_put(self, wake: Callable[[], None]) -> None:
+        """Calls ``wake`` after every commit that spooled a message, holding no lock."""
+        self._on_put.append(wake)
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """One transaction on the node's SQLite file, synced at its commit; the connection to write through.
+
+        Nested on one thread, the inner ones join the outermost, which alone commits; an exception out of
+        the outermost rolls back everything written in it. Other threads wait for the spool until it ends.
+        sqlite3.OperationalError when the file stays locked (5 s).
+        """
         with self._lock:
-            return self._db.execute("INSERT INTO outbox (topic, payload) VALUES (?, ?)", (topic, payload)).lastrowid
+            if self._depth:
+                self._depth += 1
+                try:
+                    yield self._db
+                finally:
+                    self._depth -= 1
+                return
+            self._db.execute("BEGIN IMMEDIATE")
+            self._depth, self._spooled = 1, False
+            try:
+                yield self._db
+                self._db.execute("COMMIT")
+            except BaseException:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                raise
+            finally:
+                self._depth = 0
+            spooled = self._spooled
+        if spooled:
+            for wake in self._on_put:
+                wake()
+
+    def put(self, topic: str, payload: bytes) -> int:
+        """Spools a message (in the open transaction of this thread, if any); its sequence number."""
+        with self.transaction() as db:
+            self._spooled = True
+            seq = db.execute("INSERT INTO outbox (topic, payload) VALUES (?, ?)", (topic, payload)).lastrowid
+        assert seq is not None, "an INSERT has a rowid"
+        return seq
 
     def after(self, seq: int, limit: int) -> list[tuple[int, str, bytes]]:
         with self._lock:
@@ -95,7 +155,8 @@ def delivered(reason_code: ReasonCode | int) -> bool:
     >>> [delivered(ReasonCode(PacketTypes.PUBACK, identifier=code)) for code in (0, 16, 128)]
     [True, False, False]
     """
-    return int(getattr(reason_code, "value", reason_code)) == DELIVERED
+    code = reason_code.value if isinstance(reason_code, ReasonCode) else reason_code
+    return code == DELIVERED
 
 
 STATUS_SEQ = 0
@@ -141,15 +202,18 @@ class Uplink:
         self._client.on_disconnect = self._on_disconnect
         self._client.on_publish = self._on_publish
         self._thread = threading.Thread(target=self._run, name="uplink", daemon=True)
+        spool.on_put(self.notify)
 
     def start(self) -> None:
         connect(self._client, self._address, self._props)
         self._thread.start()
 
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
     def send(self, topic: str, payload: bytes) -> None:
-        """Spools a message; it goes out as soon as the broker can take it."""
+        """Spools a message; it goes out as soon as the broker can take it (once committed, in a transaction)."""
         self.spool.put(topic, payload)
-        self._notify()
 
     def stop(self) -> None:
         with self._wake:
@@ -159,7 +223,8 @@ class Uplink:
         self._client.disconnect()
         self._client.loop_stop()
 
-    def _notify(self) -> None:
+    def notify(self) -> None:
+        """Wakes the uplink to look at the spool: something was committed to it."""
         with self._wake:
             self._wake.notify_all()
 

@@ -3,15 +3,17 @@
 Sensor messages, camera events, dead letters and heartbeats reach it through
 one bounded FIFO queue. For each batch of events it runs, in order, the
 camera picture of a linked sensor's fire alarm, alarm verification and the
-alert policy (all in memory, once), then writes what must survive: the
-messages for the uplink spool and the changed state (``EdgeState``), and
-finally acknowledges the sensor message that carried them, in the order they
-came, once its readings are spooled too: the local broker forgets a sensor
-message only once all it said is on disk, and a node killed before that
-hears it again after its restart. A write
-that fails because the disk is busy (``sqlite3.OperationalError``) is retried
-from where it stopped; a batch that cannot be processed at all becomes a
-dead letter with the reason.
+alert policy (all in memory, once), then writes what must survive in one
+transaction (``Spool.transaction``): the messages for the uplink spool and
+the changed state (``EdgeState``), so a node killed at any moment has both
+or neither, and never raises a second alert for one alarm after its restart.
+It finally acknowledges the sensor message that carried them, in the order
+they came, once its readings are spooled too: the local broker forgets a
+sensor message only once all it said is on disk, and a node killed before
+that hears it again after its restart. A write that fails because the disk
+is busy (``sqlite3.OperationalError``) is rolled back and retried whole; a
+batch that cannot be processed at all becomes a dead letter with the
+reason.
 
 Readings wait up to ``FLUSH_S`` to go upstream together, one spooled message
 for many: each spooled message costs a disk sync. The readings of a message
@@ -27,9 +29,10 @@ Example:
     >>> from alerts.models import Event, EventKind, Place
     >>> from alerts.policy import AlertPolicy
     >>> from detectors.verification import AlarmVerification
+    >>> from edge.outbox import Spool
     >>> folder = pathlib.Path(tempfile.mkdtemp())
     >>> sent = []
-    >>> sink = EventSink(AlarmVerification(), AlertPolicy(), EdgeState(folder / "s.sqlite3"),
+    >>> sink = EventSink(AlarmVerification(), AlertPolicy(), EdgeState(Spool(folder / "s.sqlite3")),
     ...                  send=lambda channel, payload: sent.append(channel))
     >>> sink.start()
     >>> place = Place(sub_district="n", community="c", grid="g", site="s", device="smoke-1")
@@ -98,7 +101,8 @@ Item = Batch | Outgoing
 
 
 class EventSink:
-    """See the module docstring. ``send(channel, payload)`` spools one message for the uplink."""
+    """See the module docstring. ``send(channel, payload)`` spools one message for the uplink, through the
+    spool of ``state``: inside its open transaction, it joins it."""
 
     def __init__(
         self,
@@ -200,10 +204,7 @@ class EventSink:
         if batch.readings and not self._readings:
             self._readings_since = time.monotonic()
         self._readings += batch.readings
-        # The alert first: every spooled message costs a disk sync before it can leave.
-        self._write(outgoing)
-        # After the spool: a node killed in between sends an alert it may raise again, never loses one.
-        self._durably(lambda: self.state.save(changes))
+        self._durably(lambda: self._store(outgoing, changes))
         self.counts["events"] += sum(1 for channel, _ in outgoing if channel == "events")
         self.counts["alerts"] += sum(1 for channel, _ in outgoing if channel == "alerts")
         if batch.ack is not None:
@@ -236,16 +237,12 @@ class EventSink:
         for ack in acks:
             ack()
 
-    def _write(self, outgoing: list[tuple[str, bytes]]) -> None:
-        done = 0
-
-        def rest() -> None:
-            nonlocal done
-            while done < len(outgoing):
-                self.send(*outgoing[done])
-                done += 1
-
-        self._durably(rest)
+    def _store(self, outgoing: list[tuple[str, bytes]], changes: list[Change]) -> None:
+        """Spools the messages and saves the state they changed in one transaction, synced once."""
+        with self.state.spool.transaction():
+            for channel, payload in outgoing:
+                self.send(channel, payload)
+            self.state.save(changes)
 
     def _flush_readings(self) -> None:
         if self._readings:

@@ -3,6 +3,7 @@
 - the node SIGKILLed mid-stream and restarted: what was spooled is replayed, an alarm still on is one alert,
   an alarm that cleared meanwhile is cleared, what the sensors sent meanwhile is delivered; its last will says
   it went offline;
+- the node SIGKILLed right after its alarms toggle, again and again: one alert per alarm, each transition once;
 - a worker that dies is restarted with backoff and reported; a node that cannot recover exits non-zero;
 - a locked disk does not stop the MQTT callback or the cameras.
 
@@ -14,11 +15,14 @@ from __future__ import annotations
 import json
 import os
 import queue
+import random
 import sqlite3
+import subprocess
 import threading
 import time
 from collections import Counter
-from contextlib import ExitStack
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
@@ -161,69 +165,94 @@ def fire_alerts(database_url: str) -> dict[str, tuple]:
     return {device: tuple(rest) for device, *rest in rows}
 
 
-def test_node_sigkilled_mid_stream_replays_its_spool_and_keeps_its_alerts(
-    broker: Service, database_url: str, tmp_path: Path
-) -> None:
-    spool = tmp_path / "outbox.sqlite3"
-    config = tmp_path / "node.yaml"
-    config.write_text(node_yaml(broker.url, spool))
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    uplink = Uplink()
+class NodeProcess:
+    """The node as a child process (``patrolnet edge run``), ended with the stack."""
+
+    def __init__(self, config: Path, stack: ExitStack) -> None:
+        self.config = config
+        self.stack = stack
+        self.process: subprocess.Popen
+        self.start()
+
+    def start(self) -> None:
+        env = {**os.environ, "PYTHONPATH": str(REPO)}
+        self.process = spawn(["edge", "run", "--config", str(self.config)], env, self.stack)
+
+    def kill(self) -> None:
+        self.process.kill()
+        assert self.process.wait(timeout=10) == -9
+
+
+@contextmanager
+def node_with_ingest(
+    broker: Service, database_url: str, config: Path, uplink: Uplink, channels: str = "+"
+) -> Iterator[tuple[NodeProcess, mqtt.Client]]:
+    """An ingest worker, the centre's view of the uplink, the sensors' client, and the node, listening."""
     worker = IngestWorker(broker.url, database_url, name="test-ingest")
     worker.start()
     assert worker.wait_ready()
     try:
         with (
             ExitStack() as stack,
-            mqtt_client(broker, "test-centre", f"patrolnet/v1/{SITE}/+", uplink.on_message),
+            mqtt_client(broker, "test-centre", f"patrolnet/v1/{SITE}/{channels}", uplink.on_message),
             mqtt_client(broker, "test-sensors") as sensors,
         ):
-            node = spawn(["edge", "run", "--config", str(config)], env, stack)
+            node = NodeProcess(config, stack)
             assert uplink.next_status().online is True
             wait_listening(sensors, database_url)
-            with Stream(sensors) as stream:
-                publish(sensors, SMOKE_A, {"smoke": True})
-                publish(sensors, SMOKE_B, {"smoke": True})
-                before = eventually(lambda: len(got := fire_alerts(database_url)) == 2 and got, timeout=30)
-                time.sleep(1.0)
-                # A burst just before the kill, so that some of it is in the node's spool, not yet acknowledged.
-                for n in range(300):
-                    sensors.publish(PROBE, json.dumps({"linkquality": n % 250, "battery": 90}), qos=1)
-                time.sleep(0.05)
-                node.kill()
-                assert node.wait(timeout=10) == -9
-                killed = time.monotonic()
-                will = uplink.next_status()
-                assert will.online is False and will.node_id == "test-node"
-                # zigbee2mqtt's way: QoS 0, not retained. The broker queues it for the node's session.
-                publish(sensors, SMOKE_B, {"smoke": False}, qos=0)
-                time.sleep(2.0)
-                pending = spooled_ids(spool)
-                restarted_at = time.monotonic()
-                node = spawn(["edge", "run", "--config", str(config)], env, stack)
-                assert uplink.next_status().online is True
-                back_s = time.monotonic() - restarted_at
-                # The detector still sounding repeats itself after the restart.
-                publish(sensors, SMOKE_A, {"smoke": True})
-                time.sleep(1.0)
-            down = [seq for seq, at in stream.sent if killed <= at <= restarted_at]
-            sent_seqs = {seq for seq, _ in stream.sent}
-            seqs = settle(lambda: stored_seqs(database_url), lambda got: sent_seqs <= set(got), timeout=60)
-            after = eventually(
-                lambda: (
-                    (got := fire_alerts(database_url))["smoke-a"][2] > before["smoke-a"][2]
-                    and not got["smoke-b"][1]
-                    and got
-                ),
-                timeout=30,
-            )
-            sent_ids = uplink.ids | pending
-            ids = settle(lambda: stored_ids(database_url), lambda got: sent_ids <= set(got), timeout=30)
-            a_events = query(
-                database_url, "SELECT state FROM events WHERE device = 'smoke-a' AND type = 'smoke' ORDER BY ts"
-            )
+            yield node, sensors
     finally:
         worker.stop()
+
+
+def test_node_sigkilled_mid_stream_replays_its_spool_and_keeps_its_alerts(
+    broker: Service, database_url: str, tmp_path: Path
+) -> None:
+    spool = tmp_path / "outbox.sqlite3"
+    config = tmp_path / "node.yaml"
+    config.write_text(node_yaml(broker.url, spool))
+    uplink = Uplink()
+    with node_with_ingest(broker, database_url, config, uplink) as (node, sensors):
+        with Stream(sensors) as stream:
+            publish(sensors, SMOKE_A, {"smoke": True})
+            publish(sensors, SMOKE_B, {"smoke": True})
+            before = eventually(lambda: len(got := fire_alerts(database_url)) == 2 and got, timeout=30)
+            time.sleep(1.0)
+            # A burst just before the kill, so that some of it is in the node's spool, not yet acknowledged.
+            for n in range(300):
+                sensors.publish(PROBE, json.dumps({"linkquality": n % 250, "battery": 90}), qos=1)
+            time.sleep(0.05)
+            node.kill()
+            killed = time.monotonic()
+            will = uplink.next_status()
+            assert will.online is False and will.node_id == "test-node"
+            # zigbee2mqtt's way: QoS 0, not retained. The broker queues it for the node's session.
+            publish(sensors, SMOKE_B, {"smoke": False}, qos=0)
+            time.sleep(2.0)
+            pending = spooled_ids(spool)
+            restarted_at = time.monotonic()
+            node.start()
+            assert uplink.next_status().online is True
+            back_s = time.monotonic() - restarted_at
+            # The detector still sounding repeats itself after the restart.
+            publish(sensors, SMOKE_A, {"smoke": True})
+            time.sleep(1.0)
+        down = [seq for seq, at in stream.sent if killed <= at <= restarted_at]
+        sent_seqs = {seq for seq, _ in stream.sent}
+        seqs = settle(lambda: stored_seqs(database_url), lambda got: sent_seqs <= set(got), timeout=60)
+        after = eventually(
+            lambda: (
+                (got := fire_alerts(database_url))["smoke-a"][2] > before["smoke-a"][2]
+                and not got["smoke-b"][1]
+                and got
+            ),
+            timeout=30,
+        )
+        sent_ids = uplink.ids | pending
+        ids = settle(lambda: stored_ids(database_url), lambda got: sent_ids <= set(got), timeout=30)
+        a_events = query(
+            database_url, "SELECT state FROM events WHERE device = 'smoke-a' AND type = 'smoke' ORDER BY ts"
+        )
 
     lost_ids = sent_ids - set(ids)
     report("ids (events, alerts, readings)", len(sent_ids), len(sent_ids) - len(lost_ids), len(lost_ids),
@@ -248,6 +277,52 @@ def test_node_sigkilled_mid_stream_replays_its_spool_and_keeps_its_alerts(
     # Its alarm started once; the confirmation by B and the repeat after the restart updated it.
     states = [state for (state,) in a_events]
     assert states.count("start") == 1 and states[-1] == "update"
+
+
+def test_a_node_sigkilled_right_after_its_alarms_toggle_raises_one_alert_per_alarm(
+    broker: Service, database_url: str, tmp_path: Path
+) -> None:
+    """Two detectors toggle together and the node is SIGKILLed 0 to 60 ms later, many times: whatever the
+    moment, the spooled alert and the policy state that knows it are on disk together, so each detector stays
+    one alert (a clear and a new alarm within the cooldown reopen it) and each transition is one event."""
+    config = tmp_path / "node.yaml"
+    config.write_text(node_yaml(broker.url, tmp_path / "outbox.sqlite3"))
+    uplink = Uplink()
+    rng = random.Random(8)
+    sent: Counter[str] = Counter()
+    with node_with_ingest(broker, database_url, config, uplink, channels="status") as (node, sensors):
+        smoke, kills, deadline = False, 0, time.monotonic() + 150
+        while kills < 30 and time.monotonic() < deadline:
+            smoke = not smoke
+            for topic in (SMOKE_A, SMOKE_B):
+                publish(sensors, topic, {"smoke": smoke})
+                sent["start" if smoke else "end"] += 1
+            time.sleep(rng.uniform(0.0, 0.06))
+            node.kill()
+            node.start()
+            while not uplink.next_status(timeout=60).online:
+                pass
+            kills += 1
+
+        def transitions() -> Counter[str]:
+            rows = query(
+                database_url,
+                "SELECT state FROM events WHERE type = 'smoke' AND state IN ('start', 'end')"
+                " AND device IN ('smoke-a', 'smoke-b')",
+            )
+            return Counter(state for (state,) in rows)
+
+        stored = settle(transitions, lambda got: got == sent, timeout=60)
+        eventually(lambda: all(a[1] is smoke for a in fire_alerts(database_url).values()), timeout=30)
+        rows = query(database_url, "SELECT device, count(*) FROM alerts WHERE kind = 'fire' GROUP BY device")
+    lost = sum((sent - stored).values())
+    report(f"alarm transitions over {kills} kills", sum(sent.values()), sum(stored.values()), lost,
+           sum((stored - sent).values()))  # fmt: skip
+    per_detector = dict(rows)
+    print(f"alerts per detector: {per_detector}; last state smoke={smoke}")
+    assert kills >= 8
+    assert per_detector == {"smoke-a": 1, "smoke-b": 1}, "one alert per detector, never a second"
+    assert stored == sent
 
 
 def test_a_retained_alarm_at_start_raises_it(broker: Service, database_url: str, tmp_path: Path) -> None:

@@ -1,19 +1,26 @@
-"""The edge outbox loses nothing while the uplink is down, even across a node restart, nor while nobody listens."""
+"""The edge outbox loses nothing while the uplink is down, even across a node restart, nor while nobody listens;
+a message and the state saved with it are on disk together or not at all, whenever the process is killed."""
 
 from __future__ import annotations
 
+import os
+import random
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import psycopg
-from conftest import _service_folder, eventually, mqtt_client
+from conftest import REPO, _service_folder, eventually, mqtt_client
 from fire_helpers import ALARM, node_config, publish
 
-from alerts.models import Event, EventKind, Place
+from alerts.models import Event, EventKind, Place, utc_now
 from alerts.writer import IngestWorker
 from deploy.local.services import Service, free_port, start_mosquitto
 from edge.node import EdgeNode
 from edge.outbox import Spool, Uplink
+from edge.state import EdgeState
 from ingest.mqtt import uplink_topic
 
 PLACE = Place(sub_district="riverside", community="east-gate", grid="g07", site="willow-court", device="smoke-1")
@@ -44,7 +51,7 @@ def test_alarm_raised_while_the_uplink_is_down_arrives_after_a_node_restart(
             try:
                 eventually(lambda: Spool(spool).pending() == 0)
 
-                def stored() -> tuple:
+                def stored() -> list[tuple]:
                     with psycopg.connect(database_url) as conn:
                         return conn.execute("SELECT type, active, site, device FROM alerts").fetchall()
 
@@ -107,3 +114,78 @@ def test_a_message_paho_refuses_to_publish_does_not_block_the_spool(
     finally:
         uplink.stop()
         worker.stop()
+
+
+def test_the_heartbeat_counts_what_the_broker_kept_back_until_ingest_subscribes(
+    broker: Service, database_url: str, tmp_path: Path
+) -> None:
+    spool = tmp_path / "outbox.sqlite3"
+    with mqtt_client(broker, "test-zigbee2mqtt") as sensor:
+        node = EdgeNode(node_config(broker.url, spool))
+        node.start()
+        try:
+            assert node.wait_ready()
+            publish(sensor, ALARM)
+            refused = eventually(lambda: (beat := node.heartbeat(utc_now())).counters["uplink_refused"] >= 3 and beat)
+            assert refused.counters["uplink_acked"] == 0
+            worker = IngestWorker(broker.url, database_url, name="test-ingest")
+            worker.start()
+            try:
+                assert worker.wait_ready()
+                eventually(lambda: node.uplink.spool.pending() == 0, timeout=40)
+                delivered = node.heartbeat(utc_now())
+            finally:
+                worker.stop()
+        finally:
+            node.stop()
+    print(f"heartbeat: refused {refused.counters['uplink_refused']:.0f} before ingest subscribed; then acked "
+          f"{delivered.counters['uplink_acked']:.0f}, refused {delivered.counters['uplink_refused']:.0f}")  # fmt: skip
+    assert delivered.counters["uplink_acked"] >= 3 and delivered.counters["uplink_refused"] >= 3
+
+
+WRITER = """
+import sys
+from pathlib import Path
+from edge.outbox import Spool
+from edge.state import EdgeState
+
+spool = Spool(Path(sys.argv[1]))
+state = EdgeState(spool)
+n = state.load("test").get("counter", {"n": 0})["n"]
+while True:
+    n += 1
+    with spool.transaction():
+        spool.put("patrolnet/v1/s/alerts", str(n).encode())
+        state.save([("test", "counter", {"n": n})])
+    if n % 50 == 0:
+        print(n, flush=True)
+"""
+
+
+def test_a_message_and_its_state_survive_a_sigkill_together_or_not_at_all(tmp_path: Path) -> None:
+    """A writer spools message n and saves counter n in one transaction, and is SIGKILLed at random moments:
+    after every kill the spool holds exactly the messages 1..counter, each once."""
+    path = tmp_path / "outbox.sqlite3"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    rng = random.Random(8)
+    kills, deadline = 0, time.monotonic() + 120
+    while kills < 20 and time.monotonic() < deadline:
+        writer = subprocess.Popen([sys.executable, "-c", WRITER, str(path)], env=env, stdout=subprocess.PIPE)
+        try:
+            assert writer.stdout is not None and writer.stdout.readline(), "the writer committed"
+            time.sleep(rng.uniform(0.0, 0.2))
+        finally:
+            writer.send_signal(signal.SIGKILL)
+            writer.wait(timeout=10)
+            assert writer.stdout is not None
+            writer.stdout.close()
+        kills += 1
+        spool = Spool(path)
+        counted = EdgeState(spool).load("test")["counter"]["n"]
+        spooled = [int(payload) for _, _, payload in spool.after(0, 10_000_000)]
+        spool.close()
+        lost = set(range(1, counted + 1)) - set(spooled)
+        print(f"kill {kills}: sent / stored / lost / duplicated = {counted} / {len(spooled)} / {len(lost)} / "
+              f"{len(spooled) - len(set(spooled))}")  # fmt: skip
+        assert spooled == list(range(1, counted + 1)), f"spool and state disagree after kill {kills}"
+    assert kills >= 10
