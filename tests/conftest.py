@@ -100,12 +100,14 @@ def yolo11n(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, l
         # Its settings.json goes here instead of ~/.config, should this be the first import in the process.
         mp.setenv("YOLO_CONFIG_DIR", str(folder / "config"))
         yolo = import_yolo()
+        import torch
         import ultralytics
 
         cfg = Path(ultralytics.__file__).parent / "cfg"
         coco = yaml.safe_load((cfg / "datasets/coco.yaml").read_text())["names"]
         model = yolo("yolo11n.yaml")
         # Names come from the training data; an untrained model has "0".."79" until given COCO's, as training would.
+        assert isinstance(model.model, torch.nn.Module)
         model.model.names = coco
         pt = folder / "yolo11n-untrained.pt"
         model.save(pt)
@@ -129,7 +131,8 @@ class ApiServer(ApiThread):
 
     def key(self, role: str, **scope: str) -> dict[str, str]:
         """Authorization headers of a new key for ``role``, limited to ``scope``."""
-        key = create_key(self.database_url, Principal(name=f"test {role}", role=role, **scope))
+        principal = Principal.model_validate({"name": f"test {role}", "role": role, **scope})
+        key = create_key(self.database_url, principal)
         return {"Authorization": f"Bearer {key}"}
 
 

@@ -29,6 +29,7 @@ import time
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Self
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +59,7 @@ def wait_for_port(port: int, timeout: float, proc: subprocess.Popen | None = Non
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"{proc.args[0]} exited with {proc.returncode} before listening on {port}")
+            raise RuntimeError(f"{proc.args!r} exited with {proc.returncode} before listening on {port}")
         with socket.socket() as sock:
             if sock.connect_ex(("127.0.0.1", port)) == 0:
                 return
@@ -109,7 +110,7 @@ class Service:
                 self.proc.wait()
         log.info("stopped %s on port %d", self.name, self.port)
 
-    def __enter__(self) -> Service:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -310,7 +311,7 @@ class ApiThread:
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, daemon=True)
 
-    def __enter__(self) -> ApiThread:
+    def __enter__(self) -> Self:
         self._thread.start()
         wait_for_port(self.port, 30)
         while not self._server.started:
