@@ -26,7 +26,7 @@ from alerts import timescale
 from alerts.coverage import with_coverage
 from alerts.identity import foreign_copy
 from alerts.models import Alert, DeadLetter, Event, Heartbeat, NodeStatus, Place, Reading
-from ingest.mqtt import uplink_topic
+from ingest.protocol import uplink_topic
 
 log = logging.getLogger(__name__)
 

@@ -35,7 +35,7 @@ from alerts.writer import SHARE_GROUP, IngestWorker
 from deploy.local.services import Service
 from edge.config import parse_config
 from edge.node import EdgeNode
-from ingest.mqtt import uplink_topic
+from ingest.protocol import uplink_topic
 
 
 @pytest.fixture

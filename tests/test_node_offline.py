@@ -24,7 +24,7 @@ from test_page import page_dom
 
 from alerts.models import Alert, DeviceStatus, EventKind, Heartbeat, NodeStatus, Place, Role, Severity
 from deploy.local.services import Service, spawn
-from ingest.mqtt import uplink_topic
+from ingest.protocol import uplink_topic
 
 SITE = Place(sub_district="riverside", community="east-gate", grid="g07", site="willow-court")
 

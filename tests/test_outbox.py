@@ -14,7 +14,7 @@ from alerts.writer import IngestWorker
 from deploy.local.services import Service, free_port, start_mosquitto
 from edge.node import EdgeNode
 from edge.outbox import Spool, Uplink
-from ingest.mqtt import uplink_topic
+from ingest.protocol import uplink_topic
 
 PLACE = Place(sub_district="riverside", community="east-gate", grid="g07", site="willow-court", device="smoke-1")
 
