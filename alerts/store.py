@@ -31,8 +31,10 @@ from ingest.protocol import uplink_topic
 log = logging.getLogger(__name__)
 
 CHANGES_CHANNEL = "alert_changes"
-INSERT_CHANGE = "INSERT INTO alert_changes (alert_id, change) VALUES (%s, %s)"
-CHANGES_LOCK = 0x70617472  # "patr": serialises alert_changes inserts so seq order is commit order
+"""What ``record_alert_changes`` NOTIFYs at commit, and the SSE streams LISTEN on."""
+RECORD_CHANGES = "SELECT record_alert_changes(%s, %s)"
+"""Logs changes (alert ids, change kinds) in commit order and wakes the streams: migration 0006, the one
+definition that ingest, desks and citizen reports all call."""
 
 
 def migrations() -> list[tuple[int, str, str]]:
@@ -111,6 +113,17 @@ def copy_statements(table: str, columns: Sequence[str]) -> tuple[str, str, str]:
         f"CREATE TEMP TABLE IF NOT EXISTS {table}_in (LIKE {table} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS",
         f"COPY {table}_in ({names}) FROM STDIN",
         f"INSERT INTO {table} ({names}) SELECT {names} FROM {table}_in ON CONFLICT DO NOTHING",
+    )
+
+
+def insert_statement(table: str, columns: Sequence[str]) -> str:
+    """One row's idempotent INSERT, for a writer of single rows.
+
+    >>> insert_statement("t", ["id", "v"])
+    'INSERT INTO t (id, v) VALUES (%s, %s) ON CONFLICT DO NOTHING'
+    """
+    return (
+        f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join(['%s'] * len(columns))}) ON CONFLICT DO NOTHING"
     )
 
 
@@ -241,9 +254,7 @@ def _write_alerts(cur: psycopg.Cursor, alerts: list[Alert]) -> int:
     if raised:
         cur.execute(_SET_ON_DUTY, (raised,))
     if changes:
-        cur.execute("SELECT pg_advisory_xact_lock(%s)", (CHANGES_LOCK,))
-        cur.executemany(INSERT_CHANGE, changes)
-        cur.execute(f"NOTIFY {CHANGES_CHANNEL}")
+        cur.execute(RECORD_CHANGES, ([id_ for id_, _ in changes], [change for _, change in changes]))
     return len(changes)
 
 
@@ -271,6 +282,29 @@ def _write_heartbeats(cur: psycopg.Cursor, heartbeats: list[Heartbeat]) -> None:
             for d in h.devices
         ],
     )
+
+
+_INSERT_EVENT = insert_statement("events", EVENT_COLUMNS)
+_LINK_EVENT = insert_statement("alert_events", ("alert_id", "event_id"))
+
+
+async def write_alert(conn: psycopg.AsyncConnection, alert: Alert, events: Sequence[Event]) -> int:
+    """Writes an alert born in the centre (a citizen report) and its events, in the caller's transaction and by
+    write_batch's statements, one row at a time (COPY's staging is not worth it for a few rows): the events, the
+    alert, its link to its newest event, who is on duty when it is raised, and its change for the streams.
+    Returns how many changes it logged (0 when the store holds this copy or a newer one)."""
+    for event in events:
+        await conn.execute(_INSERT_EVENT, event_row(event))
+    row = await (await conn.execute(_UPSERT_ALERT, _alert_row(alert))).fetchone()
+    if alert.last_event_id is not None:
+        await conn.execute(_LINK_EVENT, (alert.id, alert.last_event_id))
+    if row is None:
+        return 0
+    id_, inserted, active = row
+    if inserted:
+        await conn.execute(_SET_ON_DUTY, ([id_],))
+    await conn.execute(RECORD_CHANGES, ([id_], [_alert_change(inserted, active)]))
+    return 1
 
 
 def write_batch(conn: psycopg.Connection, batch: Batch) -> int:
