@@ -3,7 +3,10 @@
 Every insert is keyed by the UUID given where the object was born, so a message
 delivered twice makes one row. Alerts keep the copy with the highest revision,
 each copy links the alert to its newest event, and every change is appended to
-``alert_changes`` in commit order, which is what the SSE stream resumes from.
+``alert_changes`` in commit order (by ``record_alert_changes``, migration 0006, the one
+definition every writer calls), which is what the SSE stream resumes from. A node writes
+only for its own site: a copy of an alert another site raised, or a heartbeat naming a
+node another site registered, becomes a dead letter with the reason.
 Bulk rows are COPied into a temporary staging table, then moved with one
 ``INSERT ... SELECT ... ON CONFLICT DO NOTHING`` per table, which keeps them
 idempotent; ``bench/bench_store.py`` measured that about 1.4 times as fast as
@@ -13,20 +16,19 @@ executemany and 1.25 times as fast as one INSERT of unnest()ed arrays.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
-from typing import Any
-from uuid import UUID
+from typing import Any, TypeVar
 
 import psycopg
 from psycopg.types.json import Jsonb
 
 from alerts import timescale
 from alerts.coverage import with_coverage
-from alerts.identity import foreign_copy
+from alerts.identity import foreign_copy, foreign_node
 from alerts.models import Alert, DeadLetter, Event, Heartbeat, NodeStatus, Place, Reading
-from ingest.protocol import uplink_topic
+from ingest.protocol import encode, uplink_topic
 
 log = logging.getLogger(__name__)
 
@@ -175,7 +177,8 @@ UPDATE alerts a SET (on_duty, on_duty_contact) = (
     ORDER BY d.created_at, d.id LIMIT 1)
 WHERE a.id = ANY(%s)"""
 
-# Two heartbeats of one node process measure its heartbeat interval; a restart's gap measures nothing.
+# Two heartbeats of one node process measure its heartbeat interval; a restart's gap measures nothing. A node
+# belongs to the site that registered it (_claims_kept).
 _UPSERT_NODE = """
 INSERT INTO nodes (node_id, sub_district, community, grid, site, started_at, heartbeat_at, counters)
 VALUES (%s, %s, %s, %s, %s, %s, %s, %s)
@@ -185,7 +188,10 @@ ON CONFLICT (node_id) DO UPDATE SET
     counters = EXCLUDED.counters, received_at = now(),
     heartbeat_interval_s = CASE WHEN nodes.started_at = EXCLUDED.started_at
         THEN extract(epoch FROM EXCLUDED.heartbeat_at - nodes.heartbeat_at) ELSE nodes.heartbeat_interval_s END
-WHERE nodes.heartbeat_at < EXCLUDED.heartbeat_at"""
+WHERE nodes.heartbeat_at < EXCLUDED.heartbeat_at AND nodes.site = EXCLUDED.site"""
+
+_ALERT_SITES = "SELECT id, site FROM alerts WHERE id = ANY(%s)"
+_NODE_SITES = "SELECT node_id, site FROM nodes WHERE node_id = ANY(%s)"
 
 # Last arrival wins (see migration 0004).
 _UPSERT_STATUS = """
@@ -217,22 +223,32 @@ def _alert_row(a: Alert) -> tuple[Any, ...]:
             Jsonb(a.attributes), [str(r) for r in a.notify])  # fmt: skip
 
 
-def _foreign_copies(cur: psycopg.Cursor, alerts: list[Alert]) -> tuple[list[Alert], list[DeadLetter]]:
-    """The copies that may be written, and dead letters for those from a site other than the one that raised
-    the alert (stored, or earlier in the batch); the upsert's site guard covers a raise by a concurrent worker."""
-    raised_by: dict[UUID, str] = dict(
-        cur.execute("SELECT id, site FROM alerts WHERE id = ANY(%s)", ([a.id for a in alerts],))
-    )
+Claim = TypeVar("Claim", Alert, Heartbeat)
+
+
+def _claims_kept(
+    cur: psycopg.Cursor,
+    channel: str,
+    owners_sql: str,
+    sent: list[Claim],
+    key: Callable[[Claim], Any],
+    foreign: Callable[[str | None, Claim], str | None],
+) -> tuple[list[Claim], list[DeadLetter]]:
+    """What may be written of ``sent``, and dead letters for what speaks for a thing (an alert, a node) that
+    another site owns: the site ``owners_sql`` finds stored with its key, or the first in the batch to claim it.
+    The upserts' site guards cover a claim committed meanwhile by a concurrent worker."""
+    if not sent:
+        return [], []
+    owners: dict[Any, str] = dict(cur.execute(owners_sql, ([key(item) for item in sent],)))
     kept, refused = [], []
-    for alert in alerts:
-        reason = foreign_copy(raised_by.setdefault(alert.id, alert.place.site), alert)
+    for item in sent:
+        reason = foreign(owners.setdefault(key(item), item.place.site), item)
         if reason is None:
-            kept.append(alert)
+            kept.append(item)
         else:
             log.warning("dead letter: %s", reason)
-            payload = alert.model_dump_json().encode()
-            topic = uplink_topic(alert.place.site, "alerts")
-            refused.append(DeadLetter(topic=topic, payload=payload, reason=reason, source="store"))
+            topic = uplink_topic(item.place.site, channel)
+            refused.append(DeadLetter(topic=topic, payload=encode(channel, item), reason=reason, source="store"))
     return kept, refused
 
 
@@ -310,17 +326,20 @@ async def write_alert(conn: psycopg.AsyncConnection, alert: Alert, events: Seque
 def write_batch(conn: psycopg.Connection, batch: Batch) -> int:
     """Writes a batch in the caller's transaction; returns how many alert changes it logged."""
     with conn.cursor() as cur:
-        alerts, refused = _foreign_copies(cur, batch.alerts) if batch.alerts else ([], [])
+        alerts, refused = _claims_kept(cur, "alerts", _ALERT_SITES, batch.alerts, lambda a: a.id, foreign_copy)
+        heartbeats, foreign = _claims_kept(
+            cur, "heartbeats", _NODE_SITES, batch.heartbeats, lambda h: h.node_id, foreign_node
+        )
         copy_insert(cur, "events", EVENT_COLUMNS, [event_row(e) for e in batch.events])
         copy_insert(cur, "readings", READING_COLUMNS, [reading_row(r) for r in batch.readings])
         copy_insert(
             cur,
             "dead_letters",
             _DEAD_LETTER_COLUMNS,
-            [(d.id, d.ts, d.topic, d.payload, d.reason, d.source) for d in [*batch.dead_letters, *refused]],
+            [(d.id, d.ts, d.topic, d.payload, d.reason, d.source) for d in [*batch.dead_letters, *refused, *foreign]],
         )
-        if batch.heartbeats:
-            _write_heartbeats(cur, batch.heartbeats)
+        if heartbeats:
+            _write_heartbeats(cur, heartbeats)
         if batch.statuses:
             cur.executemany(
                 _UPSERT_STATUS, [(s.node_id, *_place_values(s.place)[:4], s.online, s.ts) for s in batch.statuses]
