@@ -1,4 +1,5 @@
-"""Alert routes: the filtered list, the live stream, one alert in full, and the desk actions."""
+"""Alert routes: the filtered list, the live stream, one alert in full, and the desk actions (their SQL is in
+alerts.alert_queries: handlers validate, call and shape)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request
 from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel, Field
 
-from alerts.alert_queries import ACTIONS, alert_events, alert_history, alerts_page, apply_action
+from alerts.alert_queries import ACTIONS, EventRow, alert_events, alert_history, alerts_page, apply_action
 from alerts.http import Actor, Pool, Reader, api_key, base_url, key_check, refusal, visible_alert
 from alerts.models import AlertStatus, EventKind, EventState, Place, Severity
 from alerts.queries import AlertFilter, AlertPage, decode_cursor, encode_cursor, where
@@ -111,28 +112,19 @@ def snapshot_url(base: str, event_id: UUID) -> str:
     return f"{base}/api/v1/events/{event_id}/snapshot"
 
 
+def _event_summary(base: str, row: EventRow) -> EventSummary:
+    fields = row._asdict()
+    has_snapshot = fields.pop("has_snapshot")
+    return EventSummary(**fields, snapshot_url=snapshot_url(base, row.id) if has_snapshot else None)
+
+
 @router.get("/{alert_id}", summary="One alert with its events, their snapshots and its audit trail")
 async def get_alert(request: Request, pool: Pool, alert_id: UUID, who: Reader) -> AlertDetail:
     alert = await visible_alert(pool, alert_id, who)
     base = base_url(request)
     return AlertDetail(
         alert=alert,
-        events=[
-            EventSummary(
-                id=e.id,
-                ts=e.ts,
-                kind=e.kind,
-                type=e.type,
-                state=e.state,
-                severity=e.severity,
-                place=e.place,
-                source=e.source,
-                title=e.title,
-                attributes=e.attributes,
-                snapshot_url=snapshot_url(base, e.id) if e.has_snapshot else None,
-            )
-            for e in await alert_events(pool, alert_id)
-        ],
+        events=[_event_summary(base, e) for e in await alert_events(pool, alert_id)],
         history=[HistoryEntry(**h._asdict()) for h in await alert_history(pool, alert_id)],
     )
 

@@ -135,15 +135,15 @@ def decode(topic: str, payload: bytes, batch: Batch, worker: str, max_bytes: int
         log.warning("dead letter on %s: %s", topic, reason)
         batch.dead_letters.append(dead_letter(topic, payload, reason, worker))
         return
-    target = {
+    targets: dict[str, list[Any]] = {
         "events": batch.events,
         "alerts": batch.alerts,
         "readings": batch.readings,
         "heartbeats": batch.heartbeats,
         "status": batch.statuses,
         "deadletters": batch.dead_letters,
-    }[channel]
-    target.extend(parsed)  # type: ignore[arg-type]
+    }
+    targets[channel].extend(parsed)
 
 
 class IngestWorker:
@@ -276,7 +276,7 @@ class IngestWorker:
         return messages
 
     def _decode(self, message: mqtt.MQTTMessage, batch: Batch) -> None:
-        decode(message.topic, message.payload, batch, self.name, self.max_payload_bytes)
+        decode(message.topic, bytes(message.payload), batch, self.name, self.max_payload_bytes)
 
     def _run(self) -> None:
         try:
@@ -329,7 +329,7 @@ class IngestWorker:
             except Exception as exc:
                 self._reset()
                 reason = f"refused by the database ({type(exc).__name__}: {exc})"
-                letter = dead_letter(message.topic, message.payload, reason, self.name)
+                letter = dead_letter(message.topic, bytes(message.payload), reason, self.name)
                 if not self._write_letter(letter):
                     return False
         return True
