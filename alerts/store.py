@@ -5,8 +5,8 @@ delivered twice makes one row. Alerts keep the copy with the highest revision,
 each copy links the alert to its newest event, and every change is appended to
 ``alert_changes`` in commit order (by ``record_alert_changes``, migration 0006, the one
 definition every writer calls), which is what the SSE stream resumes from. A node writes
-only for its own site: a copy of an alert another site raised, or a heartbeat naming a
-node another site registered, becomes a dead letter with the reason.
+only for its own site: a copy of an alert another site raised, or a heartbeat or status
+naming a node another site registered, becomes a dead letter with the reason.
 Bulk rows are COPied into a temporary staging table, then moved with one
 ``INSERT ... SELECT ... ON CONFLICT DO NOTHING`` per table, which keeps them
 idempotent; ``bench/bench_store.py`` measured that about 1.4 times as fast as
@@ -193,13 +193,14 @@ WHERE nodes.heartbeat_at < EXCLUDED.heartbeat_at AND nodes.site = EXCLUDED.site"
 _ALERT_SITES = "SELECT id, site FROM alerts WHERE id = ANY(%s)"
 _NODE_SITES = "SELECT node_id, site FROM nodes WHERE node_id = ANY(%s)"
 
-# Last arrival wins (see migration 0004).
+# Last arrival wins (see migration 0004), from the node's own site.
 _UPSERT_STATUS = """
 INSERT INTO node_status (node_id, sub_district, community, grid, site, online, status_at)
 VALUES (%s, %s, %s, %s, %s, %s, %s)
 ON CONFLICT (node_id) DO UPDATE SET
     sub_district = EXCLUDED.sub_district, community = EXCLUDED.community, grid = EXCLUDED.grid,
-    site = EXCLUDED.site, online = EXCLUDED.online, status_at = EXCLUDED.status_at, received_at = now()"""
+    site = EXCLUDED.site, online = EXCLUDED.online, status_at = EXCLUDED.status_at, received_at = now()
+WHERE node_status.site = EXCLUDED.site"""
 
 _UPSERT_DEVICE = """
 INSERT INTO devices (site, device, node_id, sub_district, community, grid, type, online, last_seen, detail,
@@ -223,7 +224,7 @@ def _alert_row(a: Alert) -> tuple[Any, ...]:
             Jsonb(a.attributes), [str(r) for r in a.notify])  # fmt: skip
 
 
-Claim = TypeVar("Claim", Alert, Heartbeat)
+Claim = TypeVar("Claim", Alert, Heartbeat, NodeStatus)
 
 
 def _claims_kept(
@@ -330,18 +331,22 @@ def write_batch(conn: psycopg.Connection, batch: Batch) -> int:
         heartbeats, foreign = _claims_kept(
             cur, "heartbeats", _NODE_SITES, batch.heartbeats, lambda h: h.node_id, foreign_node
         )
+        statuses, forged = _claims_kept(cur, "status", _NODE_SITES, batch.statuses, lambda s: s.node_id, foreign_node)
         copy_insert(cur, "events", EVENT_COLUMNS, [event_row(e) for e in batch.events])
         copy_insert(cur, "readings", READING_COLUMNS, [reading_row(r) for r in batch.readings])
         copy_insert(
             cur,
             "dead_letters",
             _DEAD_LETTER_COLUMNS,
-            [(d.id, d.ts, d.topic, d.payload, d.reason, d.source) for d in [*batch.dead_letters, *refused, *foreign]],
+            [
+                (d.id, d.ts, d.topic, d.payload, d.reason, d.source)
+                for d in [*batch.dead_letters, *refused, *foreign, *forged]
+            ],
         )
         if heartbeats:
             _write_heartbeats(cur, heartbeats)
-        if batch.statuses:
+        if statuses:
             cur.executemany(
-                _UPSERT_STATUS, [(s.node_id, *_place_values(s.place)[:4], s.online, s.ts) for s in batch.statuses]
+                _UPSERT_STATUS, [(s.node_id, *_place_values(s.place)[:4], s.online, s.ts) for s in statuses]
             )
         return _write_alerts(cur, alerts) if alerts else 0
