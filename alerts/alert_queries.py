@@ -71,6 +71,9 @@ ORDER BY e.ts, e.id"""
 _HISTORY_SQL = """
 SELECT at, actor, action, from_status, to_status, note FROM alert_history WHERE alert_id = %s ORDER BY at, id"""
 
+# The lock an UPDATE takes, no more: inserts elsewhere that reference the alert (links, changes) go on.
+_LOCK_STATUS_SQL = "SELECT status FROM alerts WHERE id = %s FOR NO KEY UPDATE"
+
 _SET_STATUS_SQL = f"""
 UPDATE alerts a SET status = %s, status_by = %s, status_at = now(), updated_at = now()
 WHERE a.id = %s RETURNING {ALERT_COLUMNS}"""
@@ -119,9 +122,7 @@ async def apply_action(
     in one transaction; None when the alert's status (read under the row's lock) does not allow the action."""
     allowed_from, to_status = ACTIONS[action]
     async with pool.connection() as conn, conn.transaction():
-        current = await (
-            await conn.execute("SELECT status FROM alerts WHERE id = %s FOR UPDATE", (alert_id,))
-        ).fetchone()
+        current = await (await conn.execute(_LOCK_STATUS_SQL, (alert_id,))).fetchone()
         if current is None or current[0] not in allowed_from:
             return None
         updated = await (await conn.execute(_SET_STATUS_SQL, (to_status, actor, alert_id))).fetchone()
