@@ -74,8 +74,8 @@ CHANNELS = tuple(PAYLOADS)
 
 
 def uplink_topic(site: str, channel: str) -> str:
-    if channel not in PAYLOADS:
-        raise ValueError(f"unknown channel {channel!r}")
+    """The topic a node of ``site`` sends ``channel`` on; ValueError for a channel not in ``PAYLOADS``."""
+    _channel(channel)
     return f"{TOPIC_PREFIX}/{site}/{channel}"
 
 
