@@ -19,6 +19,7 @@ from typing import Annotated
 from uuid import UUID, uuid4
 
 from fastapi import APIRouter, File, Form, HTTPException, UploadFile
+from psycopg_pool import AsyncConnectionPool
 from pydantic import BaseModel, Field
 
 from alerts.http import Pool, ReporterKey, Settings, refusal
@@ -38,6 +39,9 @@ ON CONFLICT (key) DO UPDATE SET
     tokens = least(%(burst)s, b.tokens + extract(epoch FROM now() - b.at) * %(rate)s) - 1, at = now()
 WHERE least(%(burst)s, b.tokens + extract(epoch FROM now() - b.at) * %(rate)s) >= 1
 RETURNING tokens"""
+
+
+_REPORTER_SQL = "SELECT name, contact, sub_district, community, grid, site FROM reporters WHERE key_id = %s"
 
 
 class ReportReceipt(BaseModel):
@@ -70,6 +74,23 @@ def report_alert(event: Event) -> Alert:
     return alert
 
 
+async def registered_reporter(pool: AsyncConnectionPool, key_id: UUID | None) -> tuple[str, str, Place] | None:
+    """(name, contact, place watched) of the reporter registered with the key; None for a key without one."""
+    async with pool.connection() as conn:
+        row = await (await conn.execute(_REPORTER_SQL, (key_id,))).fetchone()
+    if row is None:
+        return None
+    name, contact, sub_district, community, grid, site = row
+    return name, contact, Place(sub_district=sub_district, community=community, grid=grid, site=site)
+
+
+async def take_token(pool: AsyncConnectionPool, key: str, burst: float, rate: float) -> bool:
+    """Takes a token from the bucket of ``key``; False when it is empty."""
+    async with pool.connection() as conn:
+        taken = await (await conn.execute(TAKE_TOKEN_SQL, {"key": key, "burst": burst, "rate": rate})).fetchone()
+    return taken is not None
+
+
 async def _read_photo(photo: UploadFile, limit: int) -> bytes:
     data = await photo.read(limit + 1)
     if len(data) > limit:
@@ -96,31 +117,20 @@ async def post_report(
     text: Annotated[str, Form(min_length=1, max_length=4000, description="What the reporter saw.")],
     photo: Annotated[UploadFile | None, File(description="A JPEG or PNG picture.")] = None,
 ) -> ReportReceipt:
-    async with pool.connection() as conn:
-        row = await (
-            await conn.execute(
-                "SELECT name, contact, sub_district, community, grid, site FROM reporters WHERE key_id = %s",
-                (who.key_id,),
-            )
-        ).fetchone()
-    if row is None:
+    reporter = await registered_reporter(pool, who.key_id)
+    if reporter is None:
         raise HTTPException(403, "this reporter key is not registered: an admin registers reporters")
-    name, contact, sub_district, community, grid, site = row
     if not text.strip():
         raise HTTPException(422, "text: say what you saw")
     data = await _read_photo(photo, settings.report_max_bytes) if photo is not None else None
     rate = settings.report_per_hour / 3600
-    async with pool.connection() as conn:
-        bucket = {"key": f"report:{who.key_id}", "burst": settings.report_burst, "rate": rate}
-        if await (await conn.execute(TAKE_TOKEN_SQL, bucket)).fetchone() is None:
-            wait = math.ceil(1 / rate) if rate > 0 else 3600
-            raise HTTPException(
-                429, f"too many reports from this key; try again in {wait} s", {"Retry-After": str(wait)}
-            )
-    event = report_event(Place(sub_district=sub_district, community=community, grid=grid, site=site), name, contact,
-                         text.strip(), data)  # fmt: skip
+    if not await take_token(pool, f"report:{who.key_id}", settings.report_burst, rate):
+        wait = math.ceil(1 / rate) if rate > 0 else 3600
+        raise HTTPException(429, f"too many reports from this key; try again in {wait} s", {"Retry-After": str(wait)})
+    name, contact, place = reporter
+    event = report_event(place, name, contact, text.strip(), data)
     alert = report_alert(event)
     async with pool.connection() as conn, conn.transaction():
         await write_alert(conn, alert, [event])
-    log.info("report from %s in %s/%s: alert %s", name, community, grid, alert.id)
+    log.info("report from %s in %s/%s: alert %s", name, place.community, place.grid, alert.id)
     return ReportReceipt(alert_id=alert.id, event_id=event.id, photo=data is not None)
