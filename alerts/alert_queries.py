@@ -1,5 +1,5 @@
-"""The alert aggregate's queries for the API: a page of alerts, one alert's events and audit trail, a desk's
-status change. Route handlers validate, call these and shape the answer; the filter clauses come from
+"""The alert aggregate's queries for the API: a page of alerts, one alert's events, snapshots and audit trail,
+a desk's status change. Route handlers validate, call these and shape the answer; the filter clauses come from
 ``alerts.queries``, and a status change is logged for the streams through ``record_alert_changes``
 (``alerts.store.RECORD_CHANGES``), the one definition every writer calls.
 
@@ -71,6 +71,12 @@ ORDER BY e.ts, e.id"""
 _HISTORY_SQL = """
 SELECT at, actor, action, from_status, to_status, note FROM alert_history WHERE alert_id = %s ORDER BY at, id"""
 
+_SNAPSHOT_HEADS_SQL = """
+SELECT l.alert_id, e.id, substring(e.snapshot FROM 1 FOR 8)
+FROM alert_events l JOIN events e ON e.id = l.event_id
+WHERE l.alert_id = ANY(%s) AND e.snapshot IS NOT NULL
+ORDER BY e.ts, e.id"""
+
 # The lock an UPDATE takes, no more: inserts elsewhere that reference the alert (links, changes) go on.
 _LOCK_STATUS_SQL = "SELECT status FROM alerts WHERE id = %s FOR NO KEY UPDATE"
 
@@ -113,6 +119,14 @@ async def alert_history(pool: AsyncConnectionPool, alert_id: UUID) -> list[Histo
     async with pool.connection() as conn:
         rows = await (await conn.execute(_HISTORY_SQL, (alert_id,))).fetchall()
     return [HistoryRow(*row) for row in rows]
+
+
+async def snapshot_heads(pool: AsyncConnectionPool, alert_ids: list[UUID]) -> list[tuple[UUID, UUID, bytes]]:
+    """(alert id, event id, the snapshot's first 8 bytes, which tell its type) of every event of the alerts that
+    has a snapshot, oldest first."""
+    async with pool.connection() as conn:
+        rows = await (await conn.execute(_SNAPSHOT_HEADS_SQL, (alert_ids,))).fetchall()
+    return [(alert_id, event_id, bytes(head)) for alert_id, event_id, head in rows]
 
 
 async def apply_action(
