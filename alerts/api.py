@@ -64,7 +64,6 @@ def create_app(database_url: str, settings: ApiSettings | None = None, pool_size
     )
     app.state.pool = pool
     app.state.notifier = notifier
-    app.state.database_url = database_url
     app.state.settings = settings or ApiSettings.from_env()
     if not app.state.settings.public_url:
         log.info("PATROLNET_PUBLIC_URL is not set: links in CAP messages and alert details are relative paths")

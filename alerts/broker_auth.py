@@ -51,7 +51,8 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.reasoncodes import ReasonCode
 
 from alerts.writer import SHARE_GROUP
-from ingest.mqtt import CHANNELS, TOPIC_PREFIX, UPLINK_FILTER, connect, make_client, uplink_topic
+from ingest.mqtt import connect, make_client
+from ingest.protocol import CHANNELS, TOPIC_PREFIX, UPLINK_FILTER, uplink_topic
 
 log = logging.getLogger(__name__)
 

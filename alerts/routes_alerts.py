@@ -1,4 +1,5 @@
-"""Alert routes: the filtered list, the live stream, one alert in full, and the desk actions."""
+"""Alert routes: the filtered list, the live stream, one alert in full, and the desk actions (their SQL is in
+alerts.alert_queries: handlers validate, call and shape)."""
 
 from __future__ import annotations
 
@@ -12,11 +13,11 @@ from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request
 from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel, Field
 
+from alerts.alert_queries import ACTIONS, EventRow, alert_events, alert_history, alerts_page, apply_action
 from alerts.http import Actor, Pool, Reader, api_key, base_url, key_check, refusal, visible_alert
 from alerts.models import AlertStatus, EventKind, EventState, Place, Severity
 from alerts.queries import AlertFilter, AlertPage, decode_cursor, encode_cursor, where
-from alerts.rows import ALERT_COLUMNS, StoredAlert, row_to_alert
-from alerts.store import CHANGES_CHANNEL, CHANGES_LOCK, INSERT_CHANGE
+from alerts.rows import StoredAlert
 from alerts.stream import latest_seq, sse_events
 
 log = logging.getLogger(__name__)
@@ -63,29 +64,13 @@ class AlertDetail(BaseModel):
     history: list[HistoryEntry] = Field(description="What desks did with it, oldest first.")
 
 
-# Which statuses each desk action may move an alert from, and to.
-ACTIONS: dict[str, tuple[tuple[AlertStatus, ...], AlertStatus]] = {
-    "acknowledge": ((AlertStatus.NEW,), AlertStatus.ACKNOWLEDGED),
-    "resolve": ((AlertStatus.NEW, AlertStatus.ACKNOWLEDGED), AlertStatus.RESOLVED),
-    "false-alarm": ((AlertStatus.NEW, AlertStatus.ACKNOWLEDGED), AlertStatus.FALSE_ALARM),
-}
-
-
 async def page_of_alerts(pool: Pool, who: Reader, page: AlertPage) -> AlertList:
     """One page of the alerts a caller may see, newest first."""
-    clause, params = where(page, who)
-    if page.cursor is not None:
-        try:
-            ts, id_ = decode_cursor(page.cursor)
-        except ValueError as exc:
-            raise HTTPException(400, str(exc)) from exc
-        clause += " AND (a.ts, a.id) < (%s, %s)"
-        params += [ts, id_]
-    sql = f"SELECT {ALERT_COLUMNS} FROM alerts a WHERE {clause} ORDER BY a.ts DESC, a.id DESC LIMIT %s"
-    async with pool.connection() as conn:
-        rows = await (await conn.execute(sql, [*params, page.limit + 1])).fetchall()
-    items = [row_to_alert(r) for r in rows[: page.limit]]
-    more = len(rows) > page.limit
+    try:
+        before = decode_cursor(page.cursor) if page.cursor is not None else None
+    except ValueError as exc:
+        raise HTTPException(400, str(exc)) from exc
+    items, more = await alerts_page(pool, who, page, before)
     return AlertList(items=items, next_cursor=encode_cursor(items[-1].ts, items[-1].id) if more else None)
 
 
@@ -123,53 +108,24 @@ async def stream_alerts(
     )
 
 
-_EVENTS_SQL = """
-SELECT e.id, e.ts, e.kind, e.type, e.state, e.severity, e.sub_district, e.community, e.grid, e.site, e.device,
-       e.source, e.title, e.attributes, e.snapshot IS NOT NULL
-FROM (SELECT event_id FROM alert_events WHERE alert_id = %s ORDER BY linked_at DESC LIMIT 200) l
-JOIN events e ON e.id = l.event_id
-ORDER BY e.ts, e.id"""
-
-
 def snapshot_url(base: str, event_id: UUID) -> str:
     return f"{base}/api/v1/events/{event_id}/snapshot"
+
+
+def _event_summary(base: str, row: EventRow) -> EventSummary:
+    fields = row._asdict()
+    has_snapshot = fields.pop("has_snapshot")
+    return EventSummary(**fields, snapshot_url=snapshot_url(base, row.id) if has_snapshot else None)
 
 
 @router.get("/{alert_id}", summary="One alert with its events, their snapshots and its audit trail")
 async def get_alert(request: Request, pool: Pool, alert_id: UUID, who: Reader) -> AlertDetail:
     alert = await visible_alert(pool, alert_id, who)
-    async with pool.connection() as conn:
-        history = await (
-            await conn.execute(
-                "SELECT at, actor, action, from_status, to_status, note FROM alert_history"
-                " WHERE alert_id = %s ORDER BY at, id",
-                (alert_id,),
-            )
-        ).fetchall()
-        events = await (await conn.execute(_EVENTS_SQL, (alert_id,))).fetchall()
     base = base_url(request)
     return AlertDetail(
         alert=alert,
-        events=[
-            EventSummary(
-                id=id_,
-                ts=ts,
-                kind=kind,
-                type=type_,
-                state=state,
-                severity=severity,
-                place=Place(sub_district=sd, community=c, grid=g, site=s, device=d),
-                source=source,
-                title=title,
-                attributes=attributes,
-                snapshot_url=snapshot_url(base, id_) if has_snapshot else None,
-            )
-            for id_, ts, kind, type_, state, severity, sd, c, g, s, d, source, title, attributes, has_snapshot in events
-        ],
-        history=[
-            HistoryEntry(at=at, actor=actor, action=action, from_status=f, to_status=t, note=note)
-            for at, actor, action, f, t, note in history
-        ],
+        events=[_event_summary(base, e) for e in await alert_events(pool, alert_id)],
+        history=[HistoryEntry(**h._asdict()) for h in await alert_history(pool, alert_id)],
     )
 
 
@@ -183,28 +139,11 @@ async def change_status(
 ) -> StoredAlert:
     if action not in ACTIONS:
         raise HTTPException(404, f"unknown action {action!r}; one of {', '.join(ACTIONS)}")
-    allowed_from, to_status = ACTIONS[action]
     alert = await visible_alert(pool, alert_id, who)
-    if alert.status not in allowed_from:
+    if alert.status not in ACTIONS[action][0]:
         raise HTTPException(409, f"cannot {action} an alert that is {alert.status}")
-    note = body.note if body else ""
-    async with pool.connection() as conn, conn.transaction():
-        updated = await (
-            await conn.execute(
-                f"UPDATE alerts a SET status = %s, status_by = %s, status_at = now(), updated_at = now()"
-                f" WHERE a.id = %s AND a.status = ANY(%s) RETURNING {ALERT_COLUMNS}",
-                (to_status, who.name, alert_id, list(allowed_from)),
-            )
-        ).fetchone()
-        if updated is None:
-            raise HTTPException(409, "the alert changed meanwhile; reload it")
-        await conn.execute(
-            "INSERT INTO alert_history (alert_id, actor, action, from_status, to_status, note)"
-            " VALUES (%s, %s, %s, %s, %s, %s)",
-            (alert_id, who.name, action, alert.status, to_status, note),
-        )
-        await conn.execute("SELECT pg_advisory_xact_lock(%s)", (CHANGES_LOCK,))
-        await conn.execute(INSERT_CHANGE, (alert_id, to_status))
-        await conn.execute(f"NOTIFY {CHANGES_CHANNEL}")
+    updated = await apply_action(pool, alert_id, action, who.name, body.note if body else "")
+    if updated is None:
+        raise HTTPException(409, "the alert changed meanwhile; reload it")
     log.info("%s: %s %s", who.name, action, alert_id)
-    return row_to_alert(updated)
+    return updated

@@ -9,6 +9,7 @@ from uuid import UUID
 
 from fastapi import APIRouter, Query, Request, Response
 
+from alerts.alert_queries import snapshot_heads
 from alerts.cap import atom_feed, cap_alert, cap_document
 from alerts.http import Pool, Reader, base_url, get_settings, visible_alert
 from alerts.media import image_type
@@ -21,19 +22,13 @@ router = APIRouter(prefix="/api/v1", tags=["cap"])
 CAP_TYPE = "application/cap+xml"
 ATOM_TYPE = "application/atom+xml"
 
-_SNAPSHOTS_SQL = """
-SELECT l.alert_id, e.id, substring(e.snapshot FROM 1 FOR 8)
-FROM alert_events l JOIN events e ON e.id = l.event_id
-WHERE l.alert_id = ANY(%s) AND e.snapshot IS NOT NULL
-ORDER BY e.ts, e.id"""
-
 
 async def _snapshots(pool: Pool, base: str, alert_ids: list[UUID]) -> dict[UUID, list[tuple[str, str]]]:
     found: dict[UUID, list[tuple[str, str]]] = {}
-    async with pool.connection() as conn:
-        for alert_id, event_id, head in await (await conn.execute(_SNAPSHOTS_SQL, (alert_ids,))).fetchall():
-            mime = image_type(bytes(head)) or "application/octet-stream"
-            found.setdefault(alert_id, []).append((snapshot_url(base, event_id), mime))
+    for alert_id, event_id, head in await snapshot_heads(pool, alert_ids):
+        found.setdefault(alert_id, []).append(
+            (snapshot_url(base, event_id), image_type(head) or "application/octet-stream")
+        )
     return found
 
 

@@ -3,7 +3,10 @@
 Every insert is keyed by the UUID given where the object was born, so a message
 delivered twice makes one row. Alerts keep the copy with the highest revision,
 each copy links the alert to its newest event, and every change is appended to
-``alert_changes`` in commit order, which is what the SSE stream resumes from.
+``alert_changes`` in commit order (by ``record_alert_changes``, migration 0006, the one
+definition every writer calls), which is what the SSE stream resumes from. A node writes
+only for its own site: a copy of an alert another site raised, or a heartbeat or status
+naming a node another site registered, becomes a dead letter with the reason.
 Bulk rows are COPied into a temporary staging table, then moved with one
 ``INSERT ... SELECT ... ON CONFLICT DO NOTHING`` per table, which keeps them
 idempotent; ``bench/bench_store.py`` measured that about 1.4 times as fast as
@@ -13,26 +16,27 @@ executemany and 1.25 times as fast as one INSERT of unnest()ed arrays.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
-from typing import Any
-from uuid import UUID
+from typing import Any, TypeVar
 
 import psycopg
 from psycopg.types.json import Jsonb
 
 from alerts import timescale
 from alerts.coverage import with_coverage
-from alerts.identity import foreign_copy
+from alerts.identity import foreign_copy, foreign_node
 from alerts.models import Alert, DeadLetter, Event, Heartbeat, NodeStatus, Place, Reading
-from ingest.mqtt import uplink_topic
+from ingest.protocol import encode, uplink_topic
 
 log = logging.getLogger(__name__)
 
 CHANGES_CHANNEL = "alert_changes"
-INSERT_CHANGE = "INSERT INTO alert_changes (alert_id, change) VALUES (%s, %s)"
-CHANGES_LOCK = 0x70617472  # "patr": serialises alert_changes inserts so seq order is commit order
+"""What ``record_alert_changes`` NOTIFYs at commit, and the SSE streams LISTEN on."""
+RECORD_CHANGES = "SELECT record_alert_changes(%s, %s)"
+"""Logs changes (alert ids, change kinds) in commit order and wakes the streams: migration 0006, the one
+definition that ingest, desks and citizen reports all call."""
 
 
 def migrations() -> list[tuple[int, str, str]]:
@@ -114,6 +118,17 @@ def copy_statements(table: str, columns: Sequence[str]) -> tuple[str, str, str]:
     )
 
 
+def insert_statement(table: str, columns: Sequence[str]) -> str:
+    """One row's idempotent INSERT, for a writer of single rows.
+
+    >>> insert_statement("t", ["id", "v"])
+    'INSERT INTO t (id, v) VALUES (%s, %s) ON CONFLICT DO NOTHING'
+    """
+    return (
+        f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join(['%s'] * len(columns))}) ON CONFLICT DO NOTHING"
+    )
+
+
 def copy_insert(cur: psycopg.Cursor, table: str, columns: Sequence[str], rows: Sequence[tuple[Any, ...]]) -> None:
     """Inserts rows not yet there, by COPY; in the caller's transaction (the staging table needs one)."""
     if not rows:
@@ -164,7 +179,8 @@ UPDATE alerts a SET (on_duty, on_duty_contact) = (
     ORDER BY d.created_at, d.id LIMIT 1)
 WHERE a.id = ANY(%s)"""
 
-# Two heartbeats of one node process measure its heartbeat interval; a restart's gap measures nothing.
+# Two heartbeats of one node process measure its heartbeat interval; a restart's gap measures nothing. A node
+# belongs to the site that registered it (_claims_kept).
 _UPSERT_NODE = """
 INSERT INTO nodes (node_id, sub_district, community, grid, site, started_at, heartbeat_at, counters)
 VALUES (%s, %s, %s, %s, %s, %s, %s, %s)
@@ -174,15 +190,19 @@ ON CONFLICT (node_id) DO UPDATE SET
     counters = EXCLUDED.counters, received_at = now(),
     heartbeat_interval_s = CASE WHEN nodes.started_at = EXCLUDED.started_at
         THEN extract(epoch FROM EXCLUDED.heartbeat_at - nodes.heartbeat_at) ELSE nodes.heartbeat_interval_s END
-WHERE nodes.heartbeat_at < EXCLUDED.heartbeat_at"""
+WHERE nodes.heartbeat_at < EXCLUDED.heartbeat_at AND nodes.site = EXCLUDED.site"""
 
-# Last arrival wins (see migration 0004).
+_ALERT_SITES = "SELECT id, site FROM alerts WHERE id = ANY(%s)"
+_NODE_SITES = "SELECT node_id, site FROM nodes WHERE node_id = ANY(%s)"
+
+# Last arrival wins (see migration 0004), from the node's own site.
 _UPSERT_STATUS = """
 INSERT INTO node_status (node_id, sub_district, community, grid, site, online, status_at)
 VALUES (%s, %s, %s, %s, %s, %s, %s)
 ON CONFLICT (node_id) DO UPDATE SET
     sub_district = EXCLUDED.sub_district, community = EXCLUDED.community, grid = EXCLUDED.grid,
-    site = EXCLUDED.site, online = EXCLUDED.online, status_at = EXCLUDED.status_at, received_at = now()"""
+    site = EXCLUDED.site, online = EXCLUDED.online, status_at = EXCLUDED.status_at, received_at = now()
+WHERE node_status.site = EXCLUDED.site"""
 
 _UPSERT_DEVICE = """
 INSERT INTO devices (site, device, node_id, sub_district, community, grid, type, online, last_seen, detail,
@@ -207,22 +227,32 @@ def _alert_row(a: Alert) -> tuple[Any, ...]:
             a.confirmed_by)  # fmt: skip
 
 
-def _foreign_copies(cur: psycopg.Cursor, alerts: list[Alert]) -> tuple[list[Alert], list[DeadLetter]]:
-    """The copies that may be written, and dead letters for those from a site other than the one that raised
-    the alert (stored, or earlier in the batch); the upsert's site guard covers a raise by a concurrent worker."""
-    raised_by: dict[UUID, str] = dict(
-        cur.execute("SELECT id, site FROM alerts WHERE id = ANY(%s)", ([a.id for a in alerts],))
-    )
+Claim = TypeVar("Claim", Alert, Heartbeat, NodeStatus)
+
+
+def _claims_kept(
+    cur: psycopg.Cursor,
+    channel: str,
+    owners_sql: str,
+    sent: list[Claim],
+    key: Callable[[Claim], Any],
+    foreign: Callable[[str | None, Claim], str | None],
+) -> tuple[list[Claim], list[DeadLetter]]:
+    """What may be written of ``sent``, and dead letters for what speaks for a thing (an alert, a node) that
+    another site owns: the site ``owners_sql`` finds stored with its key, or the first in the batch to claim it.
+    The upserts' site guards cover a claim committed meanwhile by a concurrent worker."""
+    if not sent:
+        return [], []
+    owners: dict[Any, str] = dict(cur.execute(owners_sql, ([key(item) for item in sent],)))
     kept, refused = [], []
-    for alert in alerts:
-        reason = foreign_copy(raised_by.setdefault(alert.id, alert.place.site), alert)
+    for item in sent:
+        reason = foreign(owners.setdefault(key(item), item.place.site), item)
         if reason is None:
-            kept.append(alert)
+            kept.append(item)
         else:
             log.warning("dead letter: %s", reason)
-            payload = alert.model_dump_json().encode()
-            topic = uplink_topic(alert.place.site, "alerts")
-            refused.append(DeadLetter(topic=topic, payload=payload, reason=reason, source="store"))
+            topic = uplink_topic(item.place.site, channel)
+            refused.append(DeadLetter(topic=topic, payload=encode(channel, item), reason=reason, source="store"))
     return kept, refused
 
 
@@ -244,9 +274,7 @@ def _write_alerts(cur: psycopg.Cursor, alerts: list[Alert]) -> int:
     if raised:
         cur.execute(_SET_ON_DUTY, (raised,))
     if changes:
-        cur.execute("SELECT pg_advisory_xact_lock(%s)", (CHANGES_LOCK,))
-        cur.executemany(INSERT_CHANGE, changes)
-        cur.execute(f"NOTIFY {CHANGES_CHANNEL}")
+        cur.execute(RECORD_CHANGES, ([id_ for id_, _ in changes], [change for _, change in changes]))
     return len(changes)
 
 
@@ -276,22 +304,52 @@ def _write_heartbeats(cur: psycopg.Cursor, heartbeats: list[Heartbeat]) -> None:
     )
 
 
+_INSERT_EVENT = insert_statement("events", EVENT_COLUMNS)
+_LINK_EVENT = insert_statement("alert_events", ("alert_id", "event_id"))
+
+
+async def write_alert(conn: psycopg.AsyncConnection, alert: Alert, events: Sequence[Event]) -> int:
+    """Writes an alert born in the centre (a citizen report) and its events, in the caller's transaction and by
+    write_batch's statements, one row at a time (COPY's staging is not worth it for a few rows): the events, the
+    alert, its link to its newest event, who is on duty when it is raised, and its change for the streams.
+    Returns how many changes it logged (0 when the store holds this copy or a newer one)."""
+    for event in events:
+        await conn.execute(_INSERT_EVENT, event_row(event))
+    row = await (await conn.execute(_UPSERT_ALERT, _alert_row(alert))).fetchone()
+    if alert.last_event_id is not None:
+        await conn.execute(_LINK_EVENT, (alert.id, alert.last_event_id))
+    if row is None:
+        return 0
+    id_, inserted, active = row
+    if inserted:
+        await conn.execute(_SET_ON_DUTY, ([id_],))
+    await conn.execute(RECORD_CHANGES, ([id_], [_alert_change(inserted, active)]))
+    return 1
+
+
 def write_batch(conn: psycopg.Connection, batch: Batch) -> int:
     """Writes a batch in the caller's transaction; returns how many alert changes it logged."""
     with conn.cursor() as cur:
-        alerts, refused = _foreign_copies(cur, batch.alerts) if batch.alerts else ([], [])
+        alerts, refused = _claims_kept(cur, "alerts", _ALERT_SITES, batch.alerts, lambda a: a.id, foreign_copy)
+        heartbeats, foreign = _claims_kept(
+            cur, "heartbeats", _NODE_SITES, batch.heartbeats, lambda h: h.node_id, foreign_node
+        )
+        statuses, forged = _claims_kept(cur, "status", _NODE_SITES, batch.statuses, lambda s: s.node_id, foreign_node)
         copy_insert(cur, "events", EVENT_COLUMNS, [event_row(e) for e in batch.events])
         copy_insert(cur, "readings", READING_COLUMNS, [reading_row(r) for r in batch.readings])
         copy_insert(
             cur,
             "dead_letters",
             _DEAD_LETTER_COLUMNS,
-            [(d.id, d.ts, d.topic, d.payload, d.reason, d.source) for d in [*batch.dead_letters, *refused]],
+            [
+                (d.id, d.ts, d.topic, d.payload, d.reason, d.source)
+                for d in [*batch.dead_letters, *refused, *foreign, *forged]
+            ],
         )
-        if batch.heartbeats:
-            _write_heartbeats(cur, batch.heartbeats)
-        if batch.statuses:
+        if heartbeats:
+            _write_heartbeats(cur, heartbeats)
+        if statuses:
             cur.executemany(
-                _UPSERT_STATUS, [(s.node_id, *_place_values(s.place)[:4], s.online, s.ts) for s in batch.statuses]
+                _UPSERT_STATUS, [(s.node_id, *_place_values(s.place)[:4], s.online, s.ts) for s in statuses]
             )
         return _write_alerts(cur, alerts) if alerts else 0

@@ -43,6 +43,7 @@ import socket
 import threading
 import time
 from collections import Counter
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -50,12 +51,14 @@ import paho.mqtt.client as mqtt
 import psycopg
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
-from pydantic import BaseModel, TypeAdapter, ValidationError
+from pydantic import BaseModel, ValidationError
 
 from alerts.identity import site_mismatch
-from alerts.models import DEAD_LETTER_KEEPS, Alert, DeadLetter, Event, Heartbeat, NodeStatus, Reading
+from alerts.models import DEAD_LETTER_KEEPS, DeadLetter
 from alerts.store import Batch, write_batch
-from ingest.mqtt import UPLINK_FILTER, connect, make_client, parse_uplink_topic
+from ingest import protocol
+from ingest.mqtt import connect, make_client
+from ingest.protocol import UPLINK_FILTER, parse_uplink_topic
 
 log = logging.getLogger(__name__)
 
@@ -66,14 +69,6 @@ SESSION_EXPIRY_S = 86_400
 """How long the broker keeps a worker's session (and queues its share) while the worker is away."""
 EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)
 AHEAD = timedelta(days=1)
-_READINGS = TypeAdapter(list[Reading])
-_MODELS: dict[str, type[BaseModel]] = {
-    "events": Event,
-    "alerts": Alert,
-    "heartbeats": Heartbeat,
-    "status": NodeStatus,
-    "deadletters": DeadLetter,
-}
 
 
 def default_name() -> str:
@@ -91,18 +86,11 @@ def _times(value: Any, path: str) -> list[tuple[str, datetime]]:
     return []
 
 
-def check_times(parsed: list[BaseModel], now: datetime) -> None:
+def check_times(parsed: Sequence[BaseModel], now: datetime) -> None:
     """ValueError naming the first time (of any model field) before 2000 or more than a day after ``now``."""
     for path, ts in _times(parsed[0] if len(parsed) == 1 else parsed, ""):
         if ts < EARLIEST or ts > now + AHEAD:
             raise ValueError(f"time {path.lstrip('.')} = {ts.isoformat()} is outside 2000-01-01 .. now + 1 day")
-
-
-def parse(channel: str, payload: bytes) -> list[BaseModel]:
-    """The models an uplink message on ``channel`` holds; any exception when it does not hold them."""
-    if channel == "readings":
-        return list(_READINGS.validate_json(payload))
-    return [_MODELS[channel].model_validate_json(payload)]
 
 
 def _explain(exc: Exception) -> str:
@@ -136,7 +124,7 @@ def decode(topic: str, payload: bytes, batch: Batch, worker: str, max_bytes: int
         # A message can raise anything (OverflowError on year 9999, RecursionError): none may stop the writer.
         try:
             site, channel = parse_uplink_topic(topic)
-            parsed = parse(channel, payload)
+            parsed = protocol.decode(channel, payload)
             check_times(parsed, datetime.now(UTC))
         except Exception as exc:
             reason = f"{channel}: unreadable ({type(exc).__name__}: {_explain(exc)})"
@@ -147,15 +135,15 @@ def decode(topic: str, payload: bytes, batch: Batch, worker: str, max_bytes: int
         log.warning("dead letter on %s: %s", topic, reason)
         batch.dead_letters.append(dead_letter(topic, payload, reason, worker))
         return
-    target = {
+    targets: dict[str, list[Any]] = {
         "events": batch.events,
         "alerts": batch.alerts,
         "readings": batch.readings,
         "heartbeats": batch.heartbeats,
         "status": batch.statuses,
         "deadletters": batch.dead_letters,
-    }[channel]
-    target.extend(parsed)  # type: ignore[arg-type]
+    }
+    targets[channel].extend(parsed)
 
 
 class IngestWorker:
@@ -288,7 +276,7 @@ class IngestWorker:
         return messages
 
     def _decode(self, message: mqtt.MQTTMessage, batch: Batch) -> None:
-        decode(message.topic, message.payload, batch, self.name, self.max_payload_bytes)
+        decode(message.topic, bytes(message.payload), batch, self.name, self.max_payload_bytes)
 
     def _run(self) -> None:
         try:
@@ -341,7 +329,7 @@ class IngestWorker:
             except Exception as exc:
                 self._reset()
                 reason = f"refused by the database ({type(exc).__name__}: {exc})"
-                letter = dead_letter(message.topic, message.payload, reason, self.name)
+                letter = dead_letter(message.topic, bytes(message.payload), reason, self.name)
                 if not self._write_letter(letter):
                     return False
         return True

@@ -43,7 +43,8 @@ from alerts.auth import Principal, create_key
 from alerts.models import Role
 from alerts.store import migrate
 from deploy.local.services import ApiThread, spawn, start_mosquitto, start_postgres
-from ingest.mqtt import connect, make_client, uplink_topic
+from ingest.mqtt import connect, make_client
+from ingest.protocol import uplink_topic
 
 log = logging.getLogger(__name__)
 

@@ -33,7 +33,6 @@ from uuid import uuid4
 
 import httpx
 import psycopg
-from pydantic import TypeAdapter
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -43,12 +42,12 @@ from alerts.models import Place, Reading, Role  # noqa: E402
 from alerts.rows import ALERT_COLUMNS  # noqa: E402
 from alerts.store import READING_COLUMNS, copy_insert, migrate, reading_row  # noqa: E402
 from deploy.local.services import free_port, start_mosquitto, start_postgres, wait_for_port  # noqa: E402
-from ingest.mqtt import connect, make_client, uplink_topic  # noqa: E402
+from ingest.mqtt import connect, make_client  # noqa: E402
+from ingest.protocol import encode, uplink_topic  # noqa: E402
 
 log = logging.getLogger(__name__)
 
 PLACE = Place(sub_district="sd-1", community="c-1", grid="g-1", site="s-1", device="smoke-1")
-READINGS = TypeAdapter(list[Reading])
 
 
 def folder(prefix: str) -> Path:
@@ -119,7 +118,7 @@ def bench_write_strategies(url: str, batches: int = 40, size: int = 500) -> dict
 
 def payloads(messages: int, per_message: int) -> list[bytes]:
     return [
-        READINGS.dump_json([Reading(place=PLACE, quantity=f"q{j}", value=float(i)) for j in range(per_message)])
+        encode("readings", [Reading(place=PLACE, quantity=f"q{j}", value=float(i)) for j in range(per_message)])
         for i in range(messages)
     ]
 

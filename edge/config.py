@@ -27,7 +27,7 @@ from detectors.verification import VerificationSettings
 from edge.cameras import CameraConfig, DetectorConfig
 from ingest.adapters import ADAPTERS, AdapterName
 from ingest.downsample import DownsampleSettings
-from ingest.mqtt import TOPIC_PREFIX
+from ingest.protocol import TOPIC_PREFIX
 from ingest.sensors import MAX_PAYLOAD_BYTES
 
 log = logging.getLogger(__name__)

@@ -60,7 +60,8 @@ from edge.supervisor import Liveness, Supervisor
 from edge.video import VideoPipeline
 from ingest.adapters import ADAPTERS, Route, SensorRoutes
 from ingest.downsample import Downsampler
-from ingest.mqtt import make_client, uplink_topic
+from ingest.mqtt import make_client
+from ingest.protocol import encode, uplink_topic
 from ingest.sensors import Decoded, PayloadError, parse_availability
 
 log = logging.getLogger(__name__)
@@ -103,8 +104,8 @@ class EdgeNode:
             client_id=f"patrolnet-edge-{config.node_id}-uplink",
             max_inflight=config.uplink.max_inflight,
             status_topic=uplink_topic(config.site.id, "status"),
-            online=NodeStatus(node_id=config.node_id, place=site, online=True).model_dump_json().encode(),
-            offline=NodeStatus(node_id=config.node_id, place=site, online=False).model_dump_json().encode(),
+            online=encode("status", NodeStatus(node_id=config.node_id, place=site, online=True)),
+            offline=encode("status", NodeStatus(node_id=config.node_id, place=site, online=False)),
         )
         self.sink = EventSink(
             self.verification, self.policy, self.state, self._send, self._with_camera_picture, config.node_id
@@ -328,7 +329,7 @@ class EdgeNode:
         log.warning("dead letter from %s: %s", topic, reason)
         self._counts["dead_letters"] += 1
         letter = DeadLetter(topic=topic, payload=payload, reason=reason, source=self.config.node_id)
-        self.sink.put(Outgoing("deadletters", letter.model_dump_json().encode, ack), block=block)
+        self.sink.put(Outgoing("deadletters", lambda: encode("deadletters", letter), ack), block=block)
 
     def _frame_letter(self, topic: str, reason: str) -> None:
         self._counts["frame_errors"] += 1
@@ -363,7 +364,7 @@ class EdgeNode:
         if now < self._next_heartbeat:
             return
         self._next_heartbeat = now + timedelta(seconds=self.config.uplink.heartbeat_s)
-        self.sink.put(Outgoing("heartbeats", lambda: self.heartbeat(now).model_dump_json().encode()))
+        self.sink.put(Outgoing("heartbeats", lambda: encode("heartbeats", self.heartbeat(now))))
 
     def heartbeat(self, now: datetime) -> Heartbeat:
         devices = []

@@ -52,7 +52,8 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.reasoncodes import ReasonCode
 
 from alerts.models import DEAD_LETTER_KEEPS, DeadLetter
-from ingest.mqtt import connect, make_client, parse_uplink_topic, uplink_topic
+from ingest.mqtt import connect, make_client
+from ingest.protocol import encode, parse_uplink_topic, uplink_topic
 
 log = logging.getLogger(__name__)
 
@@ -340,4 +341,4 @@ class Uplink:
             return
         kept = payload[:DEAD_LETTER_KEEPS]
         letter = DeadLetter(topic=topic, payload=kept, reason=f"uplink: {reason}", source="uplink")
-        self.spool.replace(seq, uplink_topic(site, "deadletters"), letter.model_dump_json().encode())
+        self.spool.replace(seq, uplink_topic(site, "deadletters"), encode("deadletters", letter))

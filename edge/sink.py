@@ -55,17 +55,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from pydantic import TypeAdapter
-
 from alerts.models import DeadLetter, Event, Reading
 from alerts.policy import AlertPolicy
 from detectors.verification import AlarmVerification
 from edge.state import Change, EdgeState
 from edge.supervisor import Liveness
+from ingest.protocol import encode
 
 log = logging.getLogger(__name__)
 
-READINGS = TypeAdapter(list[Reading])
 FLUSH_S = 0.25
 FLUSH_READINGS = 500
 MAX_UNACKED = 10
@@ -195,11 +193,11 @@ class EventSink:
         changes: list[Change] = [("sensors", device, data) for device, data in batch.sensors.items()]
         for raw in batch.events:
             for event in self.verification.apply(self._pictured(raw)):
-                outgoing.append(("events", event.model_dump_json().encode()))
+                outgoing.append(("events", encode("events", event)))
                 changes.append(("verification", event.dedup_key, self.verification.export(event.dedup_key)))
                 alert = self.policy.apply(event)
                 if alert is not None:
-                    outgoing.append(("alerts", alert.model_dump_json().encode()))
+                    outgoing.append(("alerts", encode("alerts", alert)))
                     changes.append(("policy", alert.dedup_key, self.policy.export(alert.dedup_key)))
         if batch.readings and not self._readings:
             self._readings_since = time.monotonic()
@@ -246,7 +244,7 @@ class EventSink:
 
     def _flush_readings(self) -> None:
         if self._readings:
-            self.send("readings", READINGS.dump_json(self._readings))
+            self.send("readings", encode("readings", self._readings))
             self.counts["readings"] += len(self._readings)
             self._readings = []
         self._run_acks()
@@ -269,5 +267,5 @@ class EventSink:
             payload = item.channel.encode()
         letter = DeadLetter(topic=SINK_TOPIC, payload=payload, reason=reason, source=self.source)
         self.counts["dead_letters"] += 1
-        self._durably(lambda: self.send("deadletters", letter.model_dump_json().encode()))
+        self._durably(lambda: self.send("deadletters", encode("deadletters", letter)))
         self._acknowledge(item.ack)

@@ -1,14 +1,10 @@
-"""MQTT plumbing shared by the edge node and the central ingest: URLs, topics, clients.
+"""MQTT plumbing shared by the edge node, the central ingest and the broker admin: URLs and clients.
 
-Topics on the uplink are versioned: ``patrolnet/v1/<site>/<channel>`` where the
-channel is one of ``events``, ``alerts``, ``readings``, ``deadletters``, ``heartbeats`` or ``status``
-(a node's retained online status and last will).
+What travels over MQTT on the uplink (topics, channels, payloads) is ``ingest.protocol``'s.
 
 Example:
-    >>> uplink_topic("willow-court", "events")
-    'patrolnet/v1/willow-court/events'
-    >>> parse_uplink_topic("patrolnet/v1/willow-court/alerts")
-    ('willow-court', 'alerts')
+    >>> parse_url("mqtts://node-7:secret@broker.example:8884")
+    BrokerAddress(host='broker.example', port=8884, username='node-7', password='secret', tls=True)
 """
 
 from __future__ import annotations
@@ -24,24 +20,6 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 log = logging.getLogger(__name__)
-
-TOPIC_PREFIX = "patrolnet/v1"
-CHANNELS = ("events", "alerts", "readings", "deadletters", "heartbeats", "status")
-UPLINK_FILTER = f"{TOPIC_PREFIX}/+/+"
-
-
-def uplink_topic(site: str, channel: str) -> str:
-    if channel not in CHANNELS:
-        raise ValueError(f"unknown channel {channel!r}")
-    return f"{TOPIC_PREFIX}/{site}/{channel}"
-
-
-def parse_uplink_topic(topic: str) -> tuple[str, str]:
-    """(site, channel) of an uplink topic; ValueError if it is not one."""
-    parts = topic.split("/")
-    if len(parts) != 4 or "/".join(parts[:2]) != TOPIC_PREFIX or parts[3] not in CHANNELS:
-        raise ValueError(f"not a {TOPIC_PREFIX} topic: {topic!r}")
-    return parts[2], parts[3]
 
 
 @dataclass(frozen=True)

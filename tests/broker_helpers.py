@@ -18,7 +18,7 @@ from alerts.broker_auth import node_client_id
 from alerts.models import Place
 from alerts.writer import SHARE_GROUP
 from deploy.local.services import Service, start_mosquitto_config
-from ingest.mqtt import UPLINK_FILTER
+from ingest.protocol import UPLINK_FILTER
 
 CENTRAL = REPO / "deploy" / "mosquitto-central.conf"
 NOT_AUTHORIZED = 135

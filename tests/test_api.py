@@ -186,6 +186,12 @@ def test_a_registered_reporter_reports_to_the_grids_police_with_the_person_on_du
     assert (alert["id"], alert["kind"], alert["route"]) == (sent.json()["alert_id"], "report", "police")
     assert alert["place"]["site"] == "market-street" and alert["attributes"]["text"] == "Men trying car doors"
     assert (alert["on_duty"], alert["on_duty_contact"]) == ("Officer Li", "110-7")
+    # Logged for the streams like any alert change, and linked to its event like any alert.
+    stream = f"{api.url}/api/v1/alerts/stream"
+    [(_, change, streamed)] = sse_take(stream, {**police, "Last-Event-ID": "0"}, 1, quiet_s=2)
+    assert (change, streamed["id"]) == ("raised", alert["id"])
+    detail = get(api, f"/api/v1/alerts/{alert['id']}", police).json()
+    assert [e["id"] for e in detail["events"]] == [sent.json()["event_id"]]
     picture = get(api, f"/api/v1/events/{sent.json()['event_id']}/snapshot", police)
     assert picture.headers["content-type"] == "image/png"
     assert get(api, "/api/v1/alerts", api.key("police", community="west-lake")).json()["items"] == []

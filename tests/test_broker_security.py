@@ -10,6 +10,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
@@ -35,7 +36,7 @@ from alerts.writer import SHARE_GROUP, IngestWorker
 from deploy.local.services import Service
 from edge.config import parse_config
 from edge.node import EdgeNode
-from ingest.mqtt import uplink_topic
+from ingest.protocol import encode, uplink_topic
 
 
 @pytest.fixture
@@ -179,6 +180,35 @@ def test_a_copy_from_another_site_cannot_clear_an_alarm(
         f"alert {raised.id} was raised by site 'oak-yard'; a copy from site 'willow-court' may not change it"
     )
     assert _rows(database_url, "SELECT change FROM alert_changes WHERE alert_id = %s", raised.id) == [("raised",)]
+
+
+def test_a_heartbeat_or_status_naming_another_sites_node_is_dead_lettered_and_leaves_that_node_alone(
+    secure_broker: SecureBroker, ingest: IngestWorker, database_url: str
+) -> None:
+    genuine = Heartbeat(node_id="node-b", place=PLACE_B, started_at=datetime.now(UTC), counters={"spool": 1.0})
+    online = NodeStatus(node_id="node-b", place=PLACE_B, online=True)
+    # On node-a's own topics, with node-a's own place: only the node id is someone else's.
+    hijack = Heartbeat(node_id="node-b", place=PLACE_A, started_at=genuine.started_at, counters={"spool": 99.0})
+    gone = NodeStatus(node_id="node-b", place=PLACE_A, online=False)
+    own = Heartbeat(node_id="node-a", place=PLACE_A, started_at=genuine.started_at)
+    with node_probe(secure_broker, "node-b") as b, node_probe(secure_broker, "node-a") as a:
+        assert b.publish(uplink_topic(PLACE_B.site, "heartbeats"), encode("heartbeats", genuine)) == 0
+        assert b.publish(uplink_topic(PLACE_B.site, "status"), encode("status", online)) == 0
+        eventually(lambda: _rows(database_url, "SELECT 1 FROM node_status WHERE node_id = 'node-b'"))
+        assert a.publish(uplink_topic(PLACE_A.site, "heartbeats"), encode("heartbeats", hijack)) == 0
+        assert a.publish(uplink_topic(PLACE_A.site, "status"), encode("status", gone)) == 0
+        assert a.publish(uplink_topic(PLACE_A.site, "heartbeats"), encode("heartbeats", own)) == 0
+        eventually(lambda: _rows(database_url, "SELECT 1 FROM nodes WHERE node_id = 'node-a'"))
+    nodes = _rows(database_url, "SELECT node_id, site, heartbeat_at, counters FROM nodes ORDER BY node_id")
+    assert nodes == [("node-a", PLACE_A.site, own.ts, {}), ("node-b", PLACE_B.site, genuine.ts, {"spool": 1.0})]
+    assert _rows(database_url, "SELECT node_id, site, online FROM node_status") == [("node-b", PLACE_B.site, True)]
+    letters = _rows(database_url, "SELECT topic, payload, reason FROM dead_letters ORDER BY topic")
+    assert [(topic, bytes(payload)) for topic, payload, _ in letters] == [
+        (uplink_topic(PLACE_A.site, "heartbeats"), encode("heartbeats", hijack)),
+        (uplink_topic(PLACE_A.site, "status"), encode("status", gone)),
+    ]
+    reason = "node 'node-b' belongs to site 'oak-yard'; site 'willow-court' may not speak for it"
+    assert [reason for _, _, reason in letters] == [reason, reason]
 
 
 def _patrolnet(broker: SecureBroker, *args: str, admin: str | None = None) -> subprocess.CompletedProcess[str]:

@@ -24,7 +24,7 @@ from conftest import _service_folder, eventually, mqtt_client
 from alerts.models import Event, EventKind, EventState, Heartbeat, Place, utc_now
 from deploy.local.services import Service, spawn, start_mosquitto
 from edge.outbox import Spool, Uplink
-from ingest.mqtt import uplink_topic
+from ingest.protocol import uplink_topic
 
 PLACE = Place(sub_district="riverside", community="east-gate", grid="g07", site="willow-court", device="smoke-1")
 SENSORS = ("smoke-a", "smoke-b", "smoke-c")

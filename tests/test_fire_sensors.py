@@ -23,7 +23,7 @@ from alerts.models import Heartbeat, utc_now
 from deploy.local.services import Service
 from edge.config import NodeConfig, parse_config
 from edge.node import EdgeNode
-from ingest.mqtt import uplink_topic
+from ingest.protocol import uplink_topic
 
 SMOKE_A, SMOKE_B = "zigbee2mqtt/b3-stair-smoke", "zigbee2mqtt/b5-bike-shed-smoke"
 KITCHEN = "tele/b2-kitchen/SENSOR"

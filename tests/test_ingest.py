@@ -18,7 +18,7 @@ from conftest import REPO, eventually, mqtt_client
 
 from alerts.models import DeviceStatus, Event, EventKind, Heartbeat, Place
 from deploy.local.services import Service
-from ingest.mqtt import uplink_topic
+from ingest.protocol import uplink_topic
 
 PLACE = Place(sub_district="riverside", community="east-gate", grid="g07", site="willow-court", device="smoke-1")
 

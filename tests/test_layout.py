@@ -4,9 +4,10 @@ Every module of alerts, detectors, edge, ingest and deploy is parsed (not import
 counts: at the top, inside functions, under ``if TYPE_CHECKING``. The data path runs
 ingest -> detectors -> alerts -> edge, with deploy/local on top. A module imports from its own folder, from
 the folders :data:`MAY_IMPORT` names for it, and from the shared foundations everyone uses (the event and
-reading types, settings, the debouncer). alerts runs centrally: it reads the uplink that ingest's MQTT module
-defines, but nothing of the detectors, which run on the edge node. One exception is declared: ``patrolnet
-demo`` is a console command, so the CLI imports the demo from deploy/local, lazily, when that command runs.
+reading types, settings, the debouncer). alerts runs centrally: it reads the uplink that ``ingest.protocol``
+defines, through ``ingest.mqtt``'s client, but nothing of the detectors, which run on the edge node. One
+exception is declared: ``patrolnet demo`` is a console command, so the CLI imports the demo from deploy/local,
+lazily, when that command runs.
 """
 
 from __future__ import annotations

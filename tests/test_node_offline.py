@@ -31,7 +31,7 @@ from alerts.coverage import may_change
 from alerts.models import Alert, DeviceStatus, EventKind, Heartbeat, NodeStatus, Place, Role, Severity
 from alerts.store import Batch
 from deploy.local.services import Service, spawn
-from ingest.mqtt import uplink_topic
+from ingest.protocol import uplink_topic
 
 SITE = Place(sub_district="riverside", community="east-gate", grid="g07", site="willow-court")
 

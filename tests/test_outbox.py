@@ -21,7 +21,7 @@ from deploy.local.services import Service, free_port, start_mosquitto
 from edge.node import EdgeNode
 from edge.outbox import Spool, Uplink
 from edge.state import EdgeState
-from ingest.mqtt import uplink_topic
+from ingest.protocol import uplink_topic
 
 PLACE = Place(sub_district="riverside", community="east-gate", grid="g07", site="willow-court", device="smoke-1")
 

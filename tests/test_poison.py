@@ -26,7 +26,7 @@ from alerts.models import (
 )
 from alerts.writer import MAX_PAYLOAD_BYTES
 from deploy.local.services import Service
-from ingest.mqtt import uplink_topic
+from ingest.protocol import uplink_topic
 
 SITE = Place(sub_district="riverside", community="east-gate", grid="g07", site="poison-court")
 DEVICE = SITE.with_device("cam-1")

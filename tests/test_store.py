@@ -16,7 +16,7 @@ import pytest
 from alerts import timescale
 from alerts.models import DeviceStatus, Event, EventKind, EventState, Heartbeat, Place, Reading
 from alerts.policy import AlertPolicy
-from alerts.store import Batch, migrate, migrations, write_batch
+from alerts.store import CHANGES_CHANNEL, RECORD_CHANGES, Batch, migrate, migrations, write_batch
 from alerts.timescale import Retention
 from alerts.writer import decode
 
@@ -64,6 +64,37 @@ def test_an_older_copy_of_an_alert_never_overwrites_a_newer_one(database_url: st
         changes = [c for (c,) in conn.execute("SELECT change FROM alert_changes ORDER BY seq")]
     assert (active, revision) == (False, 2)
     assert changes == ["raised"]
+
+
+def test_alert_changes_are_logged_in_commit_order_and_wake_the_listeners(database_url: str) -> None:
+    alerts = [AlertPolicy().apply(Event(kind=EventKind.FIRE, type=t, place=PLACE, source="n1")) for t in "ab"]
+    write(database_url, Batch(alerts=alerts))
+    first, second = (a.id for a in alerts)
+    with (
+        psycopg.connect(database_url, autocommit=True) as holder,
+        psycopg.connect(database_url, autocommit=True) as other,
+        psycopg.connect(database_url, autocommit=True) as listener,
+    ):
+        listener.execute(f"LISTEN {CHANGES_CHANNEL}")
+        with holder.transaction():
+            assert (
+                holder.execute(RECORD_CHANGES, ([first, second, first], ["updated", "cleared", "raised"])).fetchone()[0]
+                == 3
+            )
+            # A second writer waits for the first to commit: its seq can never commit before a smaller one.
+            with pytest.raises(psycopg.errors.LockNotAvailable), other.transaction():
+                other.execute("SET LOCAL lock_timeout = '300ms'")
+                other.execute(RECORD_CHANGES, ([second], ["updated"]))
+            assert list(listener.notifies(timeout=0.5, stop_after=1)) == [], "no wake-up before the commit"
+        [woken] = listener.notifies(timeout=5, stop_after=1)
+        assert woken.channel == CHANGES_CHANNEL
+        with other.transaction():
+            other.execute(RECORD_CHANGES, ([second], ["updated"]))
+        with pytest.raises(psycopg.errors.RaiseException, match="1 alert ids but 2 changes"):
+            other.execute(RECORD_CHANGES, ([second], ["updated", "cleared"]))
+        logged = other.execute("SELECT alert_id, change FROM alert_changes ORDER BY seq").fetchall()
+    assert logged == [(first, "raised"), (second, "raised"), (first, "updated"), (second, "cleared"),
+                      (first, "raised"), (second, "updated")]  # fmt: skip
 
 
 def test_an_unreadable_uplink_message_becomes_a_dead_letter(database_url: str) -> None:
