@@ -14,6 +14,7 @@ from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel, Field
 
 from alerts.alert_queries import ACTIONS, EventRow, alert_events, alert_history, alerts_page, apply_action
+from alerts.coverage import may_change
 from alerts.http import Actor, Pool, Reader, api_key, base_url, key_check, refusal, visible_alert
 from alerts.models import AlertStatus, EventKind, EventState, Place, Severity
 from alerts.queries import AlertFilter, AlertPage, decode_cursor, encode_cursor, where
@@ -132,7 +133,10 @@ async def get_alert(request: Request, pool: Pool, alert_id: UUID, who: Reader) -
 @router.post(
     "/{alert_id}/{action}",
     summary="acknowledge, resolve or false-alarm",
-    responses={409: refusal("the alert's status does not allow the action")},
+    responses={
+        403: refusal("a coverage notice: only the desk the alert is routed to may act on it"),
+        409: refusal("the alert's status does not allow the action"),
+    },
 )
 async def change_status(
     pool: Pool, alert_id: UUID, action: str, who: Actor, body: StatusChange | None = None
@@ -140,6 +144,8 @@ async def change_status(
     if action not in ACTIONS:
         raise HTTPException(404, f"unknown action {action!r}; one of {', '.join(ACTIONS)}")
     alert = await visible_alert(pool, alert_id, who)
+    if (refused := may_change(who, alert)) is not None:
+        raise HTTPException(403, refused)
     if alert.status not in ACTIONS[action][0]:
         raise HTTPException(409, f"cannot {action} an alert that is {alert.status}")
     updated = await apply_action(pool, alert_id, action, who.name, body.note if body else "")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import subprocess
+import tempfile
 from datetime import UTC, datetime
 
 import httpx
@@ -70,3 +72,18 @@ def sse_take(
                 if len(got) == count:
                     break
     return got
+
+
+CHROMIUM = [
+    "chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]  # fmt: skip
+
+
+def page_dom(url: str) -> str:
+    with tempfile.TemporaryDirectory() as profile:
+        result = subprocess.run(
+            [*CHROMIUM, f"--user-data-dir={profile}", "--virtual-time-budget=8000", "--dump-dom", url],
+            capture_output=True, text=True, timeout=60, check=True,
+        )  # fmt: skip
+    return result.stdout

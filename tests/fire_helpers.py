@@ -8,10 +8,13 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 import psycopg
 
+from alerts.models import Alert, Event
+from alerts.policy import AlertPolicy
 from edge.config import NodeConfig, parse_config
 
 SMOKE_TOPIC = "zigbee2mqtt/b3-stair-smoke"
 ALARM = {"smoke": True, "battery": 87, "battery_low": False, "tamper": False, "linkquality": 120}
+CLEAR = {**ALARM, "smoke": False}
 
 
 def node_config(broker_url: str, spool: Path) -> NodeConfig:
@@ -32,7 +35,14 @@ def publish(client: mqtt.Client, payload: dict | bytes, topic: str = SMOKE_TOPIC
     client.publish(topic, body, qos=1).wait_for_publish(timeout=5)
 
 
-def query(database_url: str, sql: str) -> list[tuple]:
+def query(database_url: str, sql: str, params: tuple = ()) -> list[tuple]:
     """Every row ``sql`` returns from the test's database."""
     with psycopg.connect(database_url) as conn:
-        return conn.execute(sql).fetchall()
+        return conn.execute(sql, params).fetchall()
+
+
+def alert_of(policy: AlertPolicy, event: Event) -> Alert:
+    """The alert the event raises or updates; the test fails if it changes none."""
+    alert = policy.apply(event)
+    assert alert is not None, f"{event.type} {event.state} changed no alert"
+    return alert

@@ -7,9 +7,7 @@ sent, printing ``sent / stored / lost / duplicated`` (run with ``-s`` to see the
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -17,32 +15,17 @@ from contextlib import ExitStack
 from pathlib import Path
 from uuid import UUID
 
-import psycopg
 import pytest
 from conftest import _service_folder, eventually, mqtt_client
+from fault_helpers import PLACE, SENSORS, env, ingest, node_yaml
+from fire_helpers import query
 
-from alerts.models import Event, EventKind, EventState, Heartbeat, Place, utc_now
+from alerts.models import Event, EventKind, EventState, Heartbeat, utc_now
 from deploy.local.services import Service, spawn, start_mosquitto
 from edge.outbox import Spool, Uplink
 from ingest.protocol import uplink_topic
 
-PLACE = Place(sub_district="riverside", community="east-gate", grid="g07", site="willow-court", device="smoke-1")
-SENSORS = ("smoke-a", "smoke-b", "smoke-c")
 DOWN_S = 30.0
-
-
-def env(mqtt_url: str, database_url: str, **more: str) -> dict[str, str]:
-    return {**os.environ, "PATROLNET_MQTT_URL": mqtt_url, "PATROLNET_DATABASE_URL": database_url, **more}
-
-
-def ingest(broker: Service, database_url: str, stack: ExitStack, *args: str) -> subprocess.Popen:
-    """``patrolnet ingest`` as a child process; its name is the default (ingest-<hostname>) unless given."""
-    return spawn(["ingest", *args], env(broker.url, database_url), stack)
-
-
-def query(database_url: str, sql: str, params: tuple = ()) -> list[tuple]:
-    with psycopg.connect(database_url) as conn:
-        return conn.execute(sql, params).fetchall()
 
 
 def tally(label: str, database_url: str, table: str, ids: list[UUID]) -> tuple[int, int]:
@@ -191,22 +174,6 @@ def test_three_workers_one_sigkilled_half_way_every_message_stored_once(
     )
     assert stored_at_restart < total, "nothing waited for the dead worker: the test measured nothing"
     assert tally("three workers, one SIGKILLed", database_url, "events", ids) == (0, 0)
-
-
-def node_yaml(folder: Path, local: Service, heartbeat_s: float = 1.0) -> Path:
-    sensors = "\n".join(f"  - {{id: {s}, adapter: zigbee2mqtt, topic: zigbee2mqtt/{s}}}" for s in SENSORS)
-    path = folder / "node.yaml"
-    path.write_text(
-        f"""
-node_id: fault-node
-site: {{id: {PLACE.site}, sub_district: {PLACE.sub_district}, community: {PLACE.community}, grid: {PLACE.grid}}}
-broker: {{url: "{local.url}"}}
-uplink: {{spool: "{folder / "outbox.sqlite3"}", heartbeat_s: {heartbeat_s}}}
-sensors:
-{sensors}
-"""
-    )
-    return path
 
 
 class Detectors:

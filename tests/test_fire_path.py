@@ -13,12 +13,10 @@ import paho.mqtt.client as mqtt
 import psycopg
 import pytest
 from conftest import ApiServer, SseReader, edge_and_ingest, eventually, mqtt_client
-from fire_helpers import ALARM, SMOKE_TOPIC, node_config, publish
+from fire_helpers import ALARM, CLEAR, SMOKE_TOPIC, node_config, publish
 
 from deploy.local.services import Service
 from edge.node import EdgeNode
-
-CLEAR = {**ALARM, "smoke": False}
 
 
 @pytest.fixture

@@ -19,12 +19,11 @@ from typing import Any
 import httpx
 import paho.mqtt.client as mqtt
 import pytest
-from api_helpers import JPEG, write
+from api_helpers import JPEG, page_dom, raise_alert, write
 from conftest import ApiServer, SseReader, eventually, mqtt_client
+from fault_helpers import env, ingest, node_yaml
+from fire_helpers import query
 from prometheus_client.parser import text_string_to_metric_families
-from test_api import raise_alert
-from test_faults import env, ingest, node_yaml, query
-from test_page import page_dom
 
 from alerts.auth import Principal
 from alerts.coverage import may_change
@@ -275,6 +274,19 @@ def test_only_the_operator_and_admin_may_close_a_coverage_notice(role: Role, kin
     assert (reason is not None) == refused, reason
     if reason is not None:
         assert f"role {role}" in reason and "coverage notice" in reason and "operator desk" in reason
+
+
+def test_the_fire_desk_may_read_a_coverage_notice_but_not_close_it(api: ApiServer) -> None:
+    _, silent = raise_alert(
+        api.database_url, EventKind.TROUBLE, SITE.with_device("smoke-1"), type="sensor_silent", title="Sensor silent"
+    )
+    fire, operator = api.key("fire"), api.key("operator")
+    seen = httpx.get(f"{api.url}/api/v1/alerts/{silent.id}", headers=fire, timeout=10)
+    assert seen.status_code == 200 and seen.json()["alert"]["notify"] == ["fire"]
+    refused = httpx.post(f"{api.url}/api/v1/alerts/{silent.id}/acknowledge", headers=fire, json={}, timeout=10)
+    assert refused.status_code == 403 and "coverage notice" in refused.json()["detail"]
+    done = httpx.post(f"{api.url}/api/v1/alerts/{silent.id}/acknowledge", headers=operator, json={}, timeout=10)
+    assert done.status_code == 200 and done.json()["status"] == "acknowledged"
 
 
 def test_a_coverage_notices_camera_snapshot_is_seen_by_the_desks_it_notifies(api: ApiServer) -> None:

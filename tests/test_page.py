@@ -6,31 +6,15 @@
 from __future__ import annotations
 
 import re
-import subprocess
-import tempfile
 from datetime import UTC, datetime
 
 import httpx
-from api_helpers import EAST, raise_alert, write
+from api_helpers import EAST, page_dom, raise_alert, write
 from conftest import ApiServer
 
 from alerts.models import DeviceStatus, EventKind, Heartbeat, NodeStatus, Place, Severity
 from alerts.store import Batch
 from alerts.watchdog import offline_batch
-
-CHROMIUM = [
-    "chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-]  # fmt: skip
-
-
-def page_dom(url: str) -> str:
-    with tempfile.TemporaryDirectory() as profile:
-        result = subprocess.run(
-            [*CHROMIUM, f"--user-data-dir={profile}", "--virtual-time-budget=8000", "--dump-dom", url],
-            capture_output=True, text=True, timeout=60, check=True,
-        )  # fmt: skip
-    return result.stdout
 
 
 def test_the_fire_desk_sees_its_alarm_and_its_devices_but_no_police_alert(api: ApiServer) -> None:

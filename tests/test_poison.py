@@ -9,7 +9,7 @@ from pathlib import Path
 
 import psycopg
 from conftest import ApiServer, SseReader, edge_and_ingest, mqtt_client
-from test_fire_path import ALARM, CLEAR, node_config, publish
+from fire_helpers import ALARM, CLEAR, node_config, publish
 
 from alerts.models import (
     Alert,

@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from fire_helpers import alert_of
 
 from alerts.models import Alert, Event, EventKind, EventState, Place, Reading, Role, Severity
 from alerts.policy import AlertPolicy
@@ -34,13 +35,6 @@ def zigbee(payload: bytes, ts: datetime = T0) -> list[Reading]:
 
 def at(seconds: float) -> datetime:
     return T0 + timedelta(seconds=seconds)
-
-
-def alert_of(policy: AlertPolicy, event: Event) -> Alert:
-    """The alert the event raises or updates; the test fails if it changes none."""
-    alert = policy.apply(event)
-    assert alert is not None, f"{event.type} {event.state} changed no alert"
-    return alert
 
 
 def saved(export: Callable[[str], dict[str, Any] | None], keys: list[str]) -> dict[str, dict[str, Any]]:

@@ -7,11 +7,13 @@ import os
 import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
+from typing import Any
 from uuid import uuid4
 from zoneinfo import ZoneInfo
 
 import psycopg
 import pytest
+from fire_helpers import alert_of
 
 from alerts import timescale
 from alerts.models import DeviceStatus, Event, EventKind, EventState, Heartbeat, Place, Reading
@@ -23,9 +25,16 @@ from alerts.writer import decode
 PLACE = Place(sub_district="sd", community="c", grid="g", site="s", device="smoke-1")
 
 
+def one(cursor: psycopg.Cursor) -> tuple[Any, ...]:
+    """The one row a query returns; the test fails if it returns none."""
+    row = cursor.fetchone()
+    assert row is not None, "the query returned no row"
+    return row
+
+
 def count(url: str, table: str) -> int:
     with psycopg.connect(url) as conn:
-        return conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+        return one(conn.execute(f"SELECT count(*) FROM {table}"))[0]
 
 
 def write(url: str, batch: Batch) -> int:
@@ -44,7 +53,7 @@ def test_migrations_apply_once_and_repeat_as_no_ops(database_url: str) -> None:
 
 def test_the_same_message_written_twice_is_one_row(database_url: str) -> None:
     event = Event(kind=EventKind.FIRE, type="smoke", place=PLACE, source="n1")
-    alert = AlertPolicy().apply(event)
+    alert = alert_of(AlertPolicy(), event)
     reading = Reading(place=PLACE, quantity="temperature", value=21.5, unit="°C")
     batch = Batch(events=[event], alerts=[alert], readings=[reading])
     assert write(database_url, batch) == 1
@@ -55,19 +64,19 @@ def test_the_same_message_written_twice_is_one_row(database_url: str) -> None:
 
 def test_an_older_copy_of_an_alert_never_overwrites_a_newer_one(database_url: str) -> None:
     policy = AlertPolicy()
-    raised = policy.apply(Event(kind=EventKind.FIRE, type="smoke", place=PLACE, source="n1"))
-    cleared = policy.apply(Event(kind=EventKind.FIRE, type="smoke", state=EventState.END, place=PLACE, source="n1"))
+    raised = alert_of(policy, Event(kind=EventKind.FIRE, type="smoke", place=PLACE, source="n1"))
+    cleared = alert_of(policy, Event(kind=EventKind.FIRE, type="smoke", state=EventState.END, place=PLACE, source="n1"))
     write(database_url, Batch(alerts=[cleared]))
     write(database_url, Batch(alerts=[raised]))
     with psycopg.connect(database_url) as conn:
-        active, revision = conn.execute("SELECT active, revision FROM alerts").fetchone()
+        active, revision = one(conn.execute("SELECT active, revision FROM alerts"))
         changes = [c for (c,) in conn.execute("SELECT change FROM alert_changes ORDER BY seq")]
     assert (active, revision) == (False, 2)
     assert changes == ["raised"]
 
 
 def test_alert_changes_are_logged_in_commit_order_and_wake_the_listeners(database_url: str) -> None:
-    alerts = [AlertPolicy().apply(Event(kind=EventKind.FIRE, type=t, place=PLACE, source="n1")) for t in "ab"]
+    alerts = [alert_of(AlertPolicy(), Event(kind=EventKind.FIRE, type=t, place=PLACE, source="n1")) for t in "ab"]
     write(database_url, Batch(alerts=alerts))
     first, second = (a.id for a in alerts)
     with (
@@ -78,8 +87,7 @@ def test_alert_changes_are_logged_in_commit_order_and_wake_the_listeners(databas
         listener.execute(f"LISTEN {CHANGES_CHANNEL}")
         with holder.transaction():
             assert (
-                holder.execute(RECORD_CHANGES, ([first, second, first], ["updated", "cleared", "raised"])).fetchone()[0]
-                == 3
+                one(holder.execute(RECORD_CHANGES, ([first, second, first], ["updated", "cleared", "raised"])))[0] == 3
             )
             # A second writer waits for the first to commit: its seq can never commit before a smaller one.
             with pytest.raises(psycopg.errors.LockNotAvailable), other.transaction():
@@ -144,7 +152,7 @@ def test_the_schema_answers_the_same_on_either_storage_plan(database_url: str) -
         # `patrolnet db prune`, plain PostgreSQL's retention (and a manual one on TimescaleDB).
         for sql, params in timescale.prune_statements(Retention(events="365 days")):
             conn.execute(sql, params)
-        assert conn.execute("SELECT count(*) FROM events").fetchone()[0] == 2
+        assert one(conn.execute("SELECT count(*) FROM events"))[0] == 2
 
 
 def count_extension(url: str) -> bool:
@@ -176,7 +184,7 @@ def test_migrate_survives_a_create_extension_that_closes_the_connection(
     event = Event(kind=EventKind.FIRE, type="smoke", place=PLACE, source="n1")
     write(database_url, Batch(events=[event]))
     with psycopg.connect(database_url) as conn:
-        assert conn.execute("SELECT sum(events) FROM event_counts_hourly").fetchone()[0] == 1
+        assert one(conn.execute("SELECT sum(events) FROM event_counts_hourly"))[0] == 1
 
 
 def test_the_timescaledb_plan_converts_compresses_retains_and_aggregates() -> None:
@@ -225,12 +233,12 @@ def test_events_keep_snapshots_and_each_alert_copy_links_its_event(database_url:
     policy = AlertPolicy()
     first = Event(kind=EventKind.FIRE, type="smoke", place=PLACE, source="n1", snapshot=b"\xff\xd8\xff\xe0jpeg")
     second = Event(kind=EventKind.FIRE, type="smoke", place=PLACE, source="n1")
-    alerts = [policy.apply(first), policy.apply(second)]
+    alerts = [alert_of(policy, first), alert_of(policy, second)]
     write(database_url, Batch(events=[first, second], alerts=alerts))
     write(database_url, Batch(alerts=alerts))  # redelivered copies link nothing twice
     with psycopg.connect(database_url) as conn:
         links = conn.execute("SELECT alert_id, event_id FROM alert_events ORDER BY linked_at").fetchall()
-        snapshot = conn.execute("SELECT snapshot FROM events WHERE id = %s", (first.id,)).fetchone()[0]
+        snapshot = one(conn.execute("SELECT snapshot FROM events WHERE id = %s", (first.id,)))[0]
     assert sorted(links) == sorted([(alerts[0].id, first.id), (alerts[0].id, second.id)])
     assert bytes(snapshot) == b"\xff\xd8\xff\xe0jpeg"
 
@@ -281,10 +289,10 @@ def test_the_person_on_duty_when_an_alert_is_raised_is_recorded(database_url: st
                 (uuid4(), starts, ends, person),
             )
     ts = datetime.fromisoformat(local).replace(tzinfo=ZoneInfo("Asia/Shanghai"))
-    alert = AlertPolicy().apply(Event(kind=EventKind.FIRE, type="smoke", place=PLACE, source="n1", ts=ts))
+    alert = alert_of(AlertPolicy(), Event(kind=EventKind.FIRE, type="smoke", place=PLACE, source="n1", ts=ts))
     write(database_url, Batch(alerts=[alert]))
     with psycopg.connect(database_url) as conn:
-        assert conn.execute("SELECT on_duty FROM alerts").fetchone()[0] == expected
+        assert one(conn.execute("SELECT on_duty FROM alerts"))[0] == expected
 
 
 def patrolnet(database_url: str, *args: str) -> subprocess.CompletedProcess:
@@ -314,7 +322,7 @@ def test_migration_5_moves_readings_confirmation_and_test_out_of_the_attributes(
     old = {"readings": {"smoke": 1.0}, "confirmed": True, "confirmed_by": ["a", "b"], "trigger": "smoke"}
     alarm = Event(kind=EventKind.FIRE, type="smoke", place=PLACE, source="n1", attributes=old)
     test = Event(kind=EventKind.FIRE, type="test", place=PLACE, source="n1", attributes={"test": True})
-    alert = AlertPolicy().apply(alarm)
+    alert = alert_of(AlertPolicy(), alarm)
     assert alert is not None
     write(database_url, Batch(events=[alarm, test], alerts=[alert]))
     with psycopg.connect(database_url, autocommit=True) as conn:
