@@ -159,6 +159,13 @@ def mqtt_client(
         client.loop_stop()
 
 
+@pytest.fixture
+def sensors(broker: Service) -> Iterator[mqtt.Client]:
+    """A client standing in for zigbee2mqtt, Tasmota devices and native devices on the node's local broker."""
+    with mqtt_client(broker, "test-sensors") as client:
+        yield client
+
+
 @contextmanager
 def edge_and_ingest(config: NodeConfig, broker: Service, database_url: str) -> Iterator[EdgeNode]:
     """An edge node on ``config`` and an ingest worker, both running on the test broker."""

@@ -17,7 +17,11 @@ ALARM = {"smoke": True, "battery": 87, "battery_low": False, "tamper": False, "l
 CLEAR = {**ALARM, "smoke": False}
 
 
-def node_config(broker_url: str, spool: Path) -> NodeConfig:
+ONE_SMOKE = f'  - {{id: smoke-b3-stair, adapter: zigbee2mqtt, topic: {SMOKE_TOPIC}, name: "Building 3, stairwell"}}'
+
+
+def node_config(broker_url: str, spool: Path, sensors: str = ONE_SMOKE) -> NodeConfig:
+    """A node of the willow-court test site on ``broker_url`` with ``sensors`` (YAML list items)."""
     return parse_config(
         f"""
 node_id: test-node
@@ -25,7 +29,7 @@ site: {{id: willow-court, sub_district: riverside, community: east-gate, grid: g
 broker: {{url: "{broker_url}"}}
 uplink: {{spool: "{spool}"}}
 sensors:
-  - {{id: smoke-b3-stair, adapter: zigbee2mqtt, topic: {SMOKE_TOPIC}, name: "Building 3, stairwell"}}
+{sensors}
 """
     )
 

@@ -9,21 +9,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
-import paho.mqtt.client as mqtt
 import psycopg
 import pytest
-from conftest import ApiServer, SseReader, edge_and_ingest, eventually, mqtt_client
+from conftest import ApiServer, SseReader, edge_and_ingest, eventually
 from fire_helpers import ALARM, CLEAR, SMOKE_TOPIC, node_config, publish
 
 from deploy.local.services import Service
 from edge.node import EdgeNode
-
-
-@pytest.fixture
-def sensor(broker: Service) -> Iterator[mqtt.Client]:
-    """A client standing in for zigbee2mqtt on the node's local broker."""
-    with mqtt_client(broker, "test-zigbee2mqtt") as client:
-        yield client
 
 
 @pytest.fixture
@@ -38,11 +30,11 @@ def list_alerts(api: ApiServer, headers: dict[str, str], **params: str) -> list[
     return response.json()["items"]
 
 
-def test_smoke_alarm_reaches_the_fire_desk_and_clears(pipeline, sensor, api: ApiServer) -> None:
+def test_smoke_alarm_reaches_the_fire_desk_and_clears(pipeline, sensors, api: ApiServer) -> None:
     fire = api.key("fire")
     with SseReader(f"{api.url}/api/v1/alerts/stream", fire) as stream:
         assert stream.status == 200
-        publish(sensor, ALARM)
+        publish(sensors, ALARM)
 
         seq, change, alert = stream.next()
         assert change == "raised"
@@ -63,8 +55,8 @@ def test_smoke_alarm_reaches_the_fire_desk_and_clears(pipeline, sensor, api: Api
         assert listed[0]["active"] is True
 
         # The detector repeating its alarm is the same situation, not a new alert.
-        publish(sensor, ALARM)
-        publish(sensor, CLEAR)
+        publish(sensors, ALARM)
+        publish(sensors, CLEAR)
         cleared_seq, change, cleared = stream.next()
         assert change == "cleared" and int(cleared_seq) > int(seq)
         assert cleared["id"] == alert["id"] and cleared["active"] is False and cleared["cleared_at"]
@@ -75,8 +67,8 @@ def test_smoke_alarm_reaches_the_fire_desk_and_clears(pipeline, sensor, api: Api
     assert pipeline.counts["events"] == 2
 
 
-def test_police_and_other_places_do_not_see_the_fire_alarm(pipeline, sensor, api: ApiServer) -> None:
-    publish(sensor, ALARM)
+def test_police_and_other_places_do_not_see_the_fire_alarm(pipeline, sensors, api: ApiServer) -> None:
+    publish(sensors, ALARM)
     fire = api.key("fire")
     eventually(lambda: list_alerts(api, fire))
     assert list_alerts(api, api.key("police")) == []
@@ -89,11 +81,11 @@ def test_police_and_other_places_do_not_see_the_fire_alarm(pipeline, sensor, api
 
 
 def test_garbage_is_dead_lettered_and_the_next_alarm_still_arrives(
-    pipeline, sensor, api: ApiServer, database_url: str
+    pipeline, sensors, api: ApiServer, database_url: str
 ) -> None:
-    publish(sensor, b"\x00not json at all{")
-    publish(sensor, {"smoke": "yes", "battery": 87})
-    publish(sensor, ALARM)
+    publish(sensors, b"\x00not json at all{")
+    publish(sensors, {"smoke": "yes", "battery": 87})
+    publish(sensors, ALARM)
 
     fire = api.key("fire")
     alerts = eventually(lambda: list_alerts(api, fire))

@@ -14,14 +14,12 @@ from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
-import paho.mqtt.client as mqtt
 import pytest
 from conftest import edge_and_ingest, eventually, mqtt_client
-from fire_helpers import publish, query
+from fire_helpers import node_config, publish, query
 
 from alerts.models import Heartbeat, utc_now
 from deploy.local.services import Service
-from edge.config import NodeConfig, parse_config
 from edge.node import EdgeNode
 from ingest.protocol import uplink_topic
 
@@ -32,33 +30,16 @@ QUIET = {"smoke": False, "battery": 87, "battery_low": False, "tamper": False, "
 TASMOTA_STATE = {"Time": "2024-05-01T18:00:00", "DS18B20": {"Id": "0316A2", "Temperature": 21.5}, "TempUnit": "C"}
 
 
-def node_config(broker_url: str, spool: Path) -> NodeConfig:
-    return parse_config(
-        f"""
-node_id: test-node
-site: {{id: willow-court, sub_district: riverside, community: east-gate, grid: g07}}
-broker: {{url: "{broker_url}"}}
-uplink: {{spool: "{spool}", heartbeat_s: 30}}
-verification: {{window_s: 120}}
-sensors:
+SENSORS = f"""\
   - {{id: smoke-b3-stair, adapter: zigbee2mqtt, topic: {SMOKE_A}, name: "Building 3, stairwell", heartbeat_s: 60}}
   - {{id: smoke-b5-bikes, adapter: zigbee2mqtt, topic: {SMOKE_B}, battery_low_pct: 25}}
   - {{id: heat-b2-kitchen, adapter: tasmota, topic: {KITCHEN}, heat: {{quantity: ds18b20.temperature}}}}
-  - {{id: smoke-b1-boiler, adapter: native, topic: {BOILER}}}
-"""
-    )
-
-
-@pytest.fixture
-def sensors(broker: Service) -> Iterator[mqtt.Client]:
-    """A client standing in for zigbee2mqtt, Tasmota devices and native devices on the node's local broker."""
-    with mqtt_client(broker, "test-sensors") as client:
-        yield client
+  - {{id: smoke-b1-boiler, adapter: native, topic: {BOILER}}}"""
 
 
 @pytest.fixture
 def node(broker: Service, database_url: str, tmp_path: Path) -> Iterator[EdgeNode]:
-    with edge_and_ingest(node_config(broker.url, tmp_path / "outbox.sqlite3"), broker, database_url) as node:
+    with edge_and_ingest(node_config(broker.url, tmp_path / "outbox.sqlite3", SENSORS), broker, database_url) as node:
         yield node
 
 
