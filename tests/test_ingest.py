@@ -53,17 +53,22 @@ def heartbeat() -> bytes:
     return beat.model_dump_json().encode()
 
 
+def heartbeats_stored(publisher: mqtt.Client, database_url: str, timeout: float) -> None:
+    """Publishes heartbeats until one is stored: proof that the worker is subscribed and writing."""
+
+    def beat_stored() -> list[tuple]:
+        publish(publisher, "heartbeats", heartbeat())
+        return rows(database_url, "SELECT node_id FROM nodes")
+
+    eventually(beat_stored, timeout=timeout, interval=0.3)
+
+
 def test_a_worker_killed_before_its_commit_loses_nothing_and_the_redelivery_lands_once(
     broker: Service, database_url: str, publisher: mqtt.Client
 ) -> None:
     worker = start_worker(broker, database_url, "kill-test")
     try:
-        # A heartbeat through the worker proves it is subscribed and writing; until then none arrives.
-        def beat_stored() -> list[tuple]:
-            publish(publisher, "heartbeats", heartbeat())
-            return rows(database_url, "SELECT node_id FROM nodes")
-
-        eventually(beat_stored, timeout=20, interval=0.3)
+        heartbeats_stored(publisher, database_url, timeout=20)
 
         event = Event(kind=EventKind.FIRE, type="smoke", place=PLACE, source="node-1")
         with psycopg.connect(database_url) as lock:
@@ -103,12 +108,7 @@ def test_a_store_that_refuses_even_a_dead_letter_ends_the_process_and_the_messag
 ) -> None:
     worker = start_worker(broker, database_url, "broken-store")
     try:
-
-        def beat_stored() -> list[tuple]:
-            publish(publisher, "heartbeats", heartbeat())
-            return rows(database_url, "SELECT node_id FROM nodes")
-
-        eventually(beat_stored, timeout=60, interval=0.3)
+        heartbeats_stored(publisher, database_url, timeout=60)
         with psycopg.connect(database_url, autocommit=True) as conn:
             conn.execute("ALTER TABLE dead_letters RENAME TO dead_letters_away")
         publish(publisher, "events", b"{not json")
