@@ -75,7 +75,7 @@ def node_yaml(broker_url: str, spool: Path) -> str:
     )
     return f"""node_id: bench-node
 site: {{id: bench-court, sub_district: sd, community: c, grid: g}}
-broker: {{url: "{broker_url}"}}
+broker: {{url: "{broker_url}", max_inflight: 1000}}
 uplink: {{spool: "{spool}", max_inflight: 1000}}
 sensors:
   - {{id: bench-alarm, adapter: zigbee2mqtt, topic: {ALARM_TOPIC}}}

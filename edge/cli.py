@@ -63,6 +63,10 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 
     database_url = setting("PATROLNET_DATABASE_URL")
     migrate(database_url)
+    if args.drain:
+        drained = IngestWorker(setting("PATROLNET_MQTT_URL"), database_url, name=args.drain, draining=True)
+        drained.start()
+        return 0 if drained.drain() else 1
     limits = {"max_payload_bytes": args.max_payload, "session_expiry_s": args.session_expiry}
     worker = IngestWorker(
         setting("PATROLNET_MQTT_URL"),
@@ -72,10 +76,6 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         flush_s=args.flush_ms / 1000,
         **{k: v for k, v in limits.items() if v is not None},
     )
-    if args.drain:
-        worker = IngestWorker(setting("PATROLNET_MQTT_URL"), database_url, name=args.drain, draining=True)
-        worker.start()
-        return 0 if worker.drain() else 1
     watch = {"missed_heartbeats": args.offline_after, "heartbeat_s": args.heartbeat_s}
     settings = WatchdogSettings(**{k: v for k, v in watch.items() if v is not None})
     watchdog = Watchdog(database_url, worker.name, settings, lambda: (worker.last_batch_at, dict(worker.counts)))

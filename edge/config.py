@@ -69,6 +69,16 @@ class BrokerConfig(_Section):
         description="How long the broker keeps the node's sensor subscription and the messages queued for it "
         "while the node is down, in seconds.",
     )
+    max_inflight: int = Field(
+        default=20,
+        ge=2,
+        le=65_535,
+        title="Unacknowledged sensor messages",
+        description="How many sensor messages the broker hands the node before it waits for their "
+        "acknowledgements: the broker's max_inflight_messages (Mosquitto's default is 20; "
+        "deploy/mosquitto-compound.conf sets 1000). The node asks for no more (MQTT v5 Receive Maximum) and "
+        "acknowledges at the latest when half are waiting, so an alarm behind them never waits for a window.",
+    )
 
 
 class UplinkConfig(_Section):

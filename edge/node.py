@@ -108,7 +108,13 @@ class EdgeNode:
             offline=encode("status", NodeStatus(node_id=config.node_id, place=site, online=False)),
         )
         self.sink = EventSink(
-            self.verification, self.policy, self.state, self._send, self._with_camera_picture, config.node_id
+            self.verification,
+            self.policy,
+            self.state,
+            self._send,
+            self._with_camera_picture,
+            config.node_id,
+            max_unacked=config.broker.max_inflight // 2,
         )
         self.video = (
             VideoPipeline(
@@ -139,6 +145,7 @@ class EdgeNode:
             persistent=True,
             manual_ack=True,
             session_expiry_s=config.broker.session_expiry_s,
+            receive_maximum=config.broker.max_inflight,
         )
         self._client.on_connect = self._on_connect
         self._client.on_message = self._on_message

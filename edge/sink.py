@@ -67,8 +67,9 @@ log = logging.getLogger(__name__)
 FLUSH_S = 0.25
 FLUSH_READINGS = 500
 MAX_UNACKED = 10
-"""Sensor messages waiting for their readings to be spooled before they are acknowledged; Mosquitto sends a
-client at most 20 (``max_inflight_messages``) unacknowledged, so more would stall the subscription."""
+"""Sensor messages waiting for their readings to be spooled before they are acknowledged, by default: half of
+Mosquitto's default ``max_inflight_messages`` (20), since a full window would hold back the next message, an
+alarm perhaps, until the readings flush. The node passes half its ``broker.max_inflight``."""
 QUEUE_DEPTH = 10_000
 DISK_RETRY_S = 0.5
 SINK_TOPIC = "edge/sink"
@@ -111,6 +112,7 @@ class EventSink:
         picture: Callable[[Event], Event] = lambda event: event,
         source: str = "",
         depth: int = QUEUE_DEPTH,
+        max_unacked: int = MAX_UNACKED,
     ) -> None:
         self.verification = verification
         self.policy = policy
@@ -118,6 +120,7 @@ class EventSink:
         self.send = send
         self.picture = picture
         self.source = source
+        self.max_unacked = max_unacked
         self.counts: Counter[str] = Counter()
         self.liveness = Liveness()
         self._queue: queue.Queue[Item | None] = queue.Queue(depth)
@@ -208,7 +211,7 @@ class EventSink:
         if batch.ack is not None:
             self._acks.append(batch.ack)
         due = self._readings and time.monotonic() - self._readings_since >= FLUSH_S
-        full = len(self._readings) >= FLUSH_READINGS or len(self._acks) >= MAX_UNACKED
+        full = len(self._readings) >= FLUSH_READINGS or len(self._acks) >= self.max_unacked
         if batch.events or due or full:
             self._durably(self._flush_readings)
         elif not self._readings:
