@@ -23,8 +23,21 @@ def ingest(broker: Service, database_url: str, stack: ExitStack, *args: str) -> 
     return spawn(["ingest", *args], env(broker.url, database_url), stack)
 
 
-def node_yaml(folder: Path, local: Service, heartbeat_s: float = 1.0) -> Path:
+CAMERA = """
+cameras:
+  - id: cam-walkway
+    capture: {{url: "{url}"}}
+    scene:
+      zones: [{{name: walkway, polygon: [[0, 0.33], [1, 0.40], [1, 0.85], [0, 0.45]]}}]
+      rules: [{{type: intrusion, zone: walkway}}]
+"""
+"""A camera on the footage's walkway, where people walk all the time: a steady stream of intrusion events."""
+
+
+def node_yaml(folder: Path, local: Service, heartbeat_s: float = 1.0, camera: Service | None = None) -> Path:
+    """The fault node's config: the three detectors of ``SENSORS`` on ``local``, and ``camera`` if given."""
     sensors = "\n".join(f"  - {{id: {s}, adapter: zigbee2mqtt, topic: zigbee2mqtt/{s}}}" for s in SENSORS)
+    cameras = CAMERA.format(url=camera.url) if camera is not None else ""
     path = folder / "node.yaml"
     path.write_text(
         f"""
@@ -34,6 +47,6 @@ broker: {{url: "{local.url}"}}
 uplink: {{spool: "{folder / "outbox.sqlite3"}", heartbeat_s: {heartbeat_s}}}
 sensors:
 {sensors}
-"""
+{cameras}"""
     )
     return path

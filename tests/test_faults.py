@@ -215,6 +215,29 @@ def stored_seqs(database_url: str) -> list[tuple[str, float]]:
     return query(database_url, "SELECT device, value FROM readings WHERE quantity = 'seq'")
 
 
+def tally_node_events(label: str, database_url: str) -> int:
+    """Waits until the node's spool is empty and every event it spooled (its own count, from its heartbeats) is
+    stored; prints sent / stored / lost / duplicated and returns how many camera events were stored. The ids of
+    camera events are born in the node, so the node's count stands for what was sent; an id is a primary key,
+    so a duplicate cannot be stored, and equal counts mean none was lost."""
+
+    def settled() -> tuple[float, int] | None:
+        beats = query(database_url, "SELECT counters FROM nodes WHERE node_id = 'fault-node'")
+        if not beats or beats[0][0].get("spool_pending", 1) != 0:
+            return None
+        spooled = beats[0][0].get("events", 0)
+        # The centre's watchdog raises node_offline in the node's name while the uplink is down: not the node's.
+        mine = "SELECT count(*) FROM events WHERE source = 'fault-node' AND type <> 'node_offline'"
+        stored = query(database_url, mine)[0][0]
+        return (spooled, stored) if stored == spooled else None
+
+    spooled, stored = eventually(settled, timeout=90, interval=0.5)
+    camera = query(database_url, "SELECT count(*) FROM events WHERE device = 'cam-walkway'")[0][0]
+    print(f"{label}: node events (camera {camera}) sent {spooled:.0f} / stored {stored} / lost {spooled - stored:.0f} /"
+          " duplicated 0 (the id is the key)")  # fmt: skip
+    return camera
+
+
 def tally_detectors(label: str, database_url: str, detectors: Detectors) -> tuple[int, int, int]:
     """(lost, duplicated, alarm transitions missing) of the detectors' numbered messages."""
     rows = stored_seqs(database_url)
@@ -237,14 +260,15 @@ def central() -> Iterator[Service]:
 
 
 @pytest.mark.parametrize("how", ["sigterm", "sigkill-with-ingest"])
-def test_uplink_broker_down_30_s_while_detectors_alarm_and_clear(
-    how: str, broker: Service, central: Service, database_url: str, tmp_path: Path
+def test_uplink_broker_down_30_s_while_detectors_alarm_and_clear_and_a_camera_detects(
+    how: str, broker: Service, central: Service, rtsp_camera: Service, database_url: str, tmp_path: Path
 ) -> None:
     with ExitStack() as stack:
         worker = ingest(central, database_url, stack)
         eventually(lambda: query(database_url, "SELECT name FROM ingest_workers"), timeout=90, interval=0.3)
         node_env = env(broker.url, database_url, PATROLNET_UPLINK_URL=central.url)
-        spawn(["edge", "run", "--config", str(node_yaml(tmp_path, broker))], node_env, stack)
+        config = node_yaml(tmp_path, broker, camera=rtsp_camera)
+        spawn(["edge", "run", "--config", str(config)], node_env, stack)
         eventually(lambda: query(database_url, "SELECT 1 FROM nodes WHERE node_id = 'fault-node'"), timeout=90)
         with Detectors(broker, rate=5) as detectors:
             time.sleep(3)
@@ -263,8 +287,11 @@ def test_uplink_broker_down_30_s_while_detectors_alarm_and_clear(
             detectors.halt()
             eventually(lambda: len(stored_seqs(database_url)) >= detectors.count(), timeout=90, interval=0.5)
             print(f"{how}: every message stored {time.monotonic() - back:.1f} s after the broker was back")
+            rtsp_camera.stop()
+            camera = tally_node_events(f"uplink broker down 30 s ({how})", database_url)
         result = tally_detectors(f"uplink broker down 30 s ({how})", database_url, detectors)
         assert result == (0, 0, 0)
+        assert camera > 0, "the camera raised no event: the test measured nothing of it"
         last = {s: seqs[-1] % 2 == 0 for s, seqs in detectors.sent.items()}
         active = dict(query(database_url, "SELECT device, active FROM alerts WHERE type = 'smoke'"))
         assert active == last, "one alert per detector, active exactly when its last message was an alarm"
