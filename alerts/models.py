@@ -112,7 +112,25 @@ class Reading(_Stamped):
     unit: str = Field(default="", title="Unit", description="Unit of the value, e.g. °C, %, ppm.")
 
 
-class Event(_Stamped):
+class _Verified(_Wire):
+    """What a fire sensor's event says, and its alert keeps: the values behind it and alarm verification."""
+
+    readings: dict[str, float] = Field(
+        default_factory=dict,
+        title="Readings",
+        description="The sensor's values behind it (on an alert: those of the newest event that had any).",
+    )
+    confirmed: bool | None = Field(
+        default=None,
+        title="Confirmed",
+        description="A fire alarm another detector of the site confirms (alarm verification); null: not verified.",
+    )
+    confirmed_by: list[str] = Field(
+        default_factory=list, title="Confirmed by", description="The devices in alarm together, sorted; empty if none."
+    )
+
+
+class Event(_Stamped, _Verified):
     """Something a detector or a sensor rule saw: the one type every role passes on."""
 
     kind: EventKind = Field(title="Kind", description="security, fire, trouble or report.")
@@ -138,17 +156,6 @@ class Event(_Stamped):
         title="Test",
         description="A detector test (test mode or its test button): stored, never an alert, never dispatched.",
     )
-    readings: dict[str, float] = Field(
-        default_factory=dict, title="Readings", description="The sensor's values of the message that raised it."
-    )
-    confirmed: bool | None = Field(
-        default=None,
-        title="Confirmed",
-        description="A fire alarm another detector of the site confirms (alarm verification); null: not verified.",
-    )
-    confirmed_by: list[str] = Field(
-        default_factory=list, title="Confirmed by", description="The devices in alarm together, sorted; empty if none."
-    )
     attributes: dict[str, Any] = Field(
         default_factory=dict, title="Attributes", description="Track id, box, zone, trigger and the like."
     )
@@ -164,7 +171,7 @@ class Event(_Stamped):
         return "/".join((self.place.site, self.place.device or "", self.kind, self.type, self.subject))
 
 
-class Alert(_Stamped):
+class Alert(_Stamped, _Verified):
     """One ongoing situation for a desk: many events, one alert that updates.
 
     ``ts`` is when the alert was raised; ``revision`` grows with every update so
@@ -185,17 +192,6 @@ class Alert(_Stamped):
     cleared_at: AwareDatetime | None = Field(default=None, title="Cleared at", description="When it cleared.")
     revision: int = Field(default=1, ge=1, title="Revision", description="Grows with every update.")
     last_event_id: UUID | None = Field(default=None, title="Last event", description="Newest event's id.")
-    readings: dict[str, float] = Field(
-        default_factory=dict, title="Readings", description="The sensor's values of the newest event that had any."
-    )
-    confirmed: bool | None = Field(
-        default=None,
-        title="Confirmed",
-        description="Whether another detector of the site confirms the fire alarm; null: not verified.",
-    )
-    confirmed_by: list[str] = Field(
-        default_factory=list, title="Confirmed by", description="The devices in alarm together, sorted; empty if none."
-    )
     attributes: dict[str, Any] = Field(
         default_factory=dict, title="Attributes", description="The newest event's other details."
     )
