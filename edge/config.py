@@ -76,8 +76,8 @@ class BrokerConfig(_Section):
         title="Unacknowledged sensor messages",
         description="How many sensor messages the broker hands the node before it waits for their "
         "acknowledgements: the broker's max_inflight_messages (Mosquitto's default is 20; "
-        "deploy/mosquitto-compound.conf sets 1000). The node asks for no more (MQTT v5 Receive Maximum) and "
-        "acknowledges at the latest when half are waiting, so an alarm behind them never waits for a window.",
+        "deploy/mosquitto-compound.conf sets 1000). The node acknowledges at the latest when half are waiting, "
+        "so an alarm behind them never waits for a window.",
     )
 
 

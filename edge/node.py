@@ -145,7 +145,6 @@ class EdgeNode:
             persistent=True,
             manual_ack=True,
             session_expiry_s=config.broker.session_expiry_s,
-            receive_maximum=config.broker.max_inflight,
         )
         self._client.on_connect = self._on_connect
         self._client.on_message = self._on_message

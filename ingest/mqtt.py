@@ -53,7 +53,6 @@ def make_client(
     persistent: bool = False,
     manual_ack: bool = False,
     session_expiry_s: int = 3600,
-    receive_maximum: int | None = None,
 ) -> tuple[mqtt.Client, BrokerAddress, Properties]:
     """An MQTT v5 client for ``url``, not yet connected, with the CONNECT properties to use.
 
@@ -71,9 +70,6 @@ def make_client(
     props = Properties(PacketTypes.CONNECT)
     if persistent:
         props.SessionExpiryInterval = session_expiry_s
-    if receive_maximum is not None:
-        # How many unacknowledged QoS 1 messages the broker may hand this client at once.
-        props.ReceiveMaximum = receive_maximum
     return client, address, props
 
 
