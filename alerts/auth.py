@@ -20,7 +20,7 @@ Example:
     {'community': 'c1'}
     >>> p.may(Permission.READINGS), p.may(Permission.ADMIN)
     (True, False)
-    >>> from alerts.models import Place
+    >>> from alerts.core.models import Place
     >>> p.covers(Place(sub_district="n", community="c1", grid="g", site="s")), p.covers(Place(sub_district="n",
     ...     community="c2", grid="g", site="s"))
     (True, False)
@@ -37,7 +37,7 @@ from uuid import UUID, uuid4
 import psycopg
 from pydantic import BaseModel, Field
 
-from alerts.models import EventKind, Place, Role
+from alerts.core.models import EventKind, Place, Role
 
 log = logging.getLogger(__name__)
 

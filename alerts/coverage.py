@@ -21,7 +21,7 @@ Example:
     [<Role.POLICE: 'police'>, <Role.FIRE: 'fire'>]
     >>> coverage_desks("battery_low", linked=False)
     []
-    >>> from alerts.models import Place
+    >>> from alerts.core.models import Place
     >>> notice = Alert(kind=EventKind.TROUBLE, type="sensor_silent", severity="major", source="n1",
     ...     place=Place(sub_district="n", community="c", grid="g", site="s", device="smoke-1"),
     ...     route=Role.OPERATOR, dedup_key="s/smoke-1/trouble/sensor_silent/", notify=[Role.FIRE])
@@ -38,7 +38,7 @@ import logging
 import psycopg
 
 from alerts.auth import Principal
-from alerts.models import ROUTES, Alert, EventKind, Role
+from alerts.core.models import ROUTES, Alert, EventKind, Role
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ or status naming a node of another site (``foreign_node``), so it cannot take ov
 Each refusal is a reason string, which ingest keeps with the message as a dead letter.
 
 Example:
-    >>> from alerts.models import Alert, Heartbeat, NodeStatus, Place
+    >>> from alerts.core.models import Alert, Heartbeat, NodeStatus, Place
     >>> place = Place(sub_district="riverside", community="east-gate", grid="g07", site="willow-court")
     >>> alert = Alert(kind="fire", type="smoke", severity="critical", route="fire", place=place, source="n1",
     ...               dedup_key="k")
@@ -28,7 +28,7 @@ from __future__ import annotations
 import logging
 from typing import Protocol, TypeVar
 
-from alerts.models import Alert, Heartbeat, NodeStatus, Place
+from alerts.core.models import Alert, Heartbeat, NodeStatus, Place
 
 log = logging.getLogger(__name__)
 

@@ -40,11 +40,11 @@ import paho.mqtt.client as mqtt
 import psycopg
 
 from alerts.auth import Principal, create_key
-from alerts.models import Role
-from alerts.store import migrate
+from alerts.core.models import Role
+from alerts.core.mqtt import connect, make_client
+from alerts.core.protocol import uplink_topic
+from alerts.store.database import migrate
 from deploy.local.services import ApiThread, spawn, start_mosquitto, start_postgres
-from ingest.mqtt import connect, make_client
-from ingest.protocol import uplink_topic
 
 log = logging.getLogger(__name__)
 

@@ -38,12 +38,12 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from alerts.auth import Principal, create_key  # noqa: E402
-from alerts.models import Place, Reading, Role  # noqa: E402
-from alerts.rows import ALERT_COLUMNS  # noqa: E402
-from alerts.store import READING_COLUMNS, copy_insert, migrate, reading_row  # noqa: E402
+from alerts.core.models import Place, Reading, Role  # noqa: E402
+from alerts.core.mqtt import connect, make_client  # noqa: E402
+from alerts.core.protocol import encode, uplink_topic  # noqa: E402
+from alerts.store.database import READING_COLUMNS, copy_insert, migrate, reading_row  # noqa: E402
+from alerts.store.rows import ALERT_COLUMNS  # noqa: E402
 from deploy.local.services import free_port, start_mosquitto, start_postgres, wait_for_port  # noqa: E402
-from ingest.mqtt import connect, make_client  # noqa: E402
-from ingest.protocol import encode, uplink_topic  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -168,7 +168,7 @@ def bench_ingest(url: str, broker_url: str, messages: int, per_message: int) -> 
     bare = bare_subscriber_rate(broker_url, bodies) * per_message
     env = {**os.environ, "PATROLNET_DATABASE_URL": url, "PATROLNET_MQTT_URL": broker_url}
     worker = subprocess.Popen(
-        [sys.executable, "-m", "edge.cli", "ingest", "--name", "bench"], cwd=REPO, env=env, stderr=subprocess.DEVNULL
+        [sys.executable, "-m", "deploy.cli", "ingest", "--name", "bench"], cwd=REPO, env=env, stderr=subprocess.DEVNULL
     )
     try:
         with psycopg.connect(url, autocommit=True) as conn:
@@ -289,7 +289,7 @@ def bench_list(
     port = free_port()
     env = {**os.environ, "PATROLNET_DATABASE_URL": url}
     command = ["api", "--port", str(port), "--workers", str(workers), "--no-access-log"]
-    api = subprocess.Popen([sys.executable, "-m", "edge.cli", *command], cwd=REPO, env=env, stderr=subprocess.DEVNULL)
+    api = subprocess.Popen([sys.executable, "-m", "deploy.cli", *command], cwd=REPO, env=env, stderr=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}"
     results: dict[str, list[float]] = {"list route": [], "/healthz": []}
     try:
@@ -310,7 +310,7 @@ def bench_list(
 
 def sql_latencies(url: str, limit: int, rounds: int = 300) -> list[float]:
     """The list route's queries run directly, to tell the database's share of the latency."""
-    from alerts.queries import AlertPage, where
+    from alerts.store.queries import AlertPage, where
 
     latencies = []
     with psycopg.connect(url, autocommit=True) as conn:

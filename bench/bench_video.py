@@ -26,7 +26,7 @@ from pathlib import Path
 
 import cv2
 
-from alerts.models import Place
+from alerts.core.models import Place
 from deploy.local.services import start_rtsp
 from detectors.load import load_backend
 from edge.cameras import CameraConfig, DetectorConfig

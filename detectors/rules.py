@@ -8,12 +8,12 @@ A condition is one situation with one life: one track in a zone (intrusion,
 loitering, illegal parking) or one zone's state (occupied, crowd). It raises a
 START once it has held long enough, an UPDATE every ``update_s`` while it goes
 on, and an END once it has been gone for ``leave_s`` (a track that left the
-zone or was lost, or a schedule that disarmed): an :class:`alerts.debounce.Debounce`
+zone or was lost, or a schedule that disarmed): an :class:`alerts.core.debounce.Debounce`
 with updates on top. A line crossing is a moment: one START per crossing. Only
 tracked detections count (id -1 is unconfirmed).
 
 Example:
-    >>> from alerts.models import Place
+    >>> from alerts.core.models import Place
     >>> scene = SceneConfig.model_validate({
     ...     "zones": [{"name": "yard", "polygon": [[0, 0], [1, 0], [1, 1], [0, 1]]}],
     ...     "rules": [{"type": "intrusion", "zone": "yard"}]})
@@ -38,8 +38,8 @@ from typing import Annotated, Any, Literal, cast
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from alerts.debounce import Debounce
-from alerts.models import Event, EventKind, EventState, Place, Severity
+from alerts.core.debounce import Debounce
+from alerts.core.models import Event, EventKind, EventState, Place, Severity
 from detectors.detections import Detections
 from detectors.snapshot import Box, render
 from detectors.zones import NAME, LineConfig, LineCounter, PolygonZone, Schedule, ScheduleConfig, ZoneConfig

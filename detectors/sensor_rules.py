@@ -25,7 +25,7 @@ END event), and one still on is reported once as an UPDATE, so its alert is
 updated rather than raised again.
 
 Example:
-    >>> from alerts.models import Place, Reading
+    >>> from alerts.core.models import Place, Reading
     >>> place = Place(sub_district="n", community="c", grid="g", site="s", device="smoke-1")
     >>> rules = SensorRules(source="node-1")
     >>> [e.state.value for e in rules.apply([Reading(place=place, quantity="smoke", value=1.0)])]
@@ -50,8 +50,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from alerts.debounce import Debounce
-from alerts.models import Event, EventKind, EventState, Place, Reading, Severity
+from alerts.core.debounce import Debounce
+from alerts.core.models import Event, EventKind, EventState, Place, Reading, Severity
 from detectors.heat import HeatRule, HeatSettings
 
 log = logging.getLogger(__name__)

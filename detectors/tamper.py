@@ -19,12 +19,12 @@ next to nothing per frame. Three tests, in order, the first that applies wins:
 A blinded picture cannot say whether the camera is in focus or where it
 points, so those conditions hold still rather than clear. A condition must hold
 ``confirm_s`` to start, so one dark frame is not an alarm, and be gone
-``clear_s`` to end (a :class:`alerts.debounce.Debounce` each). The baseline and the reference edges are learned over the
-first ``learn_s`` and then follow slow changes (seasons, a tree growing) with
+``clear_s`` to end (a :class:`alerts.core.debounce.Debounce` each). The baseline and the reference edges are
+learned over the first ``learn_s`` and then follow slow changes (seasons, a tree growing) with
 a time constant of ``refresh_s``, but only while the camera is healthy.
 
 Example:
-    >>> from alerts.models import Place
+    >>> from alerts.core.models import Place
     >>> place = Place(sub_district="n", community="c", grid="g", site="s", device="cam1")
     >>> tamper = TamperDetector(place, "node-1", TamperConfig(learn_s=0, confirm_s=2, clear_s=2))
     >>> rng = np.random.default_rng(1)
@@ -45,8 +45,8 @@ import cv2
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from alerts.debounce import Debounce
-from alerts.models import Event, EventKind, EventState, Place, Severity
+from alerts.core.debounce import Debounce
+from alerts.core.models import Event, EventKind, EventState, Place, Severity
 from detectors.snapshot import render
 
 log = logging.getLogger(__name__)

@@ -16,7 +16,7 @@ gives one as JSON-ready data (None once it is off) and ``restore`` takes them ba
 
 Example:
     >>> from datetime import timedelta
-    >>> from alerts.models import Event, EventKind, Place
+    >>> from alerts.core.models import Event, EventKind, Place
     >>> site = Place(sub_district="n", community="c", grid="g", site="s")
     >>> verification = AlarmVerification(window_s=120)
     >>> first = Event(kind=EventKind.FIRE, type="smoke", place=site.with_device("a"), source="n1")
@@ -40,7 +40,7 @@ from uuid import uuid4
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from alerts.models import Event, EventKind, EventState
+from alerts.core.models import Event, EventKind, EventState
 
 log = logging.getLogger(__name__)
 

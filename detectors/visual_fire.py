@@ -7,7 +7,7 @@ false box is no alarm, and must be gone for ``clear_s`` before the END.
 
 Example:
     >>> import numpy as np
-    >>> from alerts.models import Place
+    >>> from alerts.core.models import Place
     >>> place = Place(sub_district="n", community="c", grid="g", site="s", device="cam-1")
     >>> watch = VisualFire(VisualFireConfig(hold_s=1.0), place, source="node-1")
     >>> smoke = Detections(xyxy=np.array([[10, 10, 60, 60]], np.float32),
@@ -26,7 +26,7 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from alerts.models import Event, EventKind, EventState, Place, Severity
+from alerts.core.models import Event, EventKind, EventState, Place, Severity
 from detectors.detections import Detections
 from detectors.snapshot import Box, render
 

@@ -21,13 +21,13 @@ from typing import Annotated, Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
-from alerts.models import Place
+from alerts.core.models import Place
+from alerts.core.protocol import TOPIC_PREFIX
 from detectors.sensor_rules import SensorRuleSettings
 from detectors.verification import VerificationSettings
 from edge.cameras import CameraConfig, DetectorConfig
 from ingest.adapters import ADAPTERS, AdapterName
 from ingest.downsample import DownsampleSettings
-from ingest.protocol import TOPIC_PREFIX
 from ingest.sensors import MAX_PAYLOAD_BYTES
 
 log = logging.getLogger(__name__)

@@ -48,8 +48,10 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 
-from alerts.models import DeadLetter, DeviceStatus, Event, EventKind, EventState, Heartbeat, NodeStatus, utc_now
-from alerts.policy import AlertPolicy
+from alerts.core.models import DeadLetter, DeviceStatus, Event, EventKind, EventState, Heartbeat, NodeStatus, utc_now
+from alerts.core.mqtt import make_client
+from alerts.core.policy import AlertPolicy
+from alerts.core.protocol import encode, uplink_topic
 from detectors.sensor_rules import SensorRules
 from detectors.verification import AlarmVerification
 from edge.config import NodeConfig
@@ -60,8 +62,6 @@ from edge.supervisor import Liveness, Supervisor
 from edge.video import VideoPipeline
 from ingest.adapters import ADAPTERS, Route, SensorRoutes
 from ingest.downsample import Downsampler
-from ingest.mqtt import make_client
-from ingest.protocol import encode, uplink_topic
 from ingest.sensors import Decoded, PayloadError, parse_availability
 
 log = logging.getLogger(__name__)

@@ -51,9 +51,9 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 from paho.mqtt.reasoncodes import ReasonCode
 
-from alerts.models import DEAD_LETTER_KEEPS, DeadLetter
-from ingest.mqtt import connect, make_client
-from ingest.protocol import encode, parse_uplink_topic, uplink_topic
+from alerts.core.models import DEAD_LETTER_KEEPS, DeadLetter
+from alerts.core.mqtt import connect, make_client
+from alerts.core.protocol import encode, parse_uplink_topic, uplink_topic
 
 log = logging.getLogger(__name__)
 

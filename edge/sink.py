@@ -26,8 +26,8 @@ camera raises it again from the next frames.
 
 Example:
     >>> import tempfile, pathlib
-    >>> from alerts.models import Event, EventKind, Place
-    >>> from alerts.policy import AlertPolicy
+    >>> from alerts.core.models import Event, EventKind, Place
+    >>> from alerts.core.policy import AlertPolicy
     >>> from detectors.verification import AlarmVerification
     >>> from edge.outbox import Spool
     >>> folder = pathlib.Path(tempfile.mkdtemp())
@@ -55,12 +55,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from alerts.models import DeadLetter, Event, Reading
-from alerts.policy import AlertPolicy
+from alerts.core.models import DeadLetter, Event, Reading
+from alerts.core.policy import AlertPolicy
+from alerts.core.protocol import encode
 from detectors.verification import AlarmVerification
 from edge.state import Change, EdgeState
 from edge.supervisor import Liveness
-from ingest.protocol import encode
 
 log = logging.getLogger(__name__)
 

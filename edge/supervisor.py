@@ -48,7 +48,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from alerts.models import Event, EventKind, EventState, Place, Severity
+from alerts.core.models import Event, EventKind, EventState, Place, Severity
 
 log = logging.getLogger(__name__)
 

@@ -28,7 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 
-from alerts.models import Event, Place
+from alerts.core.models import Event, Place
 from detectors.detections import Detections
 from detectors.load import load_backend
 from detectors.motion import MotionGate

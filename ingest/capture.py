@@ -51,8 +51,8 @@ import cv2
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from alerts.debounce import Debounce
-from alerts.models import Event, EventKind, EventState, Place, Severity, utc_now
+from alerts.core.debounce import Debounce
+from alerts.core.models import Event, EventKind, EventState, Place, Severity, utc_now
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ readings a dispatcher looks at.
 
 Example:
     >>> from datetime import timedelta
-    >>> from alerts.models import Place, Reading
+    >>> from alerts.core.models import Place, Reading
     >>> place = Place(sub_district="n", community="c", grid="g", site="s", device="t1")
     >>> thin = Downsampler({"t1": DownsampleSettings(min_interval_s=10, deadband={"temperature": 0.5})})
     >>> first = Reading(place=place, quantity="temperature", value=21.0)
@@ -25,7 +25,7 @@ from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from alerts.models import Reading
+from alerts.core.models import Reading
 
 log = logging.getLogger(__name__)
 

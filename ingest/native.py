@@ -16,7 +16,7 @@ there, retained, when it connects.
 
 Example:
     >>> from datetime import UTC, datetime
-    >>> from alerts.models import Place
+    >>> from alerts.core.models import Place
     >>> place = Place(sub_district="n", community="c", grid="g", site="s", device="heat-1")
     >>> payload = b'{"ts": "2024-05-01T10:00:00+08:00", "readings": {"temperature": 21.5}, "test": true, "rssi": -61}'
     >>> [(r.quantity, r.value, r.ts.hour) for r in NATIVE.parse(payload, place, datetime.now(UTC)).readings]
@@ -34,7 +34,7 @@ from typing import Any
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StrictBool, StrictStr, ValidationError
 
-from alerts.models import Place
+from alerts.core.models import Place
 from ingest.sensors import Adapter, Decoded, PayloadError, decode_json_object, readings_from
 
 log = logging.getLogger(__name__)

@@ -20,7 +20,7 @@ out of range: a smoke alarm next to them still counts.
 
 Example:
     >>> from datetime import UTC, datetime
-    >>> from alerts.models import Place
+    >>> from alerts.core.models import Place
     >>> place = Place(sub_district="n", community="c", grid="g", site="s", device="d")
     >>> decoded = readings_from({"smoke": True, "temperature": 900, "note": "hi"}, place, datetime.now(UTC))
     >>> [(r.quantity, r.value) for r in decoded.readings]
@@ -51,7 +51,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, ClassVar
 
-from alerts.models import Place, Reading
+from alerts.core.models import Place, Reading
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ zone, and a device that lost NTP says 1970. The LWT says ``Online`` or ``Offline
 
 Example:
     >>> from datetime import UTC, datetime
-    >>> from alerts.models import Place
+    >>> from alerts.core.models import Place
     >>> place = Place(sub_district="n", community="c", grid="g", site="s", device="heat-1")
     >>> payload = b'{"Time": "2024-05-01T10:00:00", "DS18B20": {"Temperature": 71.6}, "TempUnit": "F"}'
     >>> [(r.quantity, r.value, r.unit) for r in TASMOTA.parse(payload, place, datetime.now(UTC)).readings]
@@ -25,7 +25,7 @@ import logging
 from datetime import datetime
 from typing import Any
 
-from alerts.models import Place
+from alerts.core.models import Place
 from ingest.sensors import Adapter, Decoded, decode_json_object, readings_from
 
 log = logging.getLogger(__name__)

@@ -10,7 +10,7 @@ and commands to devices (``.../set``, ``.../get``).
 
 Example:
     >>> from datetime import UTC, datetime
-    >>> from alerts.models import Place
+    >>> from alerts.core.models import Place
     >>> place = Place(sub_district="n", community="c", grid="g", site="s", device="smoke-1")
     >>> decoded = ZIGBEE2MQTT.parse(b'{"smoke": true, "battery": 87}', place, datetime.now(UTC))
     >>> sorted((r.quantity, r.value) for r in decoded.readings)
@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 from datetime import datetime
 
-from alerts.models import Place
+from alerts.core.models import Place
 from ingest.sensors import Adapter, Decoded, decode_json_object, readings_from
 
 log = logging.getLogger(__name__)

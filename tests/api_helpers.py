@@ -11,16 +11,16 @@ import httpx
 import psycopg
 from conftest import ApiServer, sse_messages
 
-from alerts.models import Alert, Event, EventKind, Place
-from alerts.policy import AlertPolicy
-from alerts.store import Batch, write_batch
+from alerts.core.models import Alert, Event, EventKind, Place
+from alerts.core.policy import AlertPolicy
+from alerts.store.database import WriteBatch, write_batch
 
 EAST = Place(sub_district="riverside", community="east-gate", grid="g07", site="willow-court", device="smoke-1")
 WEST = Place(sub_district="lakeside", community="west-lake", grid="g02", site="pine-yard", device="cam-2")
 JPEG = b"\xff\xd8\xff\xe0" + b"\x00" * 64
 
 
-def write(database_url: str, batch: Batch) -> None:
+def write(database_url: str, batch: WriteBatch) -> None:
     with psycopg.connect(database_url, autocommit=True) as conn, conn.transaction():
         write_batch(conn, batch)
 
@@ -45,7 +45,7 @@ def raise_alert(
     )
     alert = AlertPolicy().apply(event)
     assert alert is not None, "a new event raises an alert"
-    write(database_url, Batch(events=[event], alerts=[alert]))
+    write(database_url, WriteBatch(events=[event], alerts=[alert]))
     return event, alert
 
 

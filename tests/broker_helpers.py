@@ -14,11 +14,11 @@ from conftest import REPO, eventually
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
-from alerts.broker_auth import node_client_id
-from alerts.models import Place
-from alerts.writer import SHARE_GROUP
+from alerts.core.models import Place
+from alerts.core.protocol import UPLINK_FILTER
+from alerts.intake.broker_auth import node_client_id
+from alerts.intake.writer import SHARE_GROUP
 from deploy.local.services import Service, start_mosquitto_config
-from ingest.protocol import UPLINK_FILTER
 
 CENTRAL = REPO / "deploy" / "mosquitto-central.conf"
 NOT_AUTHORIZED = 135

@@ -27,12 +27,12 @@ import pytest
 import yaml
 
 from alerts.auth import Principal, create_key
-from alerts.store import migrate
-from alerts.writer import IngestWorker
+from alerts.core.mqtt import connect, make_client
+from alerts.intake.writer import IngestWorker
+from alerts.store.database import migrate
 from deploy.local.services import ApiThread, Service, start_mosquitto, start_postgres, start_rtsp
 from edge.config import NodeConfig
 from edge.node import EdgeNode
-from ingest.mqtt import connect, make_client
 
 REPO = Path(__file__).resolve().parent.parent
 FOOTAGE = REPO / ".cache" / "footage" / "vtest.h264"

@@ -8,8 +8,8 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 import psycopg
 
-from alerts.models import Alert, Event
-from alerts.policy import AlertPolicy
+from alerts.core.models import Alert, Event
+from alerts.core.policy import AlertPolicy
 from edge.config import NodeConfig, parse_config
 
 SMOKE_TOPIC = "zigbee2mqtt/b3-stair-smoke"

@@ -18,10 +18,10 @@ import pytest
 from api_helpers import EAST, JPEG, WEST, get, raise_alert, sse_take, write
 from conftest import ApiServer, eventually
 
-from alerts.models import DeviceStatus, Event, EventKind, EventState, Heartbeat, Reading
-from alerts.policy import AlertPolicy
-from alerts.store import Batch
-from alerts.webhooks import WebhookDispatcher
+from alerts.core.models import DeviceStatus, Event, EventKind, EventState, Heartbeat, Reading
+from alerts.core.policy import AlertPolicy
+from alerts.notify.webhooks import WebhookDispatcher
+from alerts.store.database import WriteBatch
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 64
 
@@ -61,7 +61,7 @@ def test_one_alert_lists_its_events_snapshots_and_audit_trail(api: ApiServer) ->
     second = Event(kind=EventKind.FIRE, type="smoke", state=EventState.END, place=EAST, source="node-1")
     raised, cleared = policy.apply(first), policy.apply(second)
     assert raised is not None and cleared is not None, "the first raises an alert, the second clears it"
-    write(api.database_url, Batch(events=[first, second], alerts=[raised, cleared]))
+    write(api.database_url, WriteBatch(events=[first, second], alerts=[raised, cleared]))
     fire = api.key("fire")
     ack = httpx.post(f"{api.url}/api/v1/alerts/{raised.id}/acknowledge", headers=fire, json={"note": "on our way"})
     assert ack.status_code == 200 and ack.json()["status"] == "acknowledged"
@@ -107,7 +107,7 @@ def test_readings_come_bucketed_and_health_comes_from_heartbeats(api: ApiServer)
         started_at=t0,
         devices=[DeviceStatus(device="smoke-1", type="zigbee2mqtt", online=True, detail={"battery": 87})],
     )
-    write(api.database_url, Batch(readings=readings, heartbeats=[beat]))
+    write(api.database_url, WriteBatch(readings=readings, heartbeats=[beat]))
     fire = api.key("fire", community="east-gate")
     response = get(
         api,
@@ -302,7 +302,7 @@ def test_openapi_documents_every_route_and_schema(api: ApiServer) -> None:
     for expected in [
         ("GET", "/api/v1/alerts"),
         ("GET", "/api/v1/alerts/stream"),
-        ("GET", "/api/v1/alerts.cap"),
+        ("GET", "/api/v1/alerts.api.cap"),
         ("GET", "/api/v1/alerts/{alert_id}/cap"),
         ("POST", "/api/v1/alerts/{alert_id}/{action}"),
         ("GET", "/api/v1/events/{event_id}/snapshot"),

@@ -8,9 +8,9 @@ from collections import Counter
 from api_helpers import EAST
 from conftest import ApiServer, SseReader, mqtt_client
 
-from alerts.models import Event, EventKind, EventState
-from alerts.policy import AlertPolicy
-from alerts.writer import IngestWorker
+from alerts.core.models import Event, EventKind, EventState
+from alerts.core.policy import AlertPolicy
+from alerts.intake.writer import IngestWorker
 from deploy.local.services import Service
 
 

@@ -21,7 +21,7 @@ from schemathesis.checks import (
 )
 from schemathesis.core.result import Err
 
-from alerts.models import EventKind
+from alerts.core.models import EventKind
 
 EXAMPLES = 10  # per operation, key and mode: about 900 requests, well under a minute on 2 cores
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]

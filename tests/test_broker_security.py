@@ -30,13 +30,13 @@ from broker_helpers import (
 )
 from conftest import REPO, ApiServer, eventually
 
-from alerts.broker_auth import BrokerAdmin, node_client_id, write_initial_config
-from alerts.models import Alert, EventKind, Heartbeat, NodeStatus, Place, Role, Severity
-from alerts.writer import SHARE_GROUP, IngestWorker
+from alerts.core.models import Alert, EventKind, Heartbeat, NodeStatus, Place, Role, Severity
+from alerts.core.protocol import encode, uplink_topic
+from alerts.intake.broker_auth import BrokerAdmin, node_client_id, write_initial_config
+from alerts.intake.writer import SHARE_GROUP, IngestWorker
 from deploy.local.services import Service
 from edge.config import parse_config
 from edge.node import EdgeNode
-from ingest.protocol import encode, uplink_topic
 
 
 @pytest.fixture
@@ -213,7 +213,7 @@ def test_a_heartbeat_or_status_naming_another_sites_node_is_dead_lettered_and_le
 
 def _patrolnet(broker: SecureBroker, *args: str, admin: str | None = None) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PATROLNET_BROKER_ADMIN_URL": broker.url("admin", admin)}
-    cmd = [sys.executable, "-m", "edge.cli", "broker", *args]
+    cmd = [sys.executable, "-m", "deploy.cli", "broker", *args]
     return subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=60)
 
 
@@ -262,7 +262,7 @@ def test_the_broker_command_adds_rotates_and_removes_a_node_while_the_broker_run
 
 def test_the_broker_command_needs_the_admin(secure_broker: SecureBroker) -> None:
     env = {**os.environ, "PATROLNET_BROKER_ADMIN_URL": secure_broker.url("ingest")}
-    cmd = [sys.executable, "-m", "edge.cli", "broker", "add-node", "--site", PLACE_B.site, "--node", "intruder"]
+    cmd = [sys.executable, "-m", "deploy.cli", "broker", "add-node", "--site", PLACE_B.site, "--node", "intruder"]
     done = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=60)
     assert done.returncode == 1 and "not allowed to read the plugin's answers" in done.stderr, done.stderr
     wrong = {**env, "PATROLNET_BROKER_ADMIN_URL": secure_broker.url("admin", "wrong")}

@@ -17,7 +17,7 @@ from conftest import eventually
 from pydantic import ValidationError
 from vtest import VTEST
 
-from alerts.models import Event, EventKind, EventState, Place, Severity
+from alerts.core.models import Event, EventKind, EventState, Place, Severity
 from deploy.local.services import Service, start_rtsp
 from ingest.capture import CameraSource, CaptureSettings, Frame, backoff_delay, redact
 

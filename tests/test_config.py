@@ -64,12 +64,12 @@ def test_config_check_command_refuses_a_bad_file(tmp_path: Path) -> None:
     bad = tmp_path / "node.yaml"
     bad.write_text(GOOD.replace("adapter: zigbee2mqtt", "adapter: knx"))
     result = subprocess.run(
-        [sys.executable, "-m", "edge.cli", "config", "check", str(bad)], capture_output=True, text=True
+        [sys.executable, "-m", "deploy.cli", "config", "check", str(bad)], capture_output=True, text=True
     )
     assert result.returncode == 1
     assert f"{bad}:9: sensors.0.adapter" in result.stderr
     good = subprocess.run(
-        [sys.executable, "-m", "edge.cli", "config", "check", str(EXAMPLE)], capture_output=True, text=True
+        [sys.executable, "-m", "deploy.cli", "config", "check", str(EXAMPLE)], capture_output=True, text=True
     )
     assert good.returncode == 0 and "site willow-court, 4 sensors, 1 cameras" in good.stdout
 

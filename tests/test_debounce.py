@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from alerts.debounce import Debounce
+from alerts.core.debounce import Debounce
 
 
 def feed(switch: Debounce, reports: list[tuple[float, bool | None]]) -> list[tuple[float, bool]]:

@@ -18,7 +18,7 @@ from deploy.local.services import free_port
 def test_the_demo_raises_camera_and_fire_alerts_and_stops_cleanly() -> None:
     port = free_port()
     demo = subprocess.Popen(
-        [sys.executable, "-m", "edge.cli", "demo", "--port", str(port)],
+        [sys.executable, "-m", "deploy.cli", "demo", "--port", str(port)],
         cwd=REPO,
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,

@@ -19,9 +19,9 @@ from conftest import REPO
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from alerts.broker_auth import write_initial_config
+from alerts.intake.broker_auth import write_initial_config
+from deploy.cli import parser
 from deploy.local.services import start_mosquitto_config
-from edge.cli import parser
 
 DEPLOY = REPO / "deploy"
 UNITS = sorted((DEPLOY / "systemd").glob("*.service"))

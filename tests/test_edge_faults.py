@@ -29,8 +29,8 @@ import paho.mqtt.client as mqtt
 from conftest import REPO, _service_folder, edge_and_ingest, eventually, mqtt_client
 from fire_helpers import query
 
-from alerts.models import NodeStatus, utc_now
-from alerts.writer import IngestWorker
+from alerts.core.models import NodeStatus, utc_now
+from alerts.intake.writer import IngestWorker
 from deploy.local.services import Service, free_port, spawn, start_mosquitto
 from edge.config import parse_config
 from edge.node import EdgeNode

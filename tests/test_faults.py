@@ -20,10 +20,10 @@ from conftest import _service_folder, eventually, mqtt_client
 from fault_helpers import PLACE, SENSORS, env, ingest, node_yaml
 from fire_helpers import query
 
-from alerts.models import Event, EventKind, EventState, Heartbeat, utc_now
+from alerts.core.models import Event, EventKind, EventState, Heartbeat, utc_now
+from alerts.core.protocol import uplink_topic
 from deploy.local.services import Service, spawn, start_mosquitto
 from edge.outbox import Spool, Uplink
-from ingest.protocol import uplink_topic
 
 DOWN_S = 30.0
 

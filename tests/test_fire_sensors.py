@@ -18,10 +18,10 @@ import pytest
 from conftest import edge_and_ingest, eventually, mqtt_client
 from fire_helpers import node_config, publish, query
 
-from alerts.models import Heartbeat, utc_now
+from alerts.core.models import Heartbeat, utc_now
+from alerts.core.protocol import uplink_topic
 from deploy.local.services import Service
 from edge.node import EdgeNode
-from ingest.protocol import uplink_topic
 
 SMOKE_A, SMOKE_B = "zigbee2mqtt/b3-stair-smoke", "zigbee2mqtt/b5-bike-shed-smoke"
 KITCHEN = "tele/b2-kitchen/SENSOR"

@@ -16,9 +16,9 @@ import psycopg
 import pytest
 from conftest import REPO, eventually, mqtt_client
 
-from alerts.models import DeviceStatus, Event, EventKind, Heartbeat, Place
+from alerts.core.models import DeviceStatus, Event, EventKind, Heartbeat, Place
+from alerts.core.protocol import uplink_topic
 from deploy.local.services import Service
-from ingest.protocol import uplink_topic
 
 PLACE = Place(sub_district="riverside", community="east-gate", grid="g07", site="willow-court", device="smoke-1")
 
@@ -35,7 +35,7 @@ def publish(client: mqtt.Client, channel: str, payload: bytes) -> None:
 
 def start_worker(broker: Service, database_url: str, name: str) -> subprocess.Popen:
     env = {**os.environ, "PATROLNET_DATABASE_URL": database_url, "PATROLNET_MQTT_URL": broker.url}
-    return subprocess.Popen([sys.executable, "-m", "edge.cli", "ingest", "--name", name], cwd=REPO, env=env)
+    return subprocess.Popen([sys.executable, "-m", "deploy.cli", "ingest", "--name", name], cwd=REPO, env=env)
 
 
 def rows(database_url: str, sql: str) -> list[tuple]:

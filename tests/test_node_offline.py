@@ -26,11 +26,11 @@ from fire_helpers import query
 from prometheus_client.parser import text_string_to_metric_families
 
 from alerts.auth import Principal
+from alerts.core.models import Alert, DeviceStatus, EventKind, Heartbeat, NodeStatus, Place, Role, Severity
+from alerts.core.protocol import uplink_topic
 from alerts.coverage import may_change
-from alerts.models import Alert, DeviceStatus, EventKind, Heartbeat, NodeStatus, Place, Role, Severity
-from alerts.store import Batch
+from alerts.store.database import WriteBatch
 from deploy.local.services import Service, spawn
-from ingest.protocol import uplink_topic
 
 SITE = Place(sub_district="riverside", community="east-gate", grid="g07", site="willow-court")
 
@@ -291,7 +291,7 @@ def test_the_fire_desk_may_read_a_coverage_notice_but_not_close_it(api: ApiServe
 
 def test_a_coverage_notices_camera_snapshot_is_seen_by_the_desks_it_notifies(api: ApiServer) -> None:
     linked = DeviceStatus(device="smoke-1", type="zigbee2mqtt", online=True, detail={"cameras": ["cam-stairs"]})
-    write(api.database_url, Batch(heartbeats=[Heartbeat(node_id="n1", place=SITE, started_at=datetime.now(UTC),
+    write(api.database_url, WriteBatch(heartbeats=[Heartbeat(node_id="n1", place=SITE, started_at=datetime.now(UTC),
                                                         devices=[linked])]))  # fmt: skip
     stairs, _ = raise_alert(api.database_url, EventKind.TROUBLE, SITE.with_device("cam-stairs"),
                             type="camera_blinded", snapshot=JPEG)  # fmt: skip

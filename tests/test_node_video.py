@@ -14,7 +14,7 @@ import pytest
 from conftest import eventually, mqtt_client
 from fire_helpers import ALARM, publish
 
-from alerts.models import Event, EventKind, EventState, Heartbeat
+from alerts.core.models import Event, EventKind, EventState, Heartbeat
 from deploy.local.services import Service
 from edge.config import parse_config
 from edge.node import EdgeNode

@@ -15,13 +15,13 @@ import psycopg
 from conftest import REPO, _service_folder, eventually, mqtt_client
 from fire_helpers import ALARM, node_config, publish
 
-from alerts.models import Event, EventKind, Place, utc_now
-from alerts.writer import IngestWorker
+from alerts.core.models import Event, EventKind, Place, utc_now
+from alerts.core.protocol import uplink_topic
+from alerts.intake.writer import IngestWorker
 from deploy.local.services import Service, free_port, start_mosquitto
 from edge.node import EdgeNode
 from edge.outbox import Spool, Uplink
 from edge.state import EdgeState
-from ingest.protocol import uplink_topic
 
 PLACE = Place(sub_district="riverside", community="east-gate", grid="g07", site="willow-court", device="smoke-1")
 

@@ -12,9 +12,9 @@ import httpx
 from api_helpers import EAST, page_dom, raise_alert, write
 from conftest import ApiServer
 
-from alerts.models import DeviceStatus, EventKind, Heartbeat, NodeStatus, Place, Severity
-from alerts.store import Batch
-from alerts.watchdog import offline_batch
+from alerts.core.models import DeviceStatus, EventKind, Heartbeat, NodeStatus, Place, Severity
+from alerts.intake.watchdog import offline_batch
+from alerts.store.database import WriteBatch
 
 
 def test_the_fire_desk_sees_its_alarm_and_its_devices_but_no_police_alert(api: ApiServer) -> None:
@@ -32,7 +32,7 @@ def test_the_fire_desk_sees_its_alarm_and_its_devices_but_no_police_alert(api: A
             DeviceStatus(device="cam-1", type="camera", online=False, detail={"fps": 0.0}),
         ],
     )
-    write(api.database_url, Batch(heartbeats=[beat]))
+    write(api.database_url, WriteBatch(heartbeats=[beat]))
     key = api.key("fire")["Authorization"].split()[1]
 
     # The page runs under its Content-Security-Policy: inline code only by hash, nothing from elsewhere.
@@ -52,9 +52,9 @@ def test_a_node_the_watchdog_holds_offline_shows_a_red_chip_and_a_live_node_a_gr
     site = Place(**EAST.model_dump(exclude={"device"}))
     now = datetime.now(UTC)
     beats = [Heartbeat(node_id=node, place=site, started_at=now) for node in ("node-up", "node-gone")]
-    write(api.database_url, Batch(heartbeats=beats))
+    write(api.database_url, WriteBatch(heartbeats=beats))
     # The will arrives after the heartbeat, then the watchdog's round raises node_offline.
-    write(api.database_url, Batch(statuses=[NodeStatus(node_id="node-gone", place=site, online=False)]))
+    write(api.database_url, WriteBatch(statuses=[NodeStatus(node_id="node-gone", place=site, online=False)]))
     write(api.database_url, offline_batch(site, "node-gone", now, "last will"))
     key = api.key("fire")["Authorization"].split()[1]
 

@@ -11,7 +11,7 @@ import psycopg
 from conftest import ApiServer, SseReader, edge_and_ingest, mqtt_client
 from fire_helpers import ALARM, CLEAR, node_config, publish
 
-from alerts.models import (
+from alerts.core.models import (
     Alert,
     DeadLetter,
     DeviceStatus,
@@ -24,9 +24,9 @@ from alerts.models import (
     Role,
     Severity,
 )
-from alerts.writer import MAX_PAYLOAD_BYTES
+from alerts.core.protocol import uplink_topic
+from alerts.intake.writer import MAX_PAYLOAD_BYTES
 from deploy.local.services import Service
-from ingest.protocol import uplink_topic
 
 SITE = Place(sub_district="riverside", community="east-gate", grid="g07", site="poison-court")
 DEVICE = SITE.with_device("cam-1")

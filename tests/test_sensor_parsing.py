@@ -17,7 +17,7 @@ import pytest
 from conftest import edge_and_ingest, eventually, mqtt_client
 from fire_helpers import query
 
-from alerts.models import Place
+from alerts.core.models import Place
 from deploy.local.services import Service
 from edge.config import parse_config
 from ingest.adapters import ADAPTERS

@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 from fire_helpers import alert_of
 
-from alerts.models import Alert, Event, EventKind, EventState, Place, Reading, Role, Severity
-from alerts.policy import AlertPolicy
+from alerts.core.models import Alert, Event, EventKind, EventState, Place, Reading, Role, Severity
+from alerts.core.policy import AlertPolicy
 from detectors.heat import HeatRule, HeatSettings
 from detectors.sensor_rules import SensorRules, SensorRuleSettings
 from detectors.verification import AlarmVerification

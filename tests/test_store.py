@@ -15,12 +15,12 @@ import psycopg
 import pytest
 from fire_helpers import alert_of
 
-from alerts import timescale
-from alerts.models import DeviceStatus, Event, EventKind, EventState, Heartbeat, Place, Reading
-from alerts.policy import AlertPolicy
-from alerts.store import CHANGES_CHANNEL, RECORD_CHANGES, Batch, migrate, migrations, write_batch
-from alerts.timescale import Retention
-from alerts.writer import decode
+from alerts.core.models import DeviceStatus, Event, EventKind, EventState, Heartbeat, Place, Reading
+from alerts.core.policy import AlertPolicy
+from alerts.intake.writer import add_message
+from alerts.store import timescale
+from alerts.store.database import CHANGES_CHANNEL, RECORD_CHANGES, WriteBatch, migrate, migrations, write_batch
+from alerts.store.timescale import Retention
 
 PLACE = Place(sub_district="sd", community="c", grid="g", site="s", device="smoke-1")
 
@@ -37,7 +37,7 @@ def count(url: str, table: str) -> int:
         return one(conn.execute(f"SELECT count(*) FROM {table}"))[0]
 
 
-def write(url: str, batch: Batch) -> int:
+def write(url: str, batch: WriteBatch) -> int:
     with psycopg.connect(url, autocommit=True) as conn, conn.transaction():
         return write_batch(conn, batch)
 
@@ -55,7 +55,7 @@ def test_the_same_message_written_twice_is_one_row(database_url: str) -> None:
     event = Event(kind=EventKind.FIRE, type="smoke", place=PLACE, source="n1")
     alert = alert_of(AlertPolicy(), event)
     reading = Reading(place=PLACE, quantity="temperature", value=21.5, unit="°C")
-    batch = Batch(events=[event], alerts=[alert], readings=[reading])
+    batch = WriteBatch(events=[event], alerts=[alert], readings=[reading])
     assert write(database_url, batch) == 1
     assert write(database_url, batch) == 0
     for table in ("events", "alerts", "readings", "alert_changes"):
@@ -66,8 +66,8 @@ def test_an_older_copy_of_an_alert_never_overwrites_a_newer_one(database_url: st
     policy = AlertPolicy()
     raised = alert_of(policy, Event(kind=EventKind.FIRE, type="smoke", place=PLACE, source="n1"))
     cleared = alert_of(policy, Event(kind=EventKind.FIRE, type="smoke", state=EventState.END, place=PLACE, source="n1"))
-    write(database_url, Batch(alerts=[cleared]))
-    write(database_url, Batch(alerts=[raised]))
+    write(database_url, WriteBatch(alerts=[cleared]))
+    write(database_url, WriteBatch(alerts=[raised]))
     with psycopg.connect(database_url) as conn:
         active, revision = one(conn.execute("SELECT active, revision FROM alerts"))
         changes = [c for (c,) in conn.execute("SELECT change FROM alert_changes ORDER BY seq")]
@@ -77,7 +77,7 @@ def test_an_older_copy_of_an_alert_never_overwrites_a_newer_one(database_url: st
 
 def test_alert_changes_are_logged_in_commit_order_and_wake_the_listeners(database_url: str) -> None:
     alerts = [alert_of(AlertPolicy(), Event(kind=EventKind.FIRE, type=t, place=PLACE, source="n1")) for t in "ab"]
-    write(database_url, Batch(alerts=alerts))
+    write(database_url, WriteBatch(alerts=alerts))
     first, second = (a.id for a in alerts)
     with (
         psycopg.connect(database_url, autocommit=True) as holder,
@@ -106,10 +106,10 @@ def test_alert_changes_are_logged_in_commit_order_and_wake_the_listeners(databas
 
 
 def test_an_unreadable_uplink_message_becomes_a_dead_letter(database_url: str) -> None:
-    batch = Batch()
-    decode("patrolnet/v1/s/events", b'{"kind": "fire"}', batch, "ingest-test")
-    decode("patrolnet/v2/s/events", b"{}", batch, "ingest-test")
-    decode("patrolnet/v1/s/readings", b"[not json", batch, "ingest-test")
+    batch = WriteBatch()
+    add_message("patrolnet/v1/s/events", b'{"kind": "fire"}', batch, "ingest-test")
+    add_message("patrolnet/v2/s/events", b"{}", batch, "ingest-test")
+    add_message("patrolnet/v1/s/readings", b"[not json", batch, "ingest-test")
     assert len(batch.dead_letters) == 3 and not batch.events
     write(database_url, batch)
     with psycopg.connect(database_url) as conn:
@@ -142,7 +142,7 @@ def test_the_schema_answers_the_same_on_either_storage_plan(database_url: str) -
         Event(kind=EventKind.FIRE, type="smoke", state=EventState.UPDATE, place=PLACE, source="n1", ts=now),
         Event(kind=EventKind.FIRE, type="smoke", place=PLACE, source="n1", ts=now - timedelta(days=400)),
     ]
-    write(database_url, Batch(events=events))
+    write(database_url, WriteBatch(events=events))
     with psycopg.connect(database_url) as conn:
         hourly = conn.execute(
             "SELECT bucket, site, kind, events, starts FROM event_counts_hourly ORDER BY bucket DESC"
@@ -175,14 +175,14 @@ def test_migrate_survives_a_create_extension_that_closes_the_connection(
             "CREATE EVENT TRIGGER closes_on_create_extension ON ddl_command_start"
             " WHEN TAG IN ('CREATE EXTENSION') EXECUTE FUNCTION end_backend()"
         )
-    with caplog.at_level(logging.INFO, logger="alerts.timescale"):
+    with caplog.at_level(logging.INFO, logger="alerts.store.timescale"):
         assert migrate(database_url) == []
     [message] = [r for r in caplog.records if r.levelno == logging.ERROR]
     assert "closed the connection" in message.getMessage() and "shared_preload_libraries" in message.getMessage()
     # Plain tables, and the store and the hourly view work on them.
     assert count_extension(database_url) is False
     event = Event(kind=EventKind.FIRE, type="smoke", place=PLACE, source="n1")
-    write(database_url, Batch(events=[event]))
+    write(database_url, WriteBatch(events=[event]))
     with psycopg.connect(database_url) as conn:
         assert one(conn.execute("SELECT sum(events) FROM event_counts_hourly"))[0] == 1
 
@@ -234,8 +234,8 @@ def test_events_keep_snapshots_and_each_alert_copy_links_its_event(database_url:
     first = Event(kind=EventKind.FIRE, type="smoke", place=PLACE, source="n1", snapshot=b"\xff\xd8\xff\xe0jpeg")
     second = Event(kind=EventKind.FIRE, type="smoke", place=PLACE, source="n1")
     alerts = [alert_of(policy, first), alert_of(policy, second)]
-    write(database_url, Batch(events=[first, second], alerts=alerts))
-    write(database_url, Batch(alerts=alerts))  # redelivered copies link nothing twice
+    write(database_url, WriteBatch(events=[first, second], alerts=alerts))
+    write(database_url, WriteBatch(alerts=alerts))  # redelivered copies link nothing twice
     with psycopg.connect(database_url) as conn:
         links = conn.execute("SELECT alert_id, event_id FROM alert_events ORDER BY linked_at").fetchall()
         snapshot = one(conn.execute("SELECT snapshot FROM events WHERE id = %s", (first.id,)))[0]
@@ -258,11 +258,11 @@ def heartbeat(ts: datetime, online: bool) -> Heartbeat:
 def test_heartbeats_keep_the_newest_health_of_nodes_and_devices(database_url: str) -> None:
     now = datetime.now(UTC)
     newer, older = heartbeat(now, online=False), heartbeat(now - timedelta(seconds=30), online=True)
-    batch = Batch()
-    decode("patrolnet/v1/s/heartbeats", newer.model_dump_json().encode(), batch, "ingest-test")
+    batch = WriteBatch()
+    add_message("patrolnet/v1/s/heartbeats", newer.model_dump_json().encode(), batch, "ingest-test")
     assert batch.heartbeats == [newer]
     write(database_url, batch)
-    write(database_url, Batch(heartbeats=[older]))
+    write(database_url, WriteBatch(heartbeats=[older]))
     with psycopg.connect(database_url) as conn:
         node = conn.execute("SELECT node_id, site, heartbeat_at, counters FROM nodes").fetchall()
         devices = conn.execute("SELECT site, device, online, detail, node_id FROM devices").fetchall()
@@ -290,14 +290,14 @@ def test_the_person_on_duty_when_an_alert_is_raised_is_recorded(database_url: st
             )
     ts = datetime.fromisoformat(local).replace(tzinfo=ZoneInfo("Asia/Shanghai"))
     alert = alert_of(AlertPolicy(), Event(kind=EventKind.FIRE, type="smoke", place=PLACE, source="n1", ts=ts))
-    write(database_url, Batch(alerts=[alert]))
+    write(database_url, WriteBatch(alerts=[alert]))
     with psycopg.connect(database_url) as conn:
         assert one(conn.execute("SELECT on_duty FROM alerts"))[0] == expected
 
 
 def patrolnet(database_url: str, *args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PATROLNET_DATABASE_URL": database_url}
-    return subprocess.run([sys.executable, "-m", "edge.cli", *args], env=env, capture_output=True, text=True)
+    return subprocess.run([sys.executable, "-m", "deploy.cli", *args], env=env, capture_output=True, text=True)
 
 
 def test_the_db_and_apikey_commands(database_url: str) -> None:
@@ -324,7 +324,7 @@ def test_migration_5_moves_readings_confirmation_and_test_out_of_the_attributes(
     test = Event(kind=EventKind.FIRE, type="test", place=PLACE, source="n1", attributes={"test": True})
     alert = alert_of(AlertPolicy(), alarm)
     assert alert is not None
-    write(database_url, Batch(events=[alarm, test], alerts=[alert]))
+    write(database_url, WriteBatch(events=[alarm, test], alerts=[alert]))
     with psycopg.connect(database_url, autocommit=True) as conn:
         conn.execute("ALTER TABLE events DROP COLUMN test, DROP COLUMN readings, DROP COLUMN confirmed,"
                      " DROP COLUMN confirmed_by")  # fmt: skip

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from vtest import DATA, FPS, vtest_frames
 
-from alerts.models import Event, EventKind, EventState, Place
+from alerts.core.models import Event, EventKind, EventState, Place
 from detectors.tamper import TamperConfig, TamperDetector
 
 STRIDE = 5

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from conftest import _service_folder, eventually
 
-from alerts.models import Event, EventKind, EventState, Place
+from alerts.core.models import Event, EventKind, EventState, Place
 from deploy.local.services import Service, start_rtsp
 from detectors.backend import BackendConfig
 from detectors.load import load_backend

@@ -14,7 +14,7 @@ import yaml
 from pydantic import ValidationError
 from vtest import FPS, detect_clip, vtest_frames
 
-from alerts.models import Event, EventKind, EventState, Place
+from alerts.core.models import Event, EventKind, EventState, Place
 from detectors.backend import offline_default
 from detectors.detections import Detections
 from detectors.load import load_backend

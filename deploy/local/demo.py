@@ -19,9 +19,9 @@ from pathlib import Path
 import yaml
 
 from alerts.auth import Principal, create_key
-from alerts.models import Role
-from alerts.settings import wait_for_signal
-from alerts.store import migrate
+from alerts.core.models import Role
+from alerts.core.settings import wait_for_signal
+from alerts.store.database import migrate
 from deploy.local.services import spawn, start_mosquitto, start_postgres, start_rtsp, wait_for_port
 from deploy.local.simulator import SensorSimulator
 from edge.config import load_config

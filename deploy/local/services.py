@@ -288,7 +288,7 @@ def start_rtsp(h264_file: str | Path, folder: str | Path, port: int | None = Non
 
 def spawn(args: list[str], env: dict[str, str], stack: ExitStack) -> subprocess.Popen:
     """``patrolnet <args>`` as a child process, terminated and waited for when ``stack`` closes."""
-    proc = subprocess.Popen([sys.executable, "-m", "edge.cli", *args], env=env)
+    proc = subprocess.Popen([sys.executable, "-m", "deploy.cli", *args], env=env)
     stack.callback(proc.wait, 30)
     stack.callback(proc.terminate)
     return proc
@@ -300,7 +300,7 @@ class ApiThread:
     def __init__(self, database_url: str) -> None:
         import uvicorn
 
-        from alerts.api import create_app
+        from alerts.api.app import create_app
 
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"

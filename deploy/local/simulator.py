@@ -21,10 +21,10 @@ import random
 import threading
 from typing import Any
 
-from alerts.models import utc_now
+from alerts.core.models import utc_now
+from alerts.core.mqtt import connect, make_client
 from edge.config import SensorConfig
 from ingest.adapters import ADAPTERS
-from ingest.mqtt import connect, make_client
 
 log = logging.getLogger(__name__)
 

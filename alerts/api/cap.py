@@ -1,0 +1,174 @@
+"""OASIS CAP 1.2 (Common Alerting Protocol) documents of alerts, for alerting systems that speak it.
+
+One alert at one moment is one CAP message. Its identifier names the alert,
+its revision and its status, so each state is a distinct message; the first
+is ``msgType`` Alert, later ones are Update (Cancel for a false alarm) and
+reference the first. Elements follow the order of the CAP 1.2 schema.
+
+Example:
+    >>> from alerts.core.models import Place, Role
+    >>> from alerts.store.rows import StoredAlert
+    >>> place = Place(sub_district="riverside", community="east-gate", grid="g07", site="willow-court",
+    ...               device="smoke-1")
+    >>> alert = StoredAlert(kind="fire", type="smoke", severity="critical", place=place, source="n1",
+    ...                     route=Role.FIRE, dedup_key="k", title="Smoke alarm",
+    ...                     readings={"smoke": 1.0}, confirmed=True, confirmed_by=["smoke-1", "smoke-2"])
+    >>> root = cap_alert(alert, sender="patrolnet", base="https://alerts.example")
+    >>> [root.find(f"cap:{n}", NS).text for n in ("status", "msgType", "scope")]
+    ['Actual', 'Alert', 'Restricted']
+    >>> info = root.find("cap:info", NS)
+    >>> [info.find(f"cap:{n}", NS).text for n in ("category", "urgency", "severity", "certainty")]
+    ['Fire', 'Immediate', 'Extreme', 'Observed']
+"""
+
+from __future__ import annotations
+
+import logging
+import xml.etree.ElementTree as ET
+from datetime import datetime
+
+from alerts.core.models import AlertStatus, EventKind, Severity
+from alerts.store.rows import StoredAlert
+
+log = logging.getLogger(__name__)
+
+CAP_NS = "urn:oasis:names:tc:emergency:cap:1.2"
+ATOM_NS = "http://www.w3.org/2005/Atom"
+NS = {"cap": CAP_NS, "atom": ATOM_NS}
+ET.register_namespace("", CAP_NS)
+ET.register_namespace("atom", ATOM_NS)
+
+CATEGORY = {EventKind.FIRE: "Fire", EventKind.SECURITY: "Security", EventKind.TROUBLE: "Infra",
+            EventKind.REPORT: "Security"}  # fmt: skip
+SEVERITY = {Severity.CRITICAL: "Extreme", Severity.MAJOR: "Severe", Severity.MINOR: "Moderate",
+            Severity.INFO: "Minor"}  # fmt: skip
+ENUMS = {
+    "status": {"Actual", "Exercise", "System", "Test", "Draft"},
+    "msgType": {"Alert", "Update", "Cancel", "Ack", "Error"},
+    "scope": {"Public", "Restricted", "Private"},
+    "category": {"Geo", "Met", "Safety", "Security", "Rescue", "Fire", "Health", "Env", "Transport", "Infra",
+                 "CBRNE", "Other"},
+    "urgency": {"Immediate", "Expected", "Future", "Past", "Unknown"},
+    "severity": {"Extreme", "Severe", "Moderate", "Minor", "Unknown"},
+    "certainty": {"Observed", "Likely", "Possible", "Unlikely", "Unknown"},
+}  # fmt: skip
+"""The values CAP 1.2 allows for its enumerated elements."""
+
+
+def cap_time(ts: datetime) -> str:
+    """CAP's date-time: seconds, an explicit offset, never "Z".
+
+    >>> from datetime import UTC
+    >>> cap_time(datetime(2024, 5, 1, 12, 30, 5, 123, tzinfo=UTC))
+    '2024-05-01T12:30:05+00:00'
+    """
+    return ts.isoformat(timespec="seconds")
+
+
+def identifier(alert: StoredAlert, revision: int | None = None, status: AlertStatus | None = None) -> str:
+    return f"urn:patrolnet:alert:{alert.id}:{revision or alert.revision}:{status or alert.status}"
+
+
+def _sent(alert: StoredAlert) -> datetime:
+    return max(t for t in (alert.ts, alert.last_seen, alert.status_at) if t is not None)
+
+
+def _msg_type(alert: StoredAlert) -> str:
+    if alert.status is AlertStatus.FALSE_ALARM:
+        return "Cancel"
+    return "Alert" if alert.revision == 1 and alert.status is AlertStatus.NEW else "Update"
+
+
+def _urgency(alert: StoredAlert) -> str:
+    if not alert.active or alert.status in (AlertStatus.RESOLVED, AlertStatus.FALSE_ALARM):
+        return "Past"
+    return "Immediate" if alert.severity in (Severity.CRITICAL, Severity.MAJOR) else "Expected"
+
+
+def _sub(parent: ET.Element, name: str, text: str | None = None) -> ET.Element:
+    element = ET.SubElement(parent, f"{{{CAP_NS}}}{name}")
+    if text is not None:
+        element.text = text
+    return element
+
+
+def _parameters(alert: StoredAlert) -> list[tuple[str, str]]:
+    params = [("kind", alert.kind.value), ("device", alert.place.device or ""), ("events", str(alert.count)),
+              ("active", str(alert.active).lower()), ("status", alert.status.value),
+              ("confirmed", str(bool(alert.confirmed)).lower()),
+              ("confirmedBy", ",".join(alert.confirmed_by))]  # fmt: skip
+    if alert.on_duty:
+        params.append(("onDuty", alert.on_duty))
+    params += [(f"reading:{name}", str(value)) for name, value in sorted(alert.readings.items())]
+    return [(name, value) for name, value in params if value]
+
+
+def cap_alert(alert: StoredAlert, sender: str, base: str, snapshots: list[tuple[str, str]] | None = None) -> ET.Element:
+    """The CAP 1.2 ``<alert>`` of an alert; ``snapshots`` are (URL, MIME type) of its events' pictures."""
+    root = ET.Element(f"{{{CAP_NS}}}alert")
+    _sub(root, "identifier", identifier(alert))
+    _sub(root, "sender", sender)
+    _sub(root, "sent", cap_time(_sent(alert)))
+    _sub(root, "status", "Actual")
+    msg_type = _msg_type(alert)
+    _sub(root, "msgType", msg_type)
+    _sub(root, "scope", "Restricted")
+    _sub(root, "restriction", f"patrolnet {alert.route.value} desks of {alert.place.community}")
+    if msg_type != "Alert":
+        first = identifier(alert, revision=1, status=AlertStatus.NEW)
+        _sub(root, "references", f"{sender},{first},{cap_time(alert.ts)}")
+    _sub(root, "incidents", str(alert.id))
+
+    info = _sub(root, "info")
+    _sub(info, "language", "en-US")
+    _sub(info, "category", CATEGORY[alert.kind])
+    _sub(info, "event", alert.type)
+    _sub(info, "urgency", _urgency(alert))
+    _sub(info, "severity", SEVERITY[alert.severity])
+    _sub(info, "certainty", "Observed" if alert.confirmed else "Likely")
+    _sub(info, "senderName", alert.source)
+    _sub(info, "headline", (alert.title or alert.type)[:160])
+    place = alert.place
+    where = ", ".join(p for p in (place.device, place.site, place.grid, place.community, place.sub_district) if p)
+    state = "ongoing" if alert.active else "cleared"
+    _sub(info, "description", f"{alert.title or alert.type} at {where}: {state}, {alert.count} event(s).")
+    _sub(info, "web", f"{base}/api/v1/alerts/{alert.id}")
+    for name, value in _parameters(alert):
+        parameter = _sub(info, "parameter")
+        _sub(parameter, "valueName", name)
+        _sub(parameter, "value", value)
+    for url, mime in snapshots or []:
+        resource = _sub(info, "resource")
+        _sub(resource, "resourceDesc", "camera snapshot" if alert.kind is not EventKind.REPORT else "reporter's photo")
+        _sub(resource, "mimeType", mime)
+        _sub(resource, "uri", url)
+    area = _sub(info, "area")
+    _sub(area, "areaDesc", where)
+    for level in ("sub_district", "community", "grid", "site"):
+        geocode = _sub(area, "geocode")
+        _sub(geocode, "valueName", f"patrolnet:{level}")
+        _sub(geocode, "value", getattr(place, level))
+    return root
+
+
+def cap_document(alert: ET.Element) -> bytes:
+    return ET.tostring(alert, encoding="utf-8", xml_declaration=True)
+
+
+def atom_feed(alerts: list[ET.Element], title: str, self_url: str, updated: datetime) -> bytes:
+    """An Atom feed with one entry per CAP message, the message itself as the entry's content."""
+    feed = ET.Element(f"{{{ATOM_NS}}}feed")
+    ET.SubElement(feed, f"{{{ATOM_NS}}}id").text = self_url
+    ET.SubElement(feed, f"{{{ATOM_NS}}}title").text = title
+    ET.SubElement(feed, f"{{{ATOM_NS}}}updated").text = cap_time(updated)
+    ET.SubElement(feed, f"{{{ATOM_NS}}}link", rel="self", href=self_url)
+    for alert in alerts:
+        entry = ET.SubElement(feed, f"{{{ATOM_NS}}}entry")
+        ET.SubElement(entry, f"{{{ATOM_NS}}}id").text = alert.findtext("cap:identifier", namespaces=NS)
+        ET.SubElement(entry, f"{{{ATOM_NS}}}title").text = alert.findtext("cap:info/cap:headline", namespaces=NS)
+        ET.SubElement(entry, f"{{{ATOM_NS}}}updated").text = alert.findtext("cap:sent", namespaces=NS)
+        ET.SubElement(ET.SubElement(entry, f"{{{ATOM_NS}}}author"), f"{{{ATOM_NS}}}name").text = alert.findtext(
+            "cap:sender", namespaces=NS
+        )
+        ET.SubElement(entry, f"{{{ATOM_NS}}}content", type="application/cap+xml").append(alert)
+    return ET.tostring(feed, encoding="utf-8", xml_declaration=True)

@@ -1,0 +1,190 @@
+"""What every API route shares: settings, the database pool, the caller and its permissions.
+
+A key is looked up by its SHA-256 hash and the answer kept for a few seconds
+per API process, so a busy desk costs one lookup per key every few seconds; a
+revoked key stops working within that time.
+
+Links in CAP messages, alert details and feeds are absolute only when
+``PATROLNET_PUBLIC_URL`` says where clients reach the API; without it they are
+relative paths, never guessed from the request's Host header (which a client
+or a misconfigured proxy chooses).
+
+Example:
+    >>> ApiSettings(report_max_bytes=1024).report_max_bytes
+    1024
+    >>> ApiSettings(public_url="https://alerts.example/").public_url
+    'https://alerts.example'
+    >>> ApiSettings(public_url="alerts.example")
+    Traceback (most recent call last):
+    ...
+    ValueError: PATROLNET_PUBLIC_URL: 'alerts.example' is not an http(s)://host[:port][/path] URL
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field, fields
+from typing import Annotated, Any
+from urllib.parse import urlsplit
+from uuid import UUID
+
+from fastapi import Depends, Header, HTTPException, Request
+from psycopg_pool import AsyncConnectionPool
+from pydantic import BaseModel, Field
+
+from alerts.auth import LOOKUP_SQL, Permission, Principal, hash_key, principal_from_row
+from alerts.core.settings import optional_setting
+from alerts.store.queries import AlertFilter, where
+from alerts.store.rows import ALERT_COLUMNS, StoredAlert, row_to_alert
+
+
+@dataclass(frozen=True)
+class ApiSettings:
+    """API settings; ``from_env`` reads ``PATROLNET_<NAME>`` (or ``PATROLNET_<NAME>_FILE``) for each."""
+
+    public_url: str = ""  # where clients reach the API, for absolute links; unset: links are relative paths
+    cap_sender: str = "patrolnet"
+    report_max_bytes: int = 2_000_000
+    body_max_bytes: int = 65_536  # any other request body (JSON of the admin and desk routes)
+    report_burst: float = 5.0  # reports a key may send at once ...
+    report_per_hour: float = 12.0  # ... and the rate its allowance refills at
+    node_stale_s: float = 90.0  # a node silent this long is shown unhealthy
+    key_cache_s: float = 5.0
+    metrics_token: str = field(default="", repr=False)  # a scrape token besides operator/admin keys
+    webhook_allow: str = ""  # hosts and networks webhooks may reach although not public (see alerts.notify.webhooks)
+
+    def __post_init__(self) -> None:
+        parts = urlsplit(self.public_url)
+        odd = parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment
+        if self.public_url and odd:
+            raise ValueError(f"PATROLNET_PUBLIC_URL: {self.public_url!r} is not an http(s)://host[:port][/path] URL")
+        object.__setattr__(self, "public_url", self.public_url.rstrip("/"))
+
+    @classmethod
+    def from_env(cls) -> ApiSettings:
+        # Each value is converted to its field's type as read from the field: Any says so to the checker.
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            value = optional_setting(f"PATROLNET_{f.name.upper()}")
+            if value is not None:
+                values[f.name] = type(f.default)(float(value)) if isinstance(f.default, int | float) else value
+        return cls(**values)
+
+
+class ErrorBody(BaseModel):
+    """What every 4xx answer carries."""
+
+    detail: str = Field(description="What was wrong, for a person.")
+    errors: list[str] | None = Field(default=None, description="Each invalid parameter: where, and why.")
+
+
+def refusal(description: str) -> dict:
+    """A 4xx entry of a route's ``responses``: the description, and the ``ErrorBody`` every 4xx carries."""
+    return {"model": ErrorBody, "description": description}
+
+
+def get_pool(request: Request) -> AsyncConnectionPool:
+    return request.app.state.pool
+
+
+def get_settings(request: Request) -> ApiSettings:
+    return request.app.state.settings
+
+
+Pool = Annotated[AsyncConnectionPool, Depends(get_pool)]
+Settings = Annotated[ApiSettings, Depends(get_settings)]
+
+
+def api_key(
+    authorization: Annotated[str | None, Header(description="Bearer <API key>")] = None,
+    x_api_key: Annotated[str | None, Header(description="The API key, instead of Authorization")] = None,
+) -> str | None:
+    """The key a request carries, if any."""
+    if x_api_key:
+        return x_api_key
+    if authorization is not None:
+        scheme, _, token = authorization.partition(" ")
+        if scheme.lower() == "bearer" and token.strip():
+            return token.strip()
+    return None
+
+
+def _unauthorized(message: str) -> HTTPException:
+    return HTTPException(401, message, {"WWW-Authenticate": "Bearer"})
+
+
+async def lookup(request: Request, key: str) -> Principal | None:
+    """The principal of a key, from the per-process cache or the database."""
+    cache: dict[str, tuple[Principal | None, float]] = request.app.state.key_cache
+    hashed = hash_key(key)
+    hit = cache.get(hashed)
+    if hit is not None and hit[1] > time.monotonic():
+        return hit[0]
+    async with get_pool(request).connection() as conn:
+        row = await (await conn.execute(LOOKUP_SQL, (hashed,))).fetchone()
+    found = principal_from_row(row) if row else None
+    if len(cache) > 10_000:  # keys seen once (guesses) must not grow it without bound
+        cache.clear()
+    cache[hashed] = (found, time.monotonic() + get_settings(request).key_cache_s)
+    return found
+
+
+async def principal(request: Request, key: Annotated[str | None, Depends(api_key)]) -> Principal:
+    if not key:
+        raise _unauthorized("an API key is required: Authorization: Bearer <key>")
+    found = await lookup(request, key)
+    if found is None:
+        raise _unauthorized("unknown or revoked API key")
+    return found
+
+
+Who = Annotated[Principal, Depends(principal)]
+
+
+@dataclass(frozen=True)
+class Require:
+    """A dependency giving the caller, or 403 when its role lacks ``permission``; ``alerts.api.guard`` reads
+    ``permission`` to refuse a request before its body is read."""
+
+    permission: Permission
+
+    async def __call__(self, who: Who) -> Principal:
+        if not who.may(self.permission):
+            raise HTTPException(403, f"role {who.role} may not use this route ({self.permission})")
+        return who
+
+
+def key_check(request: Request, key: str) -> Callable[[], Awaitable[bool]]:
+    """A check whether ``key`` still works (within the key cache time): how a long stream notices a revoke."""
+
+    async def valid() -> bool:
+        return await lookup(request, key) is not None
+
+    return valid
+
+
+# The caller, as a route parameter type, or 403 when its role lacks the permission. Written out one by one:
+# a type checker reads an alias only from a literal Annotated[...], not from a function that returns one.
+Reader = Annotated[Principal, Depends(Require(Permission.ALERTS))]
+Actor = Annotated[Principal, Depends(Require(Permission.ACT))]
+Admin = Annotated[Principal, Depends(Require(Permission.ADMIN))]
+ReporterKey = Annotated[Principal, Depends(Require(Permission.REPORT))]
+SensorReader = Annotated[Principal, Depends(Require(Permission.READINGS))]
+DeviceReader = Annotated[Principal, Depends(Require(Permission.DEVICES))]
+
+
+async def visible_alert(pool: AsyncConnectionPool, alert_id: UUID, who: Principal) -> StoredAlert:
+    """The alert if the caller may see it; 404 otherwise, so an id outside its scope reveals nothing."""
+    clause, params = where(AlertFilter(), who)
+    async with pool.connection() as conn:
+        sql = f"SELECT {ALERT_COLUMNS} FROM alerts a WHERE a.id = %s AND {clause}"
+        row = await (await conn.execute(sql, [alert_id, *params])).fetchone()
+    if row is None:
+        raise HTTPException(404, f"no alert {alert_id} that this key may see")
+    return row_to_alert(row)
+
+
+def base_url(request: Request) -> str:
+    """The API's public address without a trailing slash, or "" (links are then relative paths)."""
+    return get_settings(request).public_url

@@ -1,0 +1,64 @@
+"""The OASIS CAP 1.2 feed: the same alerts as the list, as CAP messages in an Atom feed, or one at a time."""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+from typing import Annotated
+from uuid import UUID
+
+from fastapi import APIRouter, Query, Request, Response
+
+from alerts.api.cap import atom_feed, cap_alert, cap_document
+from alerts.api.http import Pool, Reader, base_url, get_settings, visible_alert
+from alerts.api.media import image_type
+from alerts.api.routes_alerts import page_of_alerts, snapshot_url
+from alerts.store.alert_queries import snapshot_heads
+from alerts.store.queries import AlertPage
+
+log = logging.getLogger(__name__)
+
+router = APIRouter(prefix="/api/v1", tags=["cap"])
+CAP_TYPE = "application/cap+xml"
+ATOM_TYPE = "application/atom+xml"
+
+
+async def _snapshots(pool: Pool, base: str, alert_ids: list[UUID]) -> dict[UUID, list[tuple[str, str]]]:
+    found: dict[UUID, list[tuple[str, str]]] = {}
+    for alert_id, event_id, head in await snapshot_heads(pool, alert_ids):
+        found.setdefault(alert_id, []).append(
+            (snapshot_url(base, event_id), image_type(head) or "application/octet-stream")
+        )
+    return found
+
+
+@router.get(
+    "/alerts.api.cap",
+    summary="The alert list as an Atom feed of CAP 1.2 messages (same filters and cursor as the list)",
+    response_class=Response,
+    responses={200: {"content": {ATOM_TYPE: {}}, "description": "Atom feed; each entry's content is a CAP alert"}},
+)
+async def cap_feed(request: Request, pool: Pool, who: Reader, page: Annotated[AlertPage, Query()]) -> Response:
+    alerts = (await page_of_alerts(pool, who, page)).items
+    base = base_url(request)
+    snapshots = await _snapshots(pool, base, [a.id for a in alerts])
+    sender = get_settings(request).cap_sender
+    messages = [cap_alert(a, sender, base, snapshots.get(a.id)) for a in alerts]
+    updated = max((a.status_at or a.last_seen for a in alerts), default=datetime.now(UTC))
+    query = f"?{request.url.query}" if request.url.query else ""
+    body = atom_feed(messages, f"patrolnet alerts for {who.name}", f"{base}{request.url.path}{query}", updated)
+    return Response(body, media_type=ATOM_TYPE)
+
+
+@router.get(
+    "/alerts/{alert_id}/cap",
+    summary="One alert as a CAP 1.2 message",
+    response_class=Response,
+    responses={200: {"content": {CAP_TYPE: {}}, "description": "a CAP 1.2 alert"}},
+)
+async def cap_one(request: Request, pool: Pool, alert_id: UUID, who: Reader) -> Response:
+    alert = await visible_alert(pool, alert_id, who)
+    base = base_url(request)
+    snapshots = (await _snapshots(pool, base, [alert.id])).get(alert.id)
+    body = cap_document(cap_alert(alert, get_settings(request).cap_sender, base, snapshots))
+    return Response(body, media_type=CAP_TYPE)

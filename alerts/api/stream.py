@@ -1,0 +1,121 @@
+"""The live alert stream: Server-Sent Events over the ``alert_changes`` log.
+
+Each SSE message carries the change's sequence number as its ``id``, so a
+client that reconnects with ``Last-Event-ID`` gets exactly the changes it
+missed. One LISTEN connection per API process wakes every open stream when
+ingest commits a change; a slow poll covers a lost notification. Every API
+replica follows the same log, so a client may reconnect to any of them.
+
+A stream asks at every wake-up whether its key still works (an answer cached
+for the key cache time), and ends when it does not: a revoked key stops
+receiving alerts within a few seconds. A stream whose database goes away ends
+too; the client reconnects with its Last-Event-ID and misses nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import psycopg
+from psycopg_pool import AsyncConnectionPool
+
+from alerts.auth import Principal
+from alerts.store.database import CHANGES_CHANNEL
+from alerts.store.queries import AlertFilter, where
+from alerts.store.rows import ALERT_COLUMNS, row_to_alert
+
+log = logging.getLogger(__name__)
+
+KEEPALIVE_S = 15.0
+POLL_S = 2.0
+
+
+class ChangeNotifier:
+    """Wakes waiting streams whenever ``NOTIFY alert_changes`` arrives."""
+
+    def __init__(self, conninfo: str) -> None:
+        self.conninfo = conninfo
+        self._changed = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._listen())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    async def wait(self, timeout: float) -> None:
+        """Returns at the next change, or after ``timeout`` seconds."""
+        changed = self._changed
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(changed.wait(), timeout)
+
+    def _wake_all(self) -> None:
+        # Waiters hold the old event; a fresh one is armed for the next change.
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
+
+    async def _listen(self) -> None:
+        while True:
+            try:
+                async with await psycopg.AsyncConnection.connect(self.conninfo, autocommit=True) as conn:
+                    await conn.execute(f"LISTEN {CHANGES_CHANNEL}")
+                    async for _ in conn.notifies():
+                        self._wake_all()
+            except psycopg.OperationalError as exc:
+                log.warning("change listener lost the database, retrying: %s", exc)
+                await asyncio.sleep(1.0)
+
+
+async def latest_seq(pool: AsyncConnectionPool) -> int:
+    async with pool.connection() as conn:
+        row = await (await conn.execute("SELECT coalesce(max(seq), 0) FROM alert_changes")).fetchone()
+    return row[0] if row else 0  # an aggregate always answers one row
+
+
+async def sse_events(
+    pool: AsyncConnectionPool,
+    notifier: ChangeNotifier,
+    flt: AlertFilter,
+    who: Principal,
+    after: int,
+    key_valid: Callable[[], Awaitable[bool]],
+) -> AsyncIterator[str]:
+    """SSE text for every change after ``after`` that the caller may see, until its key stops working."""
+    clause, params = where(flt, who)
+    sql = (
+        f"SELECT c.seq, c.change, {ALERT_COLUMNS} FROM alert_changes c JOIN alerts a ON a.id = c.alert_id"
+        f" WHERE c.seq > %s AND {clause} ORDER BY c.seq LIMIT 200"
+    )
+    # Tell the client how long to wait before reconnecting, then catch up, then follow.
+    yield "retry: 2000\n\n"
+    last_sent = time.monotonic()
+    while True:
+        try:
+            if not await key_valid():
+                log.info("stream of %s closed: its key no longer works", who.name)
+                yield ": key revoked\n\n"
+                return
+            async with pool.connection() as conn:
+                rows = await (await conn.execute(sql, [after, *params])).fetchall()
+        except psycopg.Error as exc:
+            log.warning("stream of %s closed: %s", who.name, exc)
+            return
+        for seq, change, *columns in rows:
+            alert = row_to_alert(tuple(columns))
+            after = seq
+            yield f"id: {seq}\nevent: {change}\ndata: {alert.model_dump_json()}\n\n"
+        if len(rows) == 200:
+            continue
+        if rows:
+            last_sent = time.monotonic()
+        elif time.monotonic() - last_sent >= KEEPALIVE_S:
+            last_sent = time.monotonic()
+            yield ": keepalive\n\n"
+        await notifier.wait(POLL_S)

@@ -1,0 +1,115 @@
+"""The uplink protocol between edge nodes and central ingest: topics, channels, and what each channel carries.
+
+Topics are versioned: ``patrolnet/v1/<site>/<channel>``. The site in the topic is the sender's identity (its
+broker credentials cover only that site). Each channel carries one JSON payload type (``PAYLOADS``):
+
+- ``events``: one Event, for every verified event of the node;
+- ``alerts``: one Alert, at every raise, update and clear of the node's alert policy;
+- ``readings``: a JSON list of Reading, what the node measured in the last quarter second;
+- ``heartbeats``: one Heartbeat, the node and each of its devices' health;
+- ``deadletters``: one DeadLetter, a message the node could not read or send, with the reason;
+- ``status``: one NodeStatus, retained when the node connects, and its last will.
+
+``encode`` is the only way a node makes an uplink payload and ``decode`` the only way ingest reads one, so
+the two cannot disagree about a channel's type.
+
+Example:
+    >>> from alerts.core.models import Place, Reading
+    >>> uplink_topic("willow-court", "readings")
+    'patrolnet/v1/willow-court/readings'
+    >>> parse_uplink_topic("patrolnet/v1/willow-court/alerts")
+    ('willow-court', 'alerts')
+    >>> place = Place(sub_district="n", community="c", grid="g", site="willow-court", device="smoke-1")
+    >>> payload = encode("readings", [Reading(place=place, quantity="smoke", value=1.0)])
+    >>> [(r.quantity, r.value) for r in decode("readings", payload)]
+    [('smoke', 1.0)]
+    >>> encode("alerts", Reading(place=place, quantity="smoke", value=1.0))
+    Traceback (most recent call last):
+    ...
+    TypeError: channel alerts carries one Alert, not Reading
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import BaseModel, TypeAdapter
+
+from alerts.core.models import Alert, DeadLetter, Event, Heartbeat, NodeStatus, Reading
+
+log = logging.getLogger(__name__)
+
+TOPIC_PREFIX = "patrolnet/v1"
+UPLINK_FILTER = f"{TOPIC_PREFIX}/+/+"
+"""Every uplink topic of every site: what central ingest subscribes to."""
+
+Payload = Event | Alert | Reading | Heartbeat | DeadLetter | NodeStatus
+
+
+@dataclass(frozen=True)
+class Channel:
+    """What one uplink channel carries: one ``model`` per message, or a JSON list of them when ``batched``."""
+
+    model: type[BaseModel]
+    batched: bool = False
+    many: TypeAdapter[list[Any]] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "many", TypeAdapter(list[self.model]))  # type: ignore[name-defined]
+
+
+PAYLOADS: dict[str, Channel] = {
+    "events": Channel(Event),
+    "alerts": Channel(Alert),
+    "readings": Channel(Reading, batched=True),
+    "deadletters": Channel(DeadLetter),
+    "heartbeats": Channel(Heartbeat),
+    "status": Channel(NodeStatus),
+}
+"""Each uplink channel and its payload type."""
+CHANNELS = tuple(PAYLOADS)
+
+
+def uplink_topic(site: str, channel: str) -> str:
+    """The topic a node of ``site`` sends ``channel`` on; ValueError for a channel not in ``PAYLOADS``."""
+    _channel(channel)
+    return f"{TOPIC_PREFIX}/{site}/{channel}"
+
+
+def parse_uplink_topic(topic: str) -> tuple[str, str]:
+    """(site, channel) of an uplink topic; ValueError if it is not one."""
+    parts = topic.split("/")
+    if len(parts) != 4 or "/".join(parts[:2]) != TOPIC_PREFIX or parts[3] not in PAYLOADS:
+        raise ValueError(f"not a {TOPIC_PREFIX} topic: {topic!r}")
+    return parts[2], parts[3]
+
+
+def _channel(name: str) -> Channel:
+    if name not in PAYLOADS:
+        raise ValueError(f"unknown channel {name!r}")
+    return PAYLOADS[name]
+
+
+def encode(channel: str, payload: BaseModel | Sequence[BaseModel]) -> bytes:
+    """The bytes of one message on ``channel``: one model, or a list of them on a batched channel; TypeError
+    when the payload is not what the channel carries (a node must never spool what ingest cannot read)."""
+    spec = _channel(channel)
+    if spec.batched:
+        if isinstance(payload, BaseModel) or not all(isinstance(item, spec.model) for item in payload):
+            raise TypeError(f"channel {channel} carries a list of {spec.model.__name__}")
+        return spec.many.dump_json(list(payload))
+    if not isinstance(payload, spec.model):
+        raise TypeError(f"channel {channel} carries one {spec.model.__name__}, not {type(payload).__name__}")
+    return payload.model_dump_json().encode()
+
+
+def decode(channel: str, payload: bytes) -> list[Payload]:
+    """The models one message on ``channel`` holds; ValueError (pydantic's ValidationError among them) when the
+    payload is not what the channel carries, or the channel is unknown."""
+    spec = _channel(channel)
+    if spec.batched:
+        return list(spec.many.validate_json(payload))
+    return [spec.model.model_validate_json(payload)]  # type: ignore[list-item]

@@ -1,0 +1,363 @@
+"""Central ingest: uplink messages from MQTT into the store, acknowledged only after commit.
+
+Several workers share one subscription (``$share/patrolnet-ingest/...``), so
+the broker splits the messages between them. Each worker keeps a persistent
+MQTT v5 session under a stable name (``ingest-<hostname>`` unless told
+otherwise: a name that changes with every start orphans the session, and the
+broker keeps handing it a share of the uplink) with an expiry long enough to
+outlive an outage, and acknowledges a message only once the transaction
+holding its rows has committed: if a worker dies in between, the broker
+delivers the message again and the idempotent insert makes it one row.
+
+No message can stop the writer. One that does not parse, is larger than the
+payload cap, or carries a time before 2000 or more than a day ahead is written
+to ``dead_letters`` with its reason and acknowledged; so is one the database
+refuses. A database that refuses even the dead letter is broken (a dropped
+table, revoked rights): the writer thread stops with the message
+unacknowledged, ``alive()`` turns False, and ``patrolnet ingest`` exits
+non-zero for its service manager to restart it (and someone to look).
+
+Messages are written in batches: whatever is queued when the writer is free
+goes in one transaction (up to the batch size), so an alarm is never held
+back waiting for company, and under load batches grow by themselves.
+
+Example:
+    >>> batch = WriteBatch()
+    >>> add_message("patrolnet/v1/s/events", b'{"kind": "fire", "source": "n1"}', batch, "ingest-1")
+    >>> batch.dead_letters[0].reason
+    'events: unreadable (ValidationError: type: Field required; place: Field required)'
+    >>> status = b'{"node_id": "n1", "online": true, "ts": "1999-12-31T23:00:00Z", "place": {"sub_district": "n",'
+    >>> status += b' "community": "c", "grid": "g", "site": "s"}}'
+    >>> add_message("patrolnet/v1/s/status", status, batch, "ingest-1")
+    >>> batch.dead_letters[1].reason
+    'status: unreadable (ValueError: time ts = 1999-12-31T23:00:00+00:00 is outside 2000-01-01 .. now + 1 day)'
+    >>> add_message("patrolnet/v1/s/heartbeats", b"x" * 10, batch, "ingest-1", max_bytes=4)
+    >>> batch.dead_letters[2].reason
+    'payload of 10 bytes is over the cap of 4 bytes'
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import socket
+import threading
+import time
+from collections import Counter
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import paho.mqtt.client as mqtt
+import psycopg
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from pydantic import BaseModel, ValidationError
+
+from alerts.core import protocol
+from alerts.core.models import DEAD_LETTER_KEEPS, DeadLetter
+from alerts.core.mqtt import connect, make_client
+from alerts.core.protocol import UPLINK_FILTER, parse_uplink_topic
+from alerts.identity import site_mismatch
+from alerts.store.database import WriteBatch, write_batch
+
+log = logging.getLogger(__name__)
+
+SHARE_GROUP = "patrolnet-ingest"
+MAX_PAYLOAD_BYTES = 4_000_000
+"""The largest uplink message taken: an event with its camera mosaic is a few hundred kilobytes."""
+SESSION_EXPIRY_S = 86_400
+"""How long the broker keeps a worker's session (and queues its share) while the worker is away."""
+EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)
+AHEAD = timedelta(days=1)
+
+
+def default_name() -> str:
+    """A worker name that stays the same across restarts on one host."""
+    return f"ingest-{socket.gethostname()}"
+
+
+def _times(value: Any, path: str) -> list[tuple[str, datetime]]:
+    if isinstance(value, datetime):
+        return [(path, value)]
+    if isinstance(value, BaseModel):
+        return [t for name in type(value).model_fields for t in _times(getattr(value, name), f"{path}.{name}")]
+    if isinstance(value, list):
+        return [t for i, item in enumerate(value) for t in _times(item, f"{path}[{i}]")]
+    return []
+
+
+def check_times(parsed: Sequence[BaseModel], now: datetime) -> None:
+    """ValueError naming the first time (of any model field) before 2000 or more than a day after ``now``."""
+    for path, ts in _times(parsed[0] if len(parsed) == 1 else parsed, ""):
+        if ts < EARLIEST or ts > now + AHEAD:
+            raise ValueError(f"time {path.lstrip('.')} = {ts.isoformat()} is outside 2000-01-01 .. now + 1 day")
+
+
+def _explain(exc: Exception) -> str:
+    if isinstance(exc, ValidationError):
+        errors = exc.errors(include_url=False, include_input=False)
+        return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'payload'}: {e['msg']}" for e in errors[:10])
+    if isinstance(exc, OverflowError):
+        return f"a time is outside 2000-01-01 .. now + 1 day ({exc})"
+    return str(exc)
+
+
+def dead_letter(topic: str, payload: bytes, reason: str, worker: str) -> DeadLetter:
+    """A dead letter the store can always take: its reason bounded, and free of the NUL that text refuses.
+
+    >>> dead_letter("t", b"", "bad" + chr(0) + "byte", "w").reason
+    'bad\\\\x00byte'
+    >>> len(dead_letter("t", b"", "!" * 3000, "w").reason)
+    2000
+    """
+    return DeadLetter(topic=topic, payload=payload, reason=reason.replace("\x00", "\\x00")[:2000], source=worker)
+
+
+def add_message(topic: str, payload: bytes, batch: WriteBatch, worker: str, max_bytes: int = MAX_PAYLOAD_BYTES) -> None:
+    """Adds one uplink message to a batch, or a dead letter saying why it could not be."""
+    reason = None
+    channel = "?"
+    if len(payload) > max_bytes:
+        reason = f"payload of {len(payload)} bytes is over the cap of {max_bytes} bytes"
+        payload = payload[:DEAD_LETTER_KEEPS]
+    else:
+        # A message can raise anything (OverflowError on year 9999, RecursionError): none may stop the writer.
+        try:
+            site, channel = parse_uplink_topic(topic)
+            parsed = protocol.decode(channel, payload)
+            check_times(parsed, datetime.now(UTC))
+        except Exception as exc:
+            reason = f"{channel}: unreadable ({type(exc).__name__}: {_explain(exc)})"
+        else:
+            # The topic's site is the sender's identity (its broker credentials cover only that site).
+            reason = None if channel == "deadletters" else site_mismatch(site, parsed)  # type: ignore[arg-type]
+    if reason is not None:
+        log.warning("dead letter on %s: %s", topic, reason)
+        batch.dead_letters.append(dead_letter(topic, payload, reason, worker))
+        return
+    targets: dict[str, list[Any]] = {
+        "events": batch.events,
+        "alerts": batch.alerts,
+        "readings": batch.readings,
+        "heartbeats": batch.heartbeats,
+        "status": batch.statuses,
+        "deadletters": batch.dead_letters,
+    }
+    targets[channel].extend(parsed)
+
+
+class IngestWorker:
+    """One ingest worker; run as many as the load needs, each under its own stable name."""
+
+    def __init__(
+        self,
+        mqtt_url: str,
+        database_url: str,
+        name: str | None = None,
+        batch_size: int = 500,
+        flush_s: float = 0.0,
+        max_payload_bytes: int = MAX_PAYLOAD_BYTES,
+        session_expiry_s: int = SESSION_EXPIRY_S,
+        draining: bool = False,
+    ) -> None:
+        self.name = name or default_name()
+        self.draining = draining
+        self._last_message = time.monotonic()
+        self.database_url = database_url
+        self.batch_size = batch_size
+        self.flush_s = flush_s
+        self.max_payload_bytes = max_payload_bytes
+        self.counts: Counter[str] = Counter()
+        self.last_batch_at: datetime | None = None
+        self._received = self._written = 0
+        # Bounded, and a full queue blocks paho's thread: the broker then holds the rest, nothing is lost.
+        self._queue: queue.Queue[mqtt.MQTTMessage] = queue.Queue(maxsize=batch_size * 4)
+        self._stop = threading.Event()
+        self._conn: psycopg.Connection | None = None
+        self._subscribed = threading.Event()
+        self._client, self._address, self._props = make_client(
+            mqtt_url,
+            client_id=f"patrolnet-{self.name}",
+            persistent=True,
+            manual_ack=True,
+            session_expiry_s=session_expiry_s,
+        )
+        self._client.suppress_exceptions = True  # a callback's error is logged; it never ends paho's thread
+        self._client.on_connect = self._on_connect
+        self._client.on_subscribe = self._on_subscribe
+        self._client.on_message = self._on_message
+        self._client.on_unsubscribe = self._on_unsubscribe
+        self._thread = threading.Thread(target=self._run, name=f"{self.name}-writer", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+        connect(self._client, self._address, self._props, clean_start=False)
+
+    def wait_ready(self, timeout: float = 10.0) -> bool:
+        return self._subscribed.wait(timeout)
+
+    def alive(self) -> bool:
+        """False once the writer thread has died: nothing would be stored any more."""
+        return self._thread.is_alive() or self._stop.is_set()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+        self._client.disconnect()
+        self._client.loop_stop()
+
+    def drain(self, idle_s: float = 3.0, timeout: float = 3600.0) -> bool:
+        """Stores what waits in this (``draining``) worker's session, then ends the session: how a worker is
+        retired without losing its share. False if the share did not drain within ``timeout``."""
+        deadline = time.monotonic() + timeout
+        if not self.wait_ready(min(timeout, 60.0)):
+            return False
+        while time.monotonic() < deadline:
+            idle = time.monotonic() - self._last_message >= idle_s
+            if idle and self._queue.empty() and self.alive() and self._written == self._received:
+                break
+            time.sleep(0.2)
+        else:
+            return False
+        self._stop.set()
+        self._thread.join(timeout=10)
+        ended = Properties(PacketTypes.DISCONNECT)
+        ended.SessionExpiryInterval = 0
+        self._client.disconnect(properties=ended)
+        self._client.loop_stop()
+        log.info("%s drained: %d messages stored, session ended", self.name, self._written)
+        return True
+
+    def _on_message(self, client: mqtt.Client, userdata, message: mqtt.MQTTMessage) -> None:
+        self._last_message = time.monotonic()
+        self._received += 1
+        self._queue.put(message)
+
+    def _on_unsubscribe(self, client: mqtt.Client, userdata, mid, reason_codes, properties) -> None:
+        log.info("%s draining: no new messages, storing what its session holds", self.name)
+        self._subscribed.set()
+
+    def _on_connect(self, client: mqtt.Client, userdata, flags, reason_code, properties) -> None:
+        if reason_code.is_failure:
+            log.warning("broker refused the connection: %s", reason_code)
+            return
+        if self.draining:
+            # The session keeps its share of the subscription: leave it, so only what is queued still comes.
+            client.unsubscribe(f"$share/{SHARE_GROUP}/{UPLINK_FILTER}")
+            return
+        client.subscribe(f"$share/{SHARE_GROUP}/{UPLINK_FILTER}", qos=1)
+        log.info("%s subscribing to %s (session present: %s)", self.name, UPLINK_FILTER, flags.session_present)
+
+    def _on_subscribe(self, client: mqtt.Client, userdata, mid, reason_codes, properties) -> None:
+        if any(code.is_failure for code in reason_codes):
+            log.error("%s: the broker refused the subscription: %s", self.name, reason_codes)
+            return
+        self._subscribed.set()
+
+    def _collect(self) -> list[mqtt.MQTTMessage]:
+        try:
+            messages = [self._queue.get(timeout=0.2)]
+        except queue.Empty:
+            return []
+        # What is already queued joins the batch at once; waiting for more is only worth it when asked for,
+        # since under load batches fill by themselves while the previous one is written.
+        deadline = time.monotonic() + self.flush_s
+        while len(messages) < self.batch_size:
+            try:
+                messages.append(self._queue.get_nowait())
+            except queue.Empty:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                try:
+                    messages.append(self._queue.get(timeout=left))
+                except queue.Empty:
+                    break
+        return messages
+
+    def _decode(self, message: mqtt.MQTTMessage, batch: WriteBatch) -> None:
+        add_message(message.topic, bytes(message.payload), batch, self.name, self.max_payload_bytes)
+
+    def _run(self) -> None:
+        try:
+            while not self._stop.is_set():
+                messages = self._collect()
+                if not messages:
+                    continue
+                batch = WriteBatch()
+                for message in messages:
+                    self._decode(message, batch)
+                if not self._write(batch, messages):
+                    return
+                for message in messages:
+                    self._client.ack(message.mid, message.qos)
+                self._written += len(messages)
+                self.counts["messages"] += len(messages)
+                self.counts["batches"] += 1
+                self.last_batch_at = datetime.now(UTC)
+        except BaseException:
+            log.exception("%s: the writer thread died; nothing is stored until the process restarts", self.name)
+            raise
+
+    def _write(self, batch: WriteBatch, messages: list[mqtt.MQTTMessage]) -> bool:
+        """Commits a batch, retrying while the database is away; False only when stopping."""
+        while not self._stop.is_set():
+            try:
+                self._commit(batch)
+                return True
+            except psycopg.OperationalError as exc:
+                log.warning("%s: database away, keeping %d messages unacknowledged: %s", self.name, len(batch), exc)
+                self.counts["database_retries"] += 1
+                self._conn = None
+                self._stop.wait(1.0)
+            except Exception as exc:
+                # One bad row must not hold back the rest: write message by message.
+                log.warning("%s: batch refused (%s); writing messages one by one", self.name, exc)
+                self._reset()
+                return self._write_each(messages)
+        return False
+
+    def _write_each(self, messages: list[mqtt.MQTTMessage]) -> bool:
+        for message in messages:
+            single = WriteBatch()
+            self._decode(message, single)
+            try:
+                self._commit(single)
+            except psycopg.OperationalError:
+                if not self._write(single, [message]):
+                    return False
+            except Exception as exc:
+                self._reset()
+                reason = f"refused by the database ({type(exc).__name__}: {exc})"
+                letter = dead_letter(message.topic, bytes(message.payload), reason, self.name)
+                if not self._write_letter(letter):
+                    return False
+        return True
+
+    def _write_letter(self, letter: DeadLetter) -> bool:
+        """Writes one dead letter, retrying while the database is away. A store that refuses even a dead letter
+        is broken, not the message: the writer stops, leaving the message unacknowledged for the next start."""
+        while not self._stop.is_set():
+            try:
+                self._commit(WriteBatch(dead_letters=[letter]))
+                return True
+            except psycopg.OperationalError:
+                self._conn = None
+                self._stop.wait(1.0)
+            except psycopg.Error as exc:
+                raise RuntimeError(f"the store refuses even a dead letter ({exc}); it needs mending") from exc
+        return False
+
+    def _reset(self) -> None:
+        """Drops the connection after a failure that was not the database going away: it may be left broken."""
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def _commit(self, batch: WriteBatch) -> None:
+        if self._conn is None or self._conn.closed:
+            self._conn = psycopg.connect(self.database_url, autocommit=True)
+        with self._conn.transaction():
+            self.counts["alert_changes"] += write_batch(self._conn, batch)
+        self.counts["dead_letters"] += len(batch.dead_letters)

@@ -1,0 +1,1 @@
+"""Pushing alert changes to where people are: webhooks."""

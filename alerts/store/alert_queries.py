@@ -1,0 +1,145 @@
+"""The alert aggregate's queries for the API: a page of alerts, one alert's events, snapshots and audit trail,
+a desk's status change. Route handlers validate, call these and shape the answer; the filter clauses come from
+``alerts.store.queries``, and a status change is logged for the streams through ``record_alert_changes``
+(``alerts.store.database.RECORD_CHANGES``), the one definition every writer calls.
+
+Example:
+    >>> from alerts.core.models import AlertStatus
+    >>> ACTIONS["resolve"][1], AlertStatus.ACKNOWLEDGED in ACTIONS["resolve"][0]
+    (<AlertStatus.RESOLVED: 'resolved'>, True)
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+from typing import Any, NamedTuple
+from uuid import UUID
+
+from psycopg_pool import AsyncConnectionPool
+
+from alerts.auth import Principal
+from alerts.core.models import AlertStatus, EventKind, EventState, Place, Severity
+from alerts.store.database import RECORD_CHANGES
+from alerts.store.queries import AlertPage, where
+from alerts.store.rows import ALERT_COLUMNS, StoredAlert, row_to_alert
+
+log = logging.getLogger(__name__)
+
+ACTIONS: dict[str, tuple[tuple[AlertStatus, ...], AlertStatus]] = {
+    "acknowledge": ((AlertStatus.NEW,), AlertStatus.ACKNOWLEDGED),
+    "resolve": ((AlertStatus.NEW, AlertStatus.ACKNOWLEDGED), AlertStatus.RESOLVED),
+    "false-alarm": ((AlertStatus.NEW, AlertStatus.ACKNOWLEDGED), AlertStatus.FALSE_ALARM),
+}
+"""Which statuses each desk action may move an alert from, and to."""
+
+
+class EventRow(NamedTuple):
+    """One event of an alert, without its snapshot's bytes."""
+
+    id: UUID
+    ts: datetime
+    kind: EventKind
+    type: str
+    state: EventState
+    severity: Severity
+    place: Place
+    source: str
+    title: str
+    attributes: dict[str, Any]
+    has_snapshot: bool
+
+
+class HistoryRow(NamedTuple):
+    """One desk action on an alert."""
+
+    at: datetime
+    actor: str
+    action: str
+    from_status: AlertStatus
+    to_status: AlertStatus
+    note: str
+
+
+_EVENTS_SQL = """
+SELECT e.id, e.ts, e.kind, e.type, e.state, e.severity, e.sub_district, e.community, e.grid, e.site, e.device,
+       e.source, e.title, e.attributes, e.snapshot IS NOT NULL
+FROM (SELECT event_id FROM alert_events WHERE alert_id = %s ORDER BY linked_at DESC LIMIT %s) l
+JOIN events e ON e.id = l.event_id
+ORDER BY e.ts, e.id"""
+
+_HISTORY_SQL = """
+SELECT at, actor, action, from_status, to_status, note FROM alert_history WHERE alert_id = %s ORDER BY at, id"""
+
+_SNAPSHOT_HEADS_SQL = """
+SELECT l.alert_id, e.id, substring(e.snapshot FROM 1 FOR 8)
+FROM alert_events l JOIN events e ON e.id = l.event_id
+WHERE l.alert_id = ANY(%s) AND e.snapshot IS NOT NULL
+ORDER BY e.ts, e.id"""
+
+# The lock an UPDATE takes, no more: inserts elsewhere that reference the alert (links, changes) go on.
+_LOCK_STATUS_SQL = "SELECT status FROM alerts WHERE id = %s FOR NO KEY UPDATE"
+
+_SET_STATUS_SQL = f"""
+UPDATE alerts a SET status = %s, status_by = %s, status_at = now(), updated_at = now()
+WHERE a.id = %s RETURNING {ALERT_COLUMNS}"""
+
+_ADD_HISTORY_SQL = """
+INSERT INTO alert_history (alert_id, actor, action, from_status, to_status, note) VALUES (%s, %s, %s, %s, %s, %s)"""
+
+
+async def alerts_page(
+    pool: AsyncConnectionPool, who: Principal, page: AlertPage, before: tuple[datetime, UUID] | None
+) -> tuple[list[StoredAlert], bool]:
+    """Up to ``page.limit`` alerts the caller may see, newest first, older than ``before`` (time, id) when given;
+    and whether more follow."""
+    clause, params = where(page, who)
+    if before is not None:
+        clause += " AND (a.ts, a.id) < (%s, %s)"
+        params += list(before)
+    sql = f"SELECT {ALERT_COLUMNS} FROM alerts a WHERE {clause} ORDER BY a.ts DESC, a.id DESC LIMIT %s"
+    async with pool.connection() as conn:
+        rows = await (await conn.execute(sql, [*params, page.limit + 1])).fetchall()
+    return [row_to_alert(r) for r in rows[: page.limit]], len(rows) > page.limit
+
+
+async def alert_events(pool: AsyncConnectionPool, alert_id: UUID, newest: int = 200) -> list[EventRow]:
+    """The alert's ``newest`` events, oldest first."""
+    async with pool.connection() as conn:
+        rows = await (await conn.execute(_EVENTS_SQL, (alert_id, newest))).fetchall()
+    return [
+        EventRow(id_, ts, kind, type_, state, severity, Place(sub_district=sd, community=c, grid=g, site=s, device=d),
+                 source, title, attributes, has_snapshot)
+        for id_, ts, kind, type_, state, severity, sd, c, g, s, d, source, title, attributes, has_snapshot in rows
+    ]  # fmt: skip
+
+
+async def alert_history(pool: AsyncConnectionPool, alert_id: UUID) -> list[HistoryRow]:
+    """What desks did with the alert, oldest first."""
+    async with pool.connection() as conn:
+        rows = await (await conn.execute(_HISTORY_SQL, (alert_id,))).fetchall()
+    return [HistoryRow(*row) for row in rows]
+
+
+async def snapshot_heads(pool: AsyncConnectionPool, alert_ids: list[UUID]) -> list[tuple[UUID, UUID, bytes]]:
+    """(alert id, event id, the snapshot's first 8 bytes, which tell its type) of every event of the alerts that
+    has a snapshot, oldest first."""
+    async with pool.connection() as conn:
+        rows = await (await conn.execute(_SNAPSHOT_HEADS_SQL, (alert_ids,))).fetchall()
+    return [(alert_id, event_id, bytes(head)) for alert_id, event_id, head in rows]
+
+
+async def apply_action(
+    pool: AsyncConnectionPool, alert_id: UUID, action: str, actor: str, note: str
+) -> StoredAlert | None:
+    """Applies a desk action (one of ``ACTIONS``): the new status, its audit entry and its change for the streams,
+    in one transaction; None when the alert's status (read under the row's lock) does not allow the action."""
+    allowed_from, to_status = ACTIONS[action]
+    async with pool.connection() as conn, conn.transaction():
+        current = await (await conn.execute(_LOCK_STATUS_SQL, (alert_id,))).fetchone()
+        if current is None or current[0] not in allowed_from:
+            return None
+        updated = await (await conn.execute(_SET_STATUS_SQL, (to_status, actor, alert_id))).fetchone()
+        await conn.execute(_ADD_HISTORY_SQL, (alert_id, actor, action, current[0], to_status, note))
+        await conn.execute(RECORD_CHANGES, ([alert_id], [str(to_status)]))
+    return row_to_alert(updated) if updated is not None else None
