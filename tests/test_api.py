@@ -302,7 +302,7 @@ def test_openapi_documents_every_route_and_schema(api: ApiServer) -> None:
     for expected in [
         ("GET", "/api/v1/alerts"),
         ("GET", "/api/v1/alerts/stream"),
-        ("GET", "/api/v1/alerts.api.cap"),
+        ("GET", "/api/v1/alerts.cap"),
         ("GET", "/api/v1/alerts/{alert_id}/cap"),
         ("POST", "/api/v1/alerts/{alert_id}/{action}"),
         ("GET", "/api/v1/events/{event_id}/snapshot"),

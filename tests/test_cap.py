@@ -217,10 +217,10 @@ def test_the_feed_is_an_atom_feed_of_the_same_alerts_as_the_list(api: ApiServer)
     for hour in range(3):
         raise_alert(api.database_url, ts=datetime(2024, 5, 1, hour, tzinfo=UTC))
     fire = api.key("fire")
-    response = get(api, "/api/v1/alerts.api.cap", fire, limit=2)
+    response = get(api, "/api/v1/alerts.cap", fire, limit=2)
     assert response.headers["content-type"] == "application/atom+xml"
     feed = ET.fromstring(response.content)
-    assert child(feed, "atom:link").get("href") == "/api/v1/alerts.api.cap?limit=2", "relative: no public URL set"
+    assert child(feed, "atom:link").get("href") == "/api/v1/alerts.cap?limit=2", "relative: no public URL set"
     entries = feed.findall("atom:entry", NS)
     listed = [a["id"] for a in get(api, "/api/v1/alerts", fire, limit=2).json()["items"]]
     assert [text(e, "atom:content/cap:alert/cap:incidents") for e in entries] == listed
@@ -228,4 +228,4 @@ def test_the_feed_is_an_atom_feed_of_the_same_alerts_as_the_list(api: ApiServer)
         assert child(entry, "atom:content").get("type") == "application/cap+xml"
         check_cap(child(entry, "atom:content/cap:alert"))
         assert text(entry, "atom:id") == text(entry, "atom:content/cap:alert/cap:identifier")
-    assert get(api, "/api/v1/alerts.api.cap", fire, colour="red").status_code == 422
+    assert get(api, "/api/v1/alerts.cap", fire, colour="red").status_code == 422

@@ -5,7 +5,7 @@ Every route under ``/api/v1`` and ``/metrics`` needs an API key
 places the key's role and scope allow. Bad requests get a 4xx with a message,
 never a 500: every 4xx body is an ``ErrorBody`` (``detail``, and for invalid
 parameters ``errors``, one line each), as the OpenAPI document says. The routes
-live in ``alerts.routes_*``, ``alerts.api.reports`` and ``alerts.api.metrics``;
+live in ``alerts.api.routes_*``, ``alerts.api.reports`` and ``alerts.api.metrics``;
 ``alerts.api.guard`` checks keys, body sizes and NUL characters before them and adds
 the security headers; this module assembles them.
 

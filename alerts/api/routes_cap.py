@@ -33,7 +33,7 @@ async def _snapshots(pool: Pool, base: str, alert_ids: list[UUID]) -> dict[UUID,
 
 
 @router.get(
-    "/alerts.api.cap",
+    "/alerts.cap",
     summary="The alert list as an Atom feed of CAP 1.2 messages (same filters and cursor as the list)",
     response_class=Response,
     responses={200: {"content": {ATOM_TYPE: {}}, "description": "Atom feed; each entry's content is a CAP alert"}},
