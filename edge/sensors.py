@@ -23,6 +23,28 @@ what the rules knew is restored from the node's SQLite (``edge.state``, part
 
 The rules and the downsampler are moved on by paho's thread and by the
 node's timer (``check_silence``, ``devices``), under one lock; in memory only.
+
+Example (``handle`` is what paho's callback calls):
+    >>> import tempfile, pathlib
+    >>> from alerts.core.policy import AlertPolicy
+    >>> from detectors.verification import AlarmVerification
+    >>> from edge.config import parse_config
+    >>> from edge.outbox import Spool
+    >>> config = parse_config(f'''
+    ... node_id: n1
+    ... site: {{id: s1, sub_district: sd, community: c, grid: g}}
+    ... uplink: {{spool: {pathlib.Path(tempfile.mkdtemp()) / "outbox.sqlite3"}}}
+    ... sensors: [{{id: smoke-1, adapter: zigbee2mqtt, topic: zigbee2mqtt/hall}}]''')
+    >>> state = EdgeState(Spool(config.uplink.spool))
+    >>> sent, acked = [], []
+    >>> sink = EventSink(AlarmVerification(), AlertPolicy(), state, send=lambda channel, payload: sent.append(channel))
+    >>> sensors = SensorPipeline(config, sink, DeadLetters(sink, "n1"), state, since=utc_now())
+    >>> sink.start()
+    >>> sensors.handle("zigbee2mqtt/hall", b'{"smoke": true}', lambda: acked.append("alarm"))
+    >>> sensors.handle("zigbee2mqtt/hall", b'{"smoke": ', lambda: acked.append("broken"))
+    >>> sink.stop()
+    >>> sent, acked, sensors.counts["messages"]
+    (['events', 'alerts', 'readings', 'deadletters'], ['alarm', 'broken'], 2)
 """
 
 from __future__ import annotations

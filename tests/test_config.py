@@ -137,4 +137,4 @@ def test_the_map_in_edge_config_names_every_class_and_where_it_lives() -> None:
 def test_a_loaded_config_is_read_only() -> None:
     config = load_config(EXAMPLE)
     with pytest.raises(ValidationError, match="frozen"):
-        config.sensors[0].name = "elsewhere"  # type: ignore[misc]
+        config.sensors[0].name = "elsewhere"
