@@ -28,6 +28,7 @@ import cv2
 
 from alerts.core.models import Place
 from deploy.local.services import start_rtsp
+from detectors.backend import offline_default
 from detectors.load import load_backend
 from edge.cameras import CameraConfig, DetectorConfig
 from edge.video import VideoPipeline
@@ -127,8 +128,7 @@ def overhead(frames: int) -> tuple[float, float]:
 def streams(url: str, count: int, seconds: float, threads: int | None = None) -> dict[str, float]:
     events: list = []
     cameras = [camera(f"cam{i}", url) for i in range(count)]
-    detector = DetectorConfig()
-    detector.backend = detector.backend.model_copy(update={"threads": threads})
+    detector = DetectorConfig(backend=offline_default().model_copy(update={"threads": threads}))
     pipeline = VideoPipeline(cameras, detector, SITE, "bench", "UTC", events.append)
     pipeline.start()
     time.sleep(3)  # connect and warm up

@@ -6,7 +6,7 @@ Three kinds exist behind :func:`detectors.load.load_backend`: ``darknet`` and ``
 OpenCV DNN alone (no torch, for small edge devices), ``ultralytics`` runs
 anything ultralytics loads and is an optional extra.
 
-A :class:`DetectionFilter` keeps what a rule cares about; its areas are
+A :class:`DetectionFilterConfig` keeps what a rule cares about; its areas are
 fractions of the frame so that one setting survives a camera's change of
 resolution.
 
@@ -17,9 +17,9 @@ Example:
     ...     confidence=np.array([0.9, 0.8, 0.3], dtype=np.float32),
     ...     class_name=np.array(["person", "car", "person"], dtype=object),
     ... )
-    >>> DetectionFilter(classes=["person"], min_score=0.5).apply(d, (100, 100, 3)).xyxy.tolist()
+    >>> DetectionFilterConfig(classes=["person"], min_score=0.5).apply(d, (100, 100, 3)).xyxy.tolist()
     [[0.0, 0.0, 10.0, 20.0]]
-    >>> DetectionFilter(max_area=0.25).apply(d, (100, 100, 3)).class_name.tolist()
+    >>> DetectionFilterConfig(max_area=0.25).apply(d, (100, 100, 3)).class_name.tolist()
     ['person', 'person']
     >>> BackendConfig(kind="onnx", model="yolo11n.onnx").input_size
     416
@@ -34,8 +34,9 @@ from typing import Literal, Protocol, runtime_checkable
 
 import cv2
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
+from alerts.core.config import ConfigModel
 from detectors.detections import Detections
 
 log = logging.getLogger(__name__)
@@ -80,10 +81,8 @@ class Backend(Protocol):
         ...
 
 
-class DetectionFilter(BaseModel):
+class DetectionFilterConfig(ConfigModel):
     """Which detections a consumer keeps: by class, score and size relative to the frame."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     classes: list[str] | None = Field(
         default=None, title="Classes", description="Class names to keep, e.g. person, car; unset keeps all."
@@ -105,7 +104,7 @@ class DetectionFilter(BaseModel):
     )
 
     @model_validator(mode="after")
-    def _ordered(self) -> DetectionFilter:
+    def _ordered(self) -> DetectionFilterConfig:
         if self.min_area > self.max_area:
             raise ValueError(f"min_area {self.min_area} is above max_area {self.max_area}")
         return self
@@ -120,10 +119,8 @@ class DetectionFilter(BaseModel):
         return detections[keep]
 
 
-class BackendConfig(BaseModel):
+class BackendConfig(ConfigModel):
     """Which model runs the detector and how: the part of a node's configuration that picks a backend."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     kind: Literal["darknet", "onnx", "ultralytics"] = Field(
         title="Kind",

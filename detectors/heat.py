@@ -9,7 +9,7 @@ per minute.
 
 Example:
     >>> from datetime import UTC, datetime, timedelta
-    >>> rule = HeatRule(HeatSettings())
+    >>> rule = HeatRule(HeatConfig())
     >>> t0 = datetime(2024, 5, 1, tzinfo=UTC)
     >>> rule.update(t0, 22.0)
     ({'heat': False}, {'temperature_c': 22.0})
@@ -23,15 +23,15 @@ import logging
 from collections import deque
 from datetime import datetime
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
+
+from alerts.core.config import ConfigModel
 
 log = logging.getLogger(__name__)
 
 
-class HeatSettings(BaseModel):
+class HeatConfig(ConfigModel):
     """When one sensor's temperature is a fire."""
-
-    model_config = ConfigDict(extra="forbid")
 
     quantity: str = Field(
         default="temperature",
@@ -110,7 +110,7 @@ class _Slope:
 class HeatRule:
     """Judges each new temperature of one sensor; keeps the readings of the rate window."""
 
-    def __init__(self, settings: HeatSettings) -> None:
+    def __init__(self, settings: HeatConfig) -> None:
         self.settings = settings
         self.hot = False
         self._last: datetime | None = None

@@ -20,7 +20,7 @@ tracked after the background has absorbed them.
 
 Example:
     >>> import numpy as np
-    >>> gate = MotionGate(MotionSettings(refresh_s=10))
+    >>> gate = MotionGate(MotionConfig(refresh_s=10))
     >>> still = np.zeros((480, 640, 3), dtype=np.uint8)
     >>> gate.check(still, 0.0)  # the detector has never run
     True
@@ -41,7 +41,9 @@ import math
 
 import cv2
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
+
+from alerts.core.config import ConfigModel
 
 log = logging.getLogger(__name__)
 
@@ -50,10 +52,8 @@ Polygon = list[tuple[float, float]]
 _KERNEL = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (3, 3))
 
 
-class MotionSettings(BaseModel):
+class MotionConfig(ConfigModel):
     """How one camera's motion gate judges change."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     width: int = Field(
         default=320,
@@ -113,8 +113,8 @@ class MotionSettings(BaseModel):
 class MotionGate:
     """One camera's gate: feed every frame to :meth:`check`, run the detector when it says True."""
 
-    def __init__(self, settings: MotionSettings | None = None) -> None:
-        self.settings = settings or MotionSettings()
+    def __init__(self, settings: MotionConfig | None = None) -> None:
+        self.settings = settings or MotionConfig()
         self.motion = False
         """Whether the last frame had motion (a refresh alone leaves it False)."""
         self.fraction = 0.0

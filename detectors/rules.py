@@ -36,8 +36,9 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, Literal, cast
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
+from alerts.core.config import ConfigModel
 from alerts.core.debounce import Debounce
 from alerts.core.models import Event, EventKind, EventState, Place, Severity
 from detectors.detections import Detections
@@ -49,11 +50,9 @@ log = logging.getLogger(__name__)
 VEHICLES = ["car", "truck", "bus", "motorcycle"]
 
 
-class _Config(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+class _RuleConfig(ConfigModel):
+    """The fields every rule has; each kind of rule adds its own."""
 
-
-class _Rule(_Config):
     type: str = Field(title="Type", description="What the rule watches for.")
     name: str | None = Field(
         default=None, pattern=NAME, title="Name", description="Rule name in events; unset: type and zone or line."
@@ -82,18 +81,18 @@ class _Rule(_Config):
         return self.name or f"{self.type}:{self.target}"
 
 
-class IntrusionRule(_Rule):
+class IntrusionRuleConfig(_RuleConfig):
     type: Literal["intrusion"] = Field(title="Type", description="An object enters the zone while armed.")
     zone: str = Field(title="Zone", description="Zone watched.")
 
 
-class LoiteringRule(_Rule):
+class LoiteringRuleConfig(_RuleConfig):
     type: Literal["loitering"] = Field(title="Type", description="An object stays in the zone past a dwell time.")
     zone: str = Field(title="Zone", description="Zone watched.")
     dwell_s: float = Field(default=60.0, ge=0, title="Dwell time", description="Seconds in the zone before it fires.")
 
 
-class LineCrossingRule(_Rule):
+class LineCrossingRuleConfig(_RuleConfig):
     type: Literal["line_crossing"] = Field(title="Type", description="An object crosses the line.")
     line: str = Field(title="Line", description="Line watched.")
     direction: Literal["in", "out", "both"] = Field(
@@ -103,7 +102,7 @@ class LineCrossingRule(_Rule):
     )
 
 
-class IllegalParkingRule(_Rule):
+class IllegalParkingRuleConfig(_RuleConfig):
     type: Literal["illegal_parking"] = Field(title="Type", description="A vehicle stands still in the zone.")
     zone: str = Field(title="Zone", description="No-parking zone.")
     classes: list[str] | None = Field(default=VEHICLES, title="Classes", description="Vehicle classes watched.")
@@ -118,7 +117,7 @@ class IllegalParkingRule(_Rule):
     update_s: float | None = Field(default=300.0, gt=0, title="Update interval", description="Null: no updates.")
 
 
-class ZoneOccupiedRule(_Rule):
+class ZoneOccupiedRuleConfig(_RuleConfig):
     type: Literal["zone_occupied"] = Field(title="Type", description="Objects occupy the zone past a time.")
     zone: str = Field(title="Zone", description="Zone that must stay clear, e.g. a fire lane.")
     classes: list[str] | None = Field(default=None, title="Classes", description="Classes that occupy; null: any.")
@@ -127,7 +126,7 @@ class ZoneOccupiedRule(_Rule):
     update_s: float | None = Field(default=300.0, gt=0, title="Update interval", description="Null: no updates.")
 
 
-class CrowdRule(_Rule):
+class CrowdRuleConfig(_RuleConfig):
     type: Literal["crowd"] = Field(title="Type", description="Many objects in the zone at once.")
     zone: str = Field(title="Zone", description="Zone watched.")
     min_count: int = Field(default=5, ge=2, title="Minimum count", description="Objects at once that make a crowd.")
@@ -136,13 +135,18 @@ class CrowdRule(_Rule):
 
 
 RuleConfig = Annotated[
-    IntrusionRule | LoiteringRule | LineCrossingRule | IllegalParkingRule | ZoneOccupiedRule | CrowdRule,
+    IntrusionRuleConfig
+    | LoiteringRuleConfig
+    | LineCrossingRuleConfig
+    | IllegalParkingRuleConfig
+    | ZoneOccupiedRuleConfig
+    | CrowdRuleConfig,
     Field(discriminator="type"),
 ]
 SEVERITY = {"intrusion": Severity.MAJOR, "crowd": Severity.MAJOR, "line_crossing": Severity.INFO}
 
 
-class SceneConfig(_Config):
+class SceneConfig(ConfigModel):
     """What one camera watches: its zones, lines, schedules and rules."""
 
     zones: list[ZoneConfig] = Field(default_factory=list, title="Zones", description="Polygons on the picture.")
@@ -279,7 +283,9 @@ class _Frame:
 class _TrackRule:
     """Intrusion, loitering (and, below, parking): one condition per track in the zone."""
 
-    def __init__(self, config: IntrusionRule | LoiteringRule | IllegalParkingRule, hold_s: float) -> None:
+    def __init__(
+        self, config: IntrusionRuleConfig | LoiteringRuleConfig | IllegalParkingRuleConfig, hold_s: float
+    ) -> None:
         self.config = config
         self.debounce = _Conditions(hold_s, config.leave_s, config.update_s)
 
@@ -294,9 +300,9 @@ class _TrackRule:
 class _ParkingRule(_TrackRule):
     """A vehicle standing still: once it moves, its next stillness is a new condition."""
 
-    config: IllegalParkingRule
+    config: IllegalParkingRuleConfig
 
-    def __init__(self, config: IllegalParkingRule) -> None:
+    def __init__(self, config: IllegalParkingRuleConfig) -> None:
         super().__init__(config, config.stationary_s)
         self._still: dict[int, tuple[float, float, int]] = {}
         """Per track: the ground point where it stopped, and how many times it has stopped."""
@@ -319,7 +325,7 @@ class _ParkingRule(_TrackRule):
 class _ZoneRule:
     """Zone occupied and crowd: one condition per zone, present while it holds ``min_count`` objects."""
 
-    def __init__(self, config: ZoneOccupiedRule | CrowdRule, hold_s: float, min_count: int) -> None:
+    def __init__(self, config: ZoneOccupiedRuleConfig | CrowdRuleConfig, hold_s: float, min_count: int) -> None:
         self.config, self.min_count = config, min_count
         self.debounce = _Conditions(hold_s, config.leave_s, config.update_s)
 
@@ -331,7 +337,7 @@ class _ZoneRule:
 class _LineRule:
     """Line crossing: every crossing counts by direction; those in the watched direction raise an INSTANT event."""
 
-    def __init__(self, config: LineCrossingRule) -> None:
+    def __init__(self, config: LineCrossingRuleConfig) -> None:
         self.config = config
         self.counts = {"in": 0, "out": 0}
 
@@ -350,17 +356,17 @@ class _LineRule:
 
 def _build(config: RuleConfig) -> _TrackRule | _ZoneRule | _LineRule:
     match config:
-        case IntrusionRule():
+        case IntrusionRuleConfig():
             return _TrackRule(config, 0.0)
-        case LoiteringRule():
+        case LoiteringRuleConfig():
             return _TrackRule(config, config.dwell_s)
-        case IllegalParkingRule():
+        case IllegalParkingRuleConfig():
             return _ParkingRule(config)
-        case ZoneOccupiedRule():
+        case ZoneOccupiedRuleConfig():
             return _ZoneRule(config, config.occupied_s, 1)
-        case CrowdRule():
+        case CrowdRuleConfig():
             return _ZoneRule(config, config.hold_s, config.min_count)
-        case LineCrossingRule():
+        case LineCrossingRuleConfig():
             return _LineRule(config)
 
 
@@ -388,12 +394,12 @@ class RuleEngine:
         return events
 
     def _event(self, config: RuleConfig, emit: _Emit, frame: np.ndarray, ts: float) -> Event:
-        where, on_line = config.target, isinstance(config, LineCrossingRule)
+        where, on_line = config.target, isinstance(config, LineCrossingRuleConfig)
         attributes: dict[str, Any] = {"rule": config.label, "line" if on_line else "zone": where}
         # One alert per rule; under it, each track is a condition of its own, so one person leaving does not
         # clear an intrusion while another is still inside. Zone-wide rules have one condition: the zone.
         condition = ""
-        if isinstance(config, ZoneOccupiedRule | CrowdRule):
+        if isinstance(config, ZoneOccupiedRuleConfig | CrowdRuleConfig):
             attributes |= {"count": len(emit.seen), "objects": [s.attributes() for s in emit.seen]}
         else:
             attributes |= emit.seen[0].attributes()

@@ -48,19 +48,18 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
+from alerts.core.config import ConfigModel
 from alerts.core.debounce import Debounce
 from alerts.core.models import Event, EventKind, EventState, Place, Reading, Severity
-from detectors.heat import HeatRule, HeatSettings
+from detectors.heat import HeatConfig, HeatRule
 
 log = logging.getLogger(__name__)
 
 
-class SensorRuleSettings(BaseModel):
+class SensorRuleConfig(ConfigModel):
     """The rules' settings for one sensor; each sensor of a node config carries them."""
-
-    model_config = ConfigDict(extra="forbid")
 
     heartbeat_s: float | None = Field(
         default=3600.0,
@@ -75,8 +74,8 @@ class SensorRuleSettings(BaseModel):
         title="Low battery",
         description="Trouble when the battery is under this percentage, as well as on the sensor's own flag.",
     )
-    heat: HeatSettings | None = Field(
-        default_factory=HeatSettings,
+    heat: HeatConfig | None = Field(
+        default_factory=HeatConfig,
         title="Heat rules",
         description="Fixed-temperature and rate-of-rise alarms on the sensor's temperature; null turns them off.",
     )
@@ -118,7 +117,7 @@ class SensorState:
     """What the rules know of one sensor."""
 
     place: Place
-    settings: SensorRuleSettings
+    settings: SensorRuleConfig
     name: str
     since: datetime | None
     heat: HeatRule | None
@@ -151,10 +150,10 @@ class SensorRules:
         self._sensors: dict[str, SensorState] = {}
 
     def watch(
-        self, place: Place, settings: SensorRuleSettings | None = None, name: str = "", since: datetime | None = None
+        self, place: Place, settings: SensorRuleConfig | None = None, name: str = "", since: datetime | None = None
     ) -> None:
         """Registers a configured sensor; from ``since`` on, it has ``settings.heartbeat_s`` to be heard."""
-        settings = settings or SensorRuleSettings()
+        settings = settings or SensorRuleConfig()
         heat = HeatRule(settings.heat) if settings.heat is not None else None
         self._sensors[place.device or ""] = SensorState(place, settings, name, since, heat)
 

@@ -43,8 +43,9 @@ from typing import Any
 
 import cv2
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
+from alerts.core.config import ConfigModel
 from alerts.core.debounce import Debounce
 from alerts.core.models import Event, EventKind, EventState, Place, Severity
 from detectors.snapshot import render
@@ -61,10 +62,8 @@ TITLES = {
 }
 
 
-class TamperConfig(BaseModel):
+class TamperConfig(ConfigModel):
     """Thresholds and timings of the tamper checks; the defaults suit a daylight courtyard."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     interval_s: float = Field(default=1.0, ge=0, title="Interval", description="Seconds of frame time between checks.")
     confirm_s: float = Field(

@@ -36,9 +36,10 @@ from collections.abc import Iterable
 
 import numpy as np
 import supervision as sv
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from trackers import ByteTrackTracker
 
+from alerts.core.config import ConfigModel
 from detectors.detections import Detections
 
 log = logging.getLogger(__name__)
@@ -47,10 +48,8 @@ DEFAULT_GROUPS: list[list[str]] = [["person"], ["bicycle", "motorcycle"], ["car"
 """Classes tracked together: the detector confuses the classes within a group, not across groups."""
 
 
-class TrackerConfig(BaseModel):
+class TrackerConfig(ConfigModel):
     """How one camera's tracker associates boxes; the defaults suit yolov3-tiny at 5-10 fps."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     lost_track_s: float = Field(
         default=2.0,

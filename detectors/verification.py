@@ -38,17 +38,16 @@ from datetime import timedelta
 from typing import Any
 from uuid import uuid4
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
+from alerts.core.config import ConfigModel
 from alerts.core.models import Event, EventKind, EventState
 
 log = logging.getLogger(__name__)
 
 
-class VerificationSettings(BaseModel):
+class VerificationConfig(ConfigModel):
     """How fire alarms of one site confirm each other."""
-
-    model_config = ConfigDict(extra="forbid")
 
     window_s: float = Field(
         default=120.0,

@@ -24,8 +24,9 @@ from datetime import UTC, datetime
 from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
+from alerts.core.config import ConfigModel
 from alerts.core.models import Event, EventKind, EventState, Place, Severity
 from detectors.detections import Detections
 from detectors.snapshot import Box, render
@@ -37,9 +38,7 @@ SHOWS: dict[str, Literal["smoke", "flame"]] = {"smoke": "smoke", "fire": "flame"
 """What the class names of common fire models show."""
 
 
-class VisualFireConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class VisualFireConfig(ConfigModel):
     classes: dict[str, Literal["smoke", "flame"]] = Field(
         default_factory=SHOWS.copy,
         title="Classes",

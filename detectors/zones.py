@@ -35,8 +35,9 @@ from typing import Annotated, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
+from alerts.core.config import ConfigModel
 from detectors.detections import Detections
 
 log = logging.getLogger(__name__)
@@ -51,11 +52,7 @@ _DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 _WINDOW = re.compile(r"^\s*(?P<days>[A-Za-z,\- ]+?)\s+(?P<start>\d\d:\d\d)\s*-\s*(?P<end>\d\d:\d\d)\s*$")
 
 
-class _Config(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class ZoneConfig(_Config):
+class ZoneConfig(ConfigModel):
     name: str = Field(pattern=NAME, title="Name", description="Name rules refer to, e.g. walkway.")
     polygon: list[Point] = Field(
         min_length=3,
@@ -64,7 +61,7 @@ class ZoneConfig(_Config):
     )
 
 
-class LineConfig(_Config):
+class LineConfig(ConfigModel):
     name: str = Field(pattern=NAME, title="Name", description="Name rules refer to, e.g. gate.")
     start: Point = Field(title="Start", description="One end, [x, y] fractions of the frame.")
     end: Point = Field(title="End", description="Other end, [x, y] fractions of the frame.")
@@ -88,7 +85,7 @@ class LineConfig(_Config):
         return self
 
 
-class ScheduleConfig(_Config):
+class ScheduleConfig(ConfigModel):
     timezone: str | None = Field(
         default=None, title="Time zone", description="IANA zone of the windows, e.g. Asia/Shanghai; unset: the site's."
     )

@@ -23,25 +23,24 @@ from __future__ import annotations
 
 import logging
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
-from detectors.backend import BackendConfig, DetectionFilter, offline_default
-from detectors.motion import MotionSettings
+from alerts.core.config import ConfigModel
+from detectors.backend import BackendConfig, DetectionFilterConfig, offline_default
+from detectors.motion import MotionConfig
 from detectors.rules import SceneConfig
 from detectors.tamper import TamperConfig
 from detectors.tracking import TrackerConfig
 from detectors.visual_fire import VisualFireConfig
-from ingest.capture import CaptureSettings
+from ingest.capture import CaptureConfig
 
 log = logging.getLogger(__name__)
 
 _ID = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 
 
-class DetectorConfig(BaseModel):
+class DetectorConfig(ConfigModel):
     """The one detector worker of a node, shared by all its cameras."""
-
-    model_config = ConfigDict(extra="forbid")
 
     backend: BackendConfig = Field(
         default_factory=offline_default,
@@ -60,14 +59,12 @@ class DetectorConfig(BaseModel):
     )
 
 
-class CameraConfig(BaseModel):
+class CameraConfig(ConfigModel):
     """One courtyard camera: where to read it, what to look for, and what to raise."""
-
-    model_config = ConfigDict(extra="forbid")
 
     id: str = Field(pattern=_ID, title="Camera id", description="Id of the camera at its site.")
     name: str = Field(default="", title="Name", description="Where it looks, as a person says it.")
-    capture: CaptureSettings = Field(title="Capture", description="Stream URL, timeouts, reconnects.")
+    capture: CaptureConfig = Field(title="Capture", description="Stream URL, timeouts, reconnects.")
     analyse_fps: float | None = Field(
         default=None,
         gt=0,
@@ -75,11 +72,11 @@ class CameraConfig(BaseModel):
         description="At most this many frames a second go to tamper checks, the motion gate and the detector; "
         "none: every frame.",
     )
-    motion: MotionSettings = Field(
-        default_factory=MotionSettings, title="Motion gate", description="When the detector runs at all."
+    motion: MotionConfig = Field(
+        default_factory=MotionConfig, title="Motion gate", description="When the detector runs at all."
     )
-    filter: DetectionFilter = Field(
-        default_factory=lambda: DetectionFilter(
+    filter: DetectionFilterConfig = Field(
+        default_factory=lambda: DetectionFilterConfig(
             classes=["person", "bicycle", "car", "motorcycle", "bus", "truck"], min_score=0.35
         ),
         title="Detection filter",

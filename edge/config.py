@@ -1,7 +1,40 @@
-"""The node config: one YAML file per edge node, validated by pydantic.
+"""The node config: one YAML file per edge node, validated by pydantic. Start reading the config here.
 
 A mistake is refused with the file, the line and the field, e.g.
 ``node.yaml:12: sensors.0.adapter: Input should be 'zigbee2mqtt', 'tasmota' or 'native'``.
+
+The tree: each section is a class ending in ``Config``, derived from the one
+base ``alerts.core.config.ConfigModel`` (unknown keys refused, read-only, a
+title and a description on every field). A section lives next to the code it
+configures, since ``ingest`` and ``detectors`` may not import ``edge``::
+
+    NodeConfig                          edge/config.py             node id, and the sections below
+      site: SiteConfig                  edge/config.py             the compound or street: place, time zone
+      broker: BrokerConfig              edge/config.py             the local broker the sensors publish to
+      uplink: UplinkConfig              edge/config.py             where events go; outbox spool; heartbeats
+      supervision: SupervisionConfig    edge/config.py             when workers are restarted, when to give up
+      verification: VerificationConfig  detectors/verification.py  how fire alarms confirm each other
+      sensors[]: SensorConfig           edge/config.py             device id, adapter, topic, linked cameras,
+                                                                   and the fields of SensorRuleConfig:
+        (SensorRuleConfig)              detectors/sensor_rules.py  heartbeat (silence), low battery
+        heat: HeatConfig                detectors/heat.py          fixed temperature and rate of rise
+        downsample: DownsampleConfig    ingest/downsample.py       how many readings go upstream
+      detector: DetectorConfig          edge/cameras.py            the one detector worker all cameras share
+        backend: BackendConfig          detectors/backend.py       which model runs, and on what
+      cameras[]: CameraConfig           edge/cameras.py            one camera, analysed frames per second
+        capture: CaptureConfig          ingest/capture.py          stream URL, timeouts, reconnects
+        motion: MotionConfig            detectors/motion.py        the motion gate in front of the detector
+        filter: DetectionFilterConfig   detectors/backend.py       classes, score and box size kept
+        tracker: TrackerConfig          detectors/tracking.py      how detections become tracks
+        tamper: TamperConfig            detectors/tamper.py        covered, blinded, defocused, turned away
+        fire: VisualFireConfig          detectors/visual_fire.py   classes of a fire/smoke model
+        scene: SceneConfig              detectors/rules.py         what the camera watches
+          zones[]: ZoneConfig           detectors/zones.py         polygons on the picture
+          lines[]: LineConfig           detectors/zones.py         directed counting lines
+          schedules{}: ScheduleConfig   detectors/zones.py         when rules are armed
+          rules[]: by type              detectors/rules.py         what raises events: IntrusionRuleConfig,
+            LoiteringRuleConfig, LineCrossingRuleConfig, IllegalParkingRuleConfig, ZoneOccupiedRuleConfig,
+            CrowdRuleConfig
 
 Example:
     >>> from edge.config import load_config
@@ -19,15 +52,16 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import Field, ValidationError, ValidationInfo, field_validator
 
+from alerts.core.config import ConfigModel
 from alerts.core.models import Place
 from alerts.core.protocol import TOPIC_PREFIX
-from detectors.sensor_rules import SensorRuleSettings
-from detectors.verification import VerificationSettings
+from detectors.sensor_rules import SensorRuleConfig
+from detectors.verification import VerificationConfig
 from edge.cameras import CameraConfig, DetectorConfig
 from ingest.adapters import ADAPTERS, AdapterName
-from ingest.downsample import DownsampleSettings
+from ingest.downsample import DownsampleConfig
 from ingest.sensors import MAX_PAYLOAD_BYTES
 
 log = logging.getLogger(__name__)
@@ -36,11 +70,7 @@ _ID = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 """Ids end up in MQTT topics and URLs, so no slashes, wildcards or spaces."""
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class SiteConfig(_Section):
+class SiteConfig(ConfigModel):
     id: str = Field(pattern=_ID, title="Site id", description="Unique id of the compound or street, used in topics.")
     name: str = Field(default="", title="Site name", description="Name a person reads on the alert page.")
     sub_district: str = Field(title="Sub-district", description="Street office the site belongs to.")
@@ -54,7 +84,7 @@ class SiteConfig(_Section):
         )
 
 
-class BrokerConfig(_Section):
+class BrokerConfig(ConfigModel):
     url: str = Field(
         default="mqtt://127.0.0.1:1883",
         pattern=r"^mqtts?://",
@@ -81,7 +111,7 @@ class BrokerConfig(_Section):
     )
 
 
-class UplinkConfig(_Section):
+class UplinkConfig(ConfigModel):
     url: str | None = Field(
         default=None,
         pattern=r"^mqtts?://",
@@ -105,7 +135,7 @@ class UplinkConfig(_Section):
     )
 
 
-class SupervisionConfig(_Section):
+class SupervisionConfig(ConfigModel):
     """How the node watches its own workers."""
 
     max_restarts: int = Field(
@@ -126,7 +156,7 @@ class SupervisionConfig(_Section):
     )
 
 
-class SensorConfig(SensorRuleSettings):
+class SensorConfig(SensorRuleConfig):
     """One sensor: where it publishes, where it hangs, and the settings of its rules."""
 
     id: str = Field(pattern=_ID, title="Device id", description="Id of the sensor at its site.")
@@ -140,8 +170,8 @@ class SensorConfig(SensorRuleSettings):
     cameras: list[Annotated[str, Field(pattern=_ID)]] = Field(
         default_factory=list, title="Linked cameras", description="Ids of the cameras that see where the sensor hangs."
     )
-    downsample: DownsampleSettings = Field(
-        default_factory=DownsampleSettings,
+    downsample: DownsampleConfig = Field(
+        default_factory=DownsampleConfig,
         title="Downsampling",
         description="How many of its readings go upstream when it chatters; alarms always go.",
     )
@@ -179,7 +209,7 @@ def _refuse_repeats(what: str, values: list[str]) -> None:
         raise ValueError(f"{what} must be unique; repeated: {', '.join(repeated)}")
 
 
-class NodeConfig(_Section):
+class NodeConfig(ConfigModel):
     """One edge node: the site it watches and the devices on it."""
 
     node_id: str = Field(pattern=_ID, title="Node id", description="Unique id of this edge node.")
@@ -202,8 +232,8 @@ class NodeConfig(_Section):
     sensors: list[SensorConfig] = Field(
         default_factory=list, title="Sensors", description="Fire sensors and other MQTT devices on the site."
     )
-    verification: VerificationSettings = Field(
-        default_factory=VerificationSettings,
+    verification: VerificationConfig = Field(
+        default_factory=VerificationConfig,
         title="Alarm verification",
         description="How fire alarms of the site's detectors confirm each other.",
     )

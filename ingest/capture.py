@@ -18,17 +18,17 @@ first open, which cuts the time to the first frame from about 1.9 s to 0.14 s.
 With a camera on the network (not run here)::
 
     events = queue.Queue()
-    settings = CaptureSettings(url="rtsp://user:secret@10.0.0.5:554/stream1")
+    settings = CaptureConfig(url="rtsp://user:secret@10.0.0.5:554/stream1")
     with CameraSource("gate", settings, place=site_place, node_id="node-1", on_event=events.put) as cam:
         frame = cam.get(timeout=1.0)  # None if no frame came within a second
         print(cam.stats())
 
 Settings are checked when they are made:
 
-    >>> settings = CaptureSettings(url="/srv/replays/gate.mp4", loop=True, file_fps=0)
+    >>> settings = CaptureConfig(url="/srv/replays/gate.mp4", loop=True, file_fps=0)
     >>> settings.is_file, settings.stale_after_s
     (True, 3.0)
-    >>> CaptureSettings(url="rtsp://10.0.0.5/stream1", loop=True)  # doctest: +IGNORE_EXCEPTION_DETAIL
+    >>> CaptureConfig(url="rtsp://10.0.0.5/stream1", loop=True)  # doctest: +IGNORE_EXCEPTION_DETAIL
     Traceback (most recent call last):
     pydantic_core._pydantic_core.ValidationError: loop applies to files only
 """
@@ -49,8 +49,9 @@ from urllib.parse import urlsplit
 
 import cv2
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
+from alerts.core.config import ConfigModel
 from alerts.core.debounce import Debounce
 from alerts.core.models import Event, EventKind, EventState, Place, Severity, utc_now
 
@@ -64,10 +65,8 @@ _FPS_WINDOW = 20
 """Frames over which the current rate is measured: two seconds at 10 fps."""
 
 
-class CaptureSettings(BaseModel):
+class CaptureConfig(ConfigModel):
     """How to read one camera, and when to call it offline."""
-
-    model_config = ConfigDict(extra="forbid")
 
     url: str = Field(
         min_length=1,
@@ -124,7 +123,7 @@ class CaptureSettings(BaseModel):
         return "://" not in self.url
 
     @model_validator(mode="after")
-    def _consistent(self) -> CaptureSettings:
+    def _consistent(self) -> CaptureConfig:
         if not self.is_file and (self.loop or self.file_fps is not None):
             raise ValueError("loop and file_fps apply to files only")
         if self.backoff_min_s > self.backoff_max_s:
@@ -166,7 +165,7 @@ class CaptureStats:
     online: bool
 
 
-def backoff_delay(settings: CaptureSettings, attempt: int) -> float:
+def backoff_delay(settings: CaptureConfig, attempt: int) -> float:
     """Wait before reopen number ``attempt`` (from 0): doubling, capped, with jitter so cameras do not retry in step."""
     ceiling = min(settings.backoff_max_s, settings.backoff_min_s * 2 ** min(attempt, 32))
     return random.uniform(ceiling / 2, ceiling)
@@ -190,7 +189,7 @@ class CameraSource:
     def __init__(
         self,
         camera_id: str,
-        settings: CaptureSettings,
+        settings: CaptureConfig,
         *,
         place: Place,
         node_id: str,

@@ -10,7 +10,7 @@ Example:
     >>> from datetime import timedelta
     >>> from alerts.core.models import Place, Reading
     >>> place = Place(sub_district="n", community="c", grid="g", site="s", device="t1")
-    >>> thin = Downsampler({"t1": DownsampleSettings(min_interval_s=10, deadband={"temperature": 0.5})})
+    >>> thin = Downsampler({"t1": DownsampleConfig(min_interval_s=10, deadband={"temperature": 0.5})})
     >>> first = Reading(place=place, quantity="temperature", value=21.0)
     >>> later = lambda s, v: first.model_copy(update={"ts": first.ts + timedelta(seconds=s), "value": v})
     >>> [len(thin.filter([r])) for r in (first, later(2, 21.2), later(4, 22.0), later(15, 22.1))]
@@ -23,17 +23,16 @@ import logging
 from collections.abc import Mapping
 from datetime import datetime
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
+from alerts.core.config import ConfigModel
 from alerts.core.models import Reading
 
 log = logging.getLogger(__name__)
 
 
-class DownsampleSettings(BaseModel):
+class DownsampleConfig(ConfigModel):
     """How many of one sensor's readings go upstream."""
-
-    model_config = ConfigDict(extra="forbid")
 
     min_interval_s: float = Field(
         default=0.0,
@@ -52,7 +51,7 @@ class DownsampleSettings(BaseModel):
 class Downsampler:
     """Remembers, per sensor and quantity, the last reading that went upstream."""
 
-    def __init__(self, settings: Mapping[str, DownsampleSettings]) -> None:
+    def __init__(self, settings: Mapping[str, DownsampleConfig]) -> None:
         self.settings = settings
         self._sent: dict[tuple[str, str], tuple[datetime, float]] = {}
 

@@ -19,7 +19,7 @@ from vtest import VTEST
 
 from alerts.core.models import Event, EventKind, EventState, Place, Severity
 from deploy.local.services import Service, start_rtsp
-from ingest.capture import CameraSource, CaptureSettings, Frame, backoff_delay, redact
+from ingest.capture import CameraSource, CaptureConfig, Frame, backoff_delay, redact
 
 VTEST_FRAMES = 795
 SITE = Place(sub_district="north", community="c1", grid="g1", site="willow-court")
@@ -29,7 +29,7 @@ SITE = Place(sub_district="north", community="c1", grid="g1", site="willow-court
 def camera(url: str, **settings: Any) -> Iterator[tuple[CameraSource, queue.Queue[Event]]]:
     events: queue.Queue[Event] = queue.Queue()
     source = CameraSource(
-        "gate", CaptureSettings(url=url, **settings), place=SITE, node_id="node-1", name="Gate", on_event=events.put
+        "gate", CaptureConfig(url=url, **settings), place=SITE, node_id="node-1", name="Gate", on_event=events.put
     )
     with source:
         yield source, events
@@ -177,14 +177,14 @@ def test_a_file_plays_at_its_own_rate_when_asked() -> None:
 
 def test_settings_refuse_mistakes_and_backoff_grows_with_jitter() -> None:
     with pytest.raises(ValidationError, match="extra"):
-        CaptureSettings(url="rtsp://cam/1", read_timeout=5)  # type: ignore[call-arg]
+        CaptureConfig(url="rtsp://cam/1", read_timeout=5)  # type: ignore[call-arg]
     with pytest.raises(ValidationError, match="files only"):
-        CaptureSettings(url="rtsp://cam/1", loop=True)
+        CaptureConfig(url="rtsp://cam/1", loop=True)
     with pytest.raises(ValidationError, match="backoff_min_s"):
-        CaptureSettings(url="rtsp://cam/1", backoff_min_s=10, backoff_max_s=1)
+        CaptureConfig(url="rtsp://cam/1", backoff_min_s=10, backoff_max_s=1)
     with pytest.raises(ValidationError, match="offline_grace_s"):
-        CaptureSettings(url="rtsp://cam/1", stale_after_s=10, offline_grace_s=5)
-    settings = CaptureSettings(url="rtsp://cam/1", backoff_min_s=1, backoff_max_s=8)
+        CaptureConfig(url="rtsp://cam/1", stale_after_s=10, offline_grace_s=5)
+    settings = CaptureConfig(url="rtsp://cam/1", backoff_min_s=1, backoff_max_s=8)
     delays = [[backoff_delay(settings, attempt) for _ in range(50)] for attempt in range(6)]
     assert all(0.5 <= d <= 1 for d in delays[0]) and all(4 <= d <= 8 for d in delays[5])
     assert len(set(delays[5])) > 40, "jitter, so cameras do not retry in step"

@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import inspect
+import re
 import subprocess
 import sys
+import typing
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from pydantic import BaseModel, ValidationError
 
-from edge.config import ConfigError, load_config, parse_config
+import edge.config
+from alerts.core.config import ConfigModel
+from edge.config import ConfigError, NodeConfig, load_config, parse_config
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "deploy" / "node.example.yaml"
 
@@ -81,3 +88,53 @@ def test_broker_url_comes_from_the_environment_first(monkeypatch: pytest.MonkeyP
     assert config.broker_url() == "mqtt://broker.example:1884" == config.uplink_url()
     monkeypatch.setenv("PATROLNET_UPLINK_URL", "mqtts://centre.example:8883")
     assert config.uplink_url() == "mqtts://centre.example:8883"
+
+
+def _models_in(annotation: object) -> Iterator[type[BaseModel]]:
+    """The pydantic models a field's annotation holds: in lists, dicts, unions and Annotated alike."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        yield annotation
+    for arg in typing.get_args(annotation):
+        yield from _models_in(arg)
+
+
+def _config_tree() -> set[type[BaseModel]]:
+    """Every class of the node config: the sections reachable from NodeConfig and their public config bases."""
+    found: set[type[BaseModel]] = set()
+    todo: list[type[BaseModel]] = [NodeConfig]
+    while todo:
+        model = todo.pop()
+        if model in found:
+            continue
+        found.add(model)
+        todo += [base for base in model.__mro__[1:] if issubclass(base, ConfigModel) and base is not ConfigModel]
+        for field in model.model_fields.values():
+            todo += _models_in(field.annotation)
+    return {model for model in found if not model.__name__.startswith("_")}
+
+
+def test_every_config_class_has_the_one_base_the_one_suffix_and_documented_fields() -> None:
+    tree = _config_tree()
+    assert len(tree) > 20
+    for model in tree:
+        assert issubclass(model, ConfigModel), model
+        assert model.__name__.endswith("Config"), model
+        assert model.model_config.get("extra") == "forbid", model
+        for name, field in model.model_fields.items():
+            assert field.title and field.description, f"{model.__name__}.{name} needs a title and a description"
+
+
+def test_the_map_in_edge_config_names_every_class_and_where_it_lives() -> None:
+    doc = edge.config.__doc__ or ""
+    tree = {model.__name__: model for model in _config_tree()}
+    assert set(re.findall(r"\b[A-Z]\w*Config\b", doc)) - {"ConfigModel"} == set(tree)
+    placed = re.findall(r"\(?(\w+Config)\)?\s+(\w+/\w+\.py)", doc)
+    assert len(placed) > 20
+    for name, path in placed:
+        assert inspect.getfile(tree[name]).endswith(path), f"{name} is not in {path}"
+
+
+def test_a_loaded_config_is_read_only() -> None:
+    config = load_config(EXAMPLE)
+    with pytest.raises(ValidationError, match="frozen"):
+        config.sensors[0].name = "elsewhere"

@@ -17,7 +17,7 @@ import pytest
 from pydantic import ValidationError
 from vtest import VTEST
 
-from detectors.backend import Backend, BackendConfig, DetectionFilter, default_model_dir, offline_default
+from detectors.backend import Backend, BackendConfig, DetectionFilterConfig, default_model_dir, offline_default
 from detectors.detections import Detections
 from detectors.load import load_backend
 from detectors.onnx import Letterbox, OnnxBackend, decode_output, letterbox, onnx_metadata
@@ -128,45 +128,45 @@ def test_frames_of_different_sizes_share_a_batch(darknet: Backend, frames: dict[
 
 def test_filter_by_class(mid_clip: Detections, frames: dict[int, np.ndarray]) -> None:
     shape = frames[400].shape
-    people = DetectionFilter(classes=["person"]).apply(mid_clip, shape)
+    people = DetectionFilterConfig(classes=["person"]).apply(mid_clip, shape)
     assert len(people) == int((mid_clip.class_name == "person").sum()) >= 3
     assert set(people.class_name.tolist()) == {"person"}
-    assert len(DetectionFilter(classes=["toothbrush"]).apply(mid_clip, shape)) == 0
-    assert len(DetectionFilter(classes=[]).apply(mid_clip, shape)) == 0
-    assert len(DetectionFilter().apply(mid_clip, shape)) == len(mid_clip)
+    assert len(DetectionFilterConfig(classes=["toothbrush"]).apply(mid_clip, shape)) == 0
+    assert len(DetectionFilterConfig(classes=[]).apply(mid_clip, shape)) == 0
+    assert len(DetectionFilterConfig().apply(mid_clip, shape)) == len(mid_clip)
 
 
 def test_filter_by_score(mid_clip: Detections, frames: dict[int, np.ndarray]) -> None:
     shape = frames[400].shape
     median = float(np.median(mid_clip.confidence))
-    kept = DetectionFilter(min_score=median).apply(mid_clip, shape)
+    kept = DetectionFilterConfig(min_score=median).apply(mid_clip, shape)
     assert 0 < len(kept) < len(mid_clip) and (kept.confidence >= median).all()
-    assert len(DetectionFilter(min_score=1.0).apply(mid_clip, shape)) == 0
+    assert len(DetectionFilterConfig(min_score=1.0).apply(mid_clip, shape)) == 0
 
 
 def test_filter_by_area_survives_a_resolution_change(mid_clip: Detections, frames: dict[int, np.ndarray]) -> None:
     shape = frames[400].shape
     fractions = np.sort(mid_clip.area / (shape[0] * shape[1]))
     cut = float(fractions[len(fractions) // 2])
-    large = DetectionFilter(min_area=cut).apply(mid_clip, shape)
-    small = DetectionFilter(max_area=cut).apply(mid_clip, shape)
+    large = DetectionFilterConfig(min_area=cut).apply(mid_clip, shape)
+    small = DetectionFilterConfig(max_area=cut).apply(mid_clip, shape)
     assert 0 < len(large) < len(mid_clip) and 0 < len(small) < len(mid_clip)
     assert (large.area / (shape[0] * shape[1]) >= cut).all()
-    assert len(DetectionFilter(min_area=0.9).apply(mid_clip, shape)) == 0
+    assert len(DetectionFilterConfig(min_area=0.9).apply(mid_clip, shape)) == 0
     # The same scene at twice the resolution: the same boxes pass.
     doubled = Detections(xyxy=mid_clip.xyxy * 2, confidence=mid_clip.confidence, class_name=mid_clip.class_name)
-    again = DetectionFilter(min_area=cut).apply(doubled, (shape[0] * 2, shape[1] * 2, 3))
+    again = DetectionFilterConfig(min_area=cut).apply(doubled, (shape[0] * 2, shape[1] * 2, 3))
     np.testing.assert_allclose(again.xyxy, large.xyxy * 2)
 
 
 def test_filter_settings_are_checked() -> None:
     with pytest.raises(ValidationError):
-        DetectionFilter(min_area=0.5, max_area=0.1)
+        DetectionFilterConfig(min_area=0.5, max_area=0.1)
     with pytest.raises(ValidationError):
-        DetectionFilter(min_score=1.5)
+        DetectionFilterConfig(min_score=1.5)
     with pytest.raises(ValidationError):
-        DetectionFilter.model_validate({"classes": ["person"], "min_scroe": 0.5})
-    for name, field in {**DetectionFilter.model_fields, **BackendConfig.model_fields}.items():
+        DetectionFilterConfig.model_validate({"classes": ["person"], "min_scroe": 0.5})
+    for name, field in {**DetectionFilterConfig.model_fields, **BackendConfig.model_fields}.items():
         assert field.title and field.description, name
 
 

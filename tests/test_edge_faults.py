@@ -411,12 +411,12 @@ def test_a_locked_disk_stalls_neither_the_mqtt_callback_nor_the_cameras(
         locker.execute("BEGIN EXCLUSIVE")
         try:
             locked_at = time.monotonic()
-            handled = node.sensor_liveness.handled
+            handled = node.sensors.liveness.handled
             analysed = node.video.stats()["cam-walkway"]["analysed"]
             for seq in range(sent):
                 publish(sensors, STREAM, {"readings": {"seq": seq}})
             publish(sensors, SMOKE_A, {"smoke": True})
-            eventually(lambda: node.sensor_liveness.handled >= handled + sent + 1, timeout=hold_s - 0.5)
+            eventually(lambda: node.sensors.liveness.handled >= handled + sent + 1, timeout=hold_s - 0.5)
             callbacks_s = time.monotonic() - locked_at
             time.sleep(max(0.0, hold_s - callbacks_s))
             frames = node.video.stats()["cam-walkway"]["analysed"] - analysed

@@ -10,7 +10,7 @@ import pytest
 from pydantic import ValidationError
 from vtest import VTEST
 
-from detectors.motion import MotionGate, MotionSettings
+from detectors.motion import MotionConfig, MotionGate
 
 FPS = 10
 WARM_UP = 10
@@ -63,26 +63,26 @@ def test_people_walking_is_motion(walking: list[np.ndarray]) -> None:
 
 
 def test_still_scene_runs_only_on_refresh(walking: list[np.ndarray]) -> None:
-    gate = MotionGate(MotionSettings(refresh_s=10))
+    gate = MotionGate(MotionConfig(refresh_s=10))
     runs, motion = run(gate, still_scene(walking[150], 300))
     assert not any(motion)
     assert runs == [0, 100, 200]  # the first frame, then every 10 s at 10 fps
 
 
 def test_no_refresh_runs_once(walking: list[np.ndarray]) -> None:
-    runs, _ = run(MotionGate(MotionSettings(refresh_s=None)), still_scene(walking[150], 50))
+    runs, _ = run(MotionGate(MotionConfig(refresh_s=None)), still_scene(walking[150], 50))
     assert runs == [0]
 
 
 def test_ignoring_the_whole_view_sees_no_motion(walking: list[np.ndarray]) -> None:
-    gate = MotionGate(MotionSettings(ignore=[WHOLE_FRAME], refresh_s=10))
+    gate = MotionGate(MotionConfig(ignore=[WHOLE_FRAME], refresh_s=10))
     runs, motion = run(gate, walking)
     assert not any(motion) and gate.fraction == 0.0 and len(gate.motion_boxes) == 0
     assert runs == [0, 100, 200]
 
 
 def test_ignored_half_hides_its_motion(walking: list[np.ndarray]) -> None:
-    gate = MotionGate(MotionSettings(ignore=[[(0.0, 0.0), (0.5, 0.0), (0.5, 1.0), (0.0, 1.0)]]))
+    gate = MotionGate(MotionConfig(ignore=[[(0.0, 0.0), (0.5, 0.0), (0.5, 1.0), (0.0, 1.0)]]))
     seen = []
     for index, frame in enumerate(walking):
         gate.check(frame, index / FPS)
@@ -97,7 +97,7 @@ def test_something_that_stays_is_absorbed_then_refreshed(walking: list[np.ndarra
     view = walking[150]
     parked = view.copy()
     cv2.rectangle(parked, (100, 300), (260, 400), (235, 235, 235), thickness=-1)  # a white van
-    gate = MotionGate(MotionSettings(background_s=1.0, refresh_s=5))
+    gate = MotionGate(MotionConfig(background_s=1.0, refresh_s=5))
     frames = still_scene(view, 20) + still_scene(parked, 130)  # 2 s empty, then 13 s with the van
     runs, motion = [], []
     for index, frame in enumerate(frames):
@@ -115,7 +115,7 @@ def test_something_that_stays_is_absorbed_then_refreshed(walking: list[np.ndarra
 
 
 def test_new_resolution_starts_over(walking: list[np.ndarray]) -> None:
-    gate = MotionGate(MotionSettings(refresh_s=60))
+    gate = MotionGate(MotionConfig(refresh_s=60))
     still = still_scene(walking[150], 3)
     assert [gate.check(f, i / FPS) for i, f in enumerate(still)] == [True, False, False]
     small = cv2.resize(walking[150], (320, 240))
@@ -131,10 +131,10 @@ def test_grey_frames(walking: list[np.ndarray]) -> None:
 
 def test_settings_are_checked() -> None:
     with pytest.raises(ValidationError):
-        MotionSettings(ignore=[[(0, 0), (1, 1)]])
+        MotionConfig(ignore=[[(0, 0), (1, 1)]])
     with pytest.raises(ValidationError):
-        MotionSettings(ignore=[[(0, 0), (1.5, 0), (1, 1)]])
+        MotionConfig(ignore=[[(0, 0), (1.5, 0), (1, 1)]])
     with pytest.raises(ValidationError):
-        MotionSettings.model_validate({"refresh": 5})
-    for name, field in MotionSettings.model_fields.items():
+        MotionConfig.model_validate({"refresh": 5})
+    for name, field in MotionConfig.model_fields.items():
         assert field.title and field.description, name

@@ -12,12 +12,12 @@ from fire_helpers import alert_of
 
 from alerts.core.models import Alert, Event, EventKind, EventState, Place, Reading, Role, Severity
 from alerts.core.policy import AlertPolicy
-from detectors.heat import HeatRule, HeatSettings
-from detectors.sensor_rules import SensorRules, SensorRuleSettings
+from detectors.heat import HeatConfig, HeatRule
+from detectors.sensor_rules import SensorRuleConfig, SensorRules
 from detectors.verification import AlarmVerification
 from edge.config import ConfigError, parse_config
 from ingest.adapters import SensorRoutes
-from ingest.downsample import Downsampler, DownsampleSettings
+from ingest.downsample import DownsampleConfig, Downsampler
 from ingest.native import NATIVE
 from ingest.sensors import PayloadError, parse_availability
 from ingest.tasmota import TASMOTA
@@ -202,7 +202,7 @@ def test_flags_raise_fire_and_trouble_events_on_change_only() -> None:
 
 def test_battery_under_the_threshold_is_low_even_when_the_flag_says_not() -> None:
     rules = SensorRules(source="n1")
-    rules.watch(PLACE, SensorRuleSettings(battery_low_pct=25))
+    rules.watch(PLACE, SensorRuleConfig(battery_low_pct=25))
     assert rules.apply(zigbee(b'{"battery": 30, "battery_low": false}')) == []
     low = rules.apply(zigbee(b'{"battery": 24, "battery_low": false}'))
     assert [(e.type, e.state, e.severity) for e in low] == [("battery_low", EventState.START, Severity.MINOR)]
@@ -222,7 +222,7 @@ def test_a_test_is_recorded_holds_the_alarm_back_and_an_alarm_left_on_after_it_s
 
 def test_heat_threshold_with_hysteresis_and_rate_of_rise_from_reading_times() -> None:
     rules = SensorRules(source="n1")
-    rules.watch(PLACE, SensorRuleSettings(heat=HeatSettings(threshold_c=57, rate_c_per_min=8.3, window_s=60)))
+    rules.watch(PLACE, SensorRuleConfig(heat=HeatConfig(threshold_c=57, rate_c_per_min=8.3, window_s=60)))
 
     def temperature(seconds: float, value: float) -> list[tuple[str, EventState]]:
         reading = Reading(ts=at(seconds), place=PLACE, quantity="temperature", value=value, unit="°C")
@@ -238,7 +238,7 @@ def test_heat_threshold_with_hysteresis_and_rate_of_rise_from_reading_times() ->
 
 
 def test_rate_of_rise_shrugs_off_a_noisy_sensor_and_still_catches_a_real_rise() -> None:
-    rule, noise = HeatRule(HeatSettings(rate_c_per_min=8.3, window_s=60)), random.Random(7)
+    rule, noise = HeatRule(HeatConfig(rate_c_per_min=8.3, window_s=60)), random.Random(7)
     # Twenty minutes of ±3 °C noise once a second, across several moves of the fit's time origin.
     flat = [rule.update(at(s), 21 + noise.uniform(-3, 3))[0].get("rate_of_rise") for s in range(1200)]
     assert True not in flat
@@ -249,7 +249,7 @@ def test_rate_of_rise_shrugs_off_a_noisy_sensor_and_still_catches_a_real_rise() 
 
 def test_silence_offline_and_their_recovery_take_the_callers_clock() -> None:
     rules = SensorRules(source="n1")
-    rules.watch(PLACE, SensorRuleSettings(heartbeat_s=60), since=T0)
+    rules.watch(PLACE, SensorRuleConfig(heartbeat_s=60), since=T0)
     assert rules.check_silence(at(59)) == []
     silent = rules.check_silence(at(61))
     assert [(e.kind, e.type, e.state) for e in silent] == [(EventKind.TROUBLE, "sensor_silent", EventState.START)]
@@ -301,7 +301,7 @@ def test_confirmation_sends_the_earlier_alert_again_with_a_new_revision() -> Non
 
 
 def test_downsampling_holds_back_chatter_but_never_a_message_that_raised_an_event() -> None:
-    thin = Downsampler({"smoke-1": DownsampleSettings(min_interval_s=10)})
+    thin = Downsampler({"smoke-1": DownsampleConfig(min_interval_s=10)})
     chatter = [zigbee(b'{"smoke": false, "linkquality": 100}', at(s)) for s in (0, 1, 2, 11)]
     assert [len(thin.filter(r)) for r in chatter] == [2, 0, 0, 2]
     assert len(thin.filter(zigbee(b'{"smoke": true, "linkquality": 90}', at(12)), keep_all=True)) == 2
