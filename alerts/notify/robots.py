@@ -22,7 +22,8 @@ limiter never exceeds a robot's ``per_minute`` in any ``window_s`` seconds, whic
 accounting is in the database, under the robot's row lock): a dispatcher claims all of a robot's due
 deliveries at once and sends them one by one while they fit, and when they do not, as many as leave one
 message free, then one summary of the rest ("另有 12 条告警 12 more alerts: ..."). When there is no room at
-all they wait, untried, until the oldest counted message leaves the window. Nothing is dropped.
+all they are held, untried, until the oldest counted message leaves the window, and then everything waiting
+goes in one summary. Nothing is dropped.
 
 Example:
     >>> dingtalk_sign(1700000000000, "SECabc")
@@ -33,6 +34,8 @@ Example:
     ('errcode 130101: send too fast', None)
     >>> plan([1, 1, 1], room=5), plan([1, 1, 1, 1, 1, 1], room=5), plan([2, 1], room=2), plan([1], room=0)
     ((3, False), (4, True), (0, True), (0, False))
+    >>> plan([1, 1], room=5, held=True)
+    (0, True)
 """
 
 from __future__ import annotations
@@ -277,13 +280,16 @@ def _name(robot: Robot) -> str:
     return f"{robot.format} robot {robot.id}"
 
 
-def plan(needs: list[int], room: int) -> tuple[int, bool]:
+def plan(needs: list[int], room: int, held: bool = False) -> tuple[int, bool]:
     """How many deliveries, oldest first, go as messages of their own (each needing ``needs[i]`` messages),
-    and whether the rest go folded into one summary, when the robot may take ``room`` messages now."""
-    if sum(needs) <= room:
-        return len(needs), False
+    and whether the rest go folded into one summary, when the robot may take ``room`` messages now. Once the
+    limit has held some back (``held``), everything waiting goes in one summary as soon as there is room."""
     if room <= 0:
         return 0, False
+    if held:
+        return 0, True
+    if sum(needs) <= room:
+        return len(needs), False
     budget, alone = room - 1, 0
     while alone < len(needs) and needs[alone] <= budget:
         budget -= needs[alone]
@@ -326,13 +332,14 @@ class RobotCourier:
         messages = {d.id: self._messages(robot, alerts[d.alert_id], d.change, pictures.get(d.alert_id)) for d in live}
         needs = [max(0, len(messages[d.id]) - d.parts_sent) for d in live]
         with conn.transaction():
-            room, free_in_s = registry.robot_room(conn, robot.id)
-            alone, fold = plan(needs, room)
+            room, free_at = registry.robot_room(conn, robot.id)
+            alone, fold = plan(needs, room, held=any(d.held for d in live))
             sends = registry.reserve_sends(conn, robot.id, sum(needs[:alone]) + int(fold), self.lease_s)
         slots = iter(sends)
         if not fold and alone < len(live):
-            # A little past the moment the oldest message leaves the window, so that it has.
-            registry.postpone(conn, [d.id for d in live[alone:]], timedelta(seconds=free_in_s + 0.05))
+            # A little past the moment the oldest message leaves the window, so that it has; the same moment
+            # for every delivery held, so that they go in one summary.
+            registry.hold(conn, [d.id for d in live[alone:]], free_at + timedelta(seconds=0.05))
         for delivery in live[:alone]:
             status, error = self._send_parts(conn, robot, delivery, messages[delivery.id], slots)
             record(conn, Outcome(delivery.id, delivery.attempts, _name(robot), status, error))

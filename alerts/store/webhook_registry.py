@@ -31,7 +31,7 @@ Example:
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Literal, NamedTuple
 from urllib.parse import parse_qs, urlsplit
 from uuid import UUID, uuid4
@@ -150,7 +150,7 @@ def _robot_refusal(hook: WebhookIn) -> str | None:
     elif hook.format == "dingtalk":
         if not query.get("access_token"):
             return "a DingTalk robot's URL carries its access_token (.../robot/send?access_token=...)"
-    elif not parts.path.rstrip("/").rsplit("/hook/", 1)[-1] or "/hook/" not in parts.path:
+    elif not parts.path.partition("/hook/")[2].strip("/"):
         return "a Feishu robot's URL ends with its hook token (.../open-apis/bot/v2/hook/<token>)"
     elif hook.mention_mobiles:
         return "Feishu robots mention by user id (open_id) only"
@@ -186,7 +186,9 @@ class Delivery(BaseModel):
     last_error: str | None = Field(description="Why the last try failed (a robot's error code and message).")
     created_at: datetime = Field(description="When it was queued.")
     delivered_at: datetime | None = Field(description="When the receiver accepted it.")
-    folded: bool = Field(description="Delivered within a robot's summary message, not a message of its own.")
+    folded: bool = Field(
+        description="Held back by a robot's limit: it goes (or went) within a summary message, not one of its own."
+    )
 
 
 _COLUMNS = (  # Webhook's fields
@@ -284,6 +286,7 @@ class RobotDelivery(NamedTuple):
     attempts: int
     alert_id: UUID
     parts_sent: int
+    held: bool
 
 
 _DUE_ROBOTS_SQL = """
@@ -296,7 +299,7 @@ _CLAIM_ROBOT_SQL = """
 UPDATE webhook_deliveries d SET attempts = d.attempts + 1, next_at = now() + %(lease)s
 WHERE d.id IN (SELECT id FROM webhook_deliveries WHERE webhook_id = %(robot)s AND state = 'pending'
                AND next_at <= now() ORDER BY id LIMIT %(limit)s FOR UPDATE SKIP LOCKED)
-RETURNING d.id, d.seq, d.change, d.attempts, d.alert_id, d.parts_sent"""
+RETURNING d.id, d.seq, d.change, d.attempts, d.alert_id, d.parts_sent, d.folded"""
 
 
 def due_robots(conn: psycopg.Connection) -> list[Robot]:
@@ -312,11 +315,12 @@ def claim_robot_deliveries(
     return sorted(RobotDelivery(*row) for row in rows)
 
 
-def postpone(conn: psycopg.Connection, delivery_ids: list[int], wait: timedelta) -> None:
-    """Puts claimed deliveries back, untried, until ``wait`` from now (the limit had no room for them)."""
+def hold(conn: psycopg.Connection, delivery_ids: list[int], until: datetime) -> None:
+    """Puts claimed deliveries back, untried, until ``until`` (the robot's limit had no room for them): they
+    will go folded into a summary."""
     conn.execute(
-        "UPDATE webhook_deliveries SET attempts = attempts - 1, next_at = now() + %s WHERE id = ANY(%s)",
-        (wait, delivery_ids),
+        "UPDATE webhook_deliveries SET attempts = attempts - 1, next_at = %s, folded = true WHERE id = ANY(%s)",
+        (until, delivery_ids),
     )
 
 
@@ -328,7 +332,8 @@ def record_part(conn: psycopg.Connection, delivery_id: int, parts_sent: int) -> 
 _LOCK_ROBOT_SQL = "SELECT per_minute, window_s FROM webhooks WHERE id = %s FOR NO KEY UPDATE"
 _FORGET_SQL = "DELETE FROM robot_sends WHERE webhook_id = %s AND at <= clock_timestamp() - make_interval(secs => %s)"
 _IN_WINDOW_SQL = (
-    "SELECT count(*), extract(epoch FROM min(at) - clock_timestamp()) + %s FROM robot_sends WHERE webhook_id = %s"
+    "SELECT count(*), coalesce(min(at), clock_timestamp()) + make_interval(secs => %s) FROM robot_sends"
+    " WHERE webhook_id = %s"
 )
 _RESERVE_SQL = (
     "INSERT INTO robot_sends (webhook_id, at) SELECT %s, clock_timestamp() + make_interval(secs => %s)"
@@ -336,19 +341,19 @@ _RESERVE_SQL = (
 )
 
 
-def robot_room(conn: psycopg.Connection, robot_id: UUID) -> tuple[int, float]:
-    """(messages the robot may take now, seconds until its oldest counted message leaves the window), with the
-    robot's row locked until the caller's transaction ends: call it in one, with ``reserve_sends``.
+def robot_room(conn: psycopg.Connection, robot_id: UUID) -> tuple[int, datetime]:
+    """(messages the robot may take now, when its oldest counted message leaves the window), with the robot's
+    row locked until the caller's transaction ends: call it in one, with ``reserve_sends``.
 
     A message counts from its reservation (in flight) or its answer until ``window_s`` later: the robot
     received it somewhere in between, so the robot's own count over any window is never above this one."""
     found = conn.execute(_LOCK_ROBOT_SQL, (robot_id,)).fetchone()
-    if found is None:
-        return 0, ROBOT_WINDOW_S
+    if found is None:  # deleted meanwhile
+        return 0, datetime.now(UTC) + timedelta(seconds=ROBOT_WINDOW_S)
     per_minute, window_s = found
     conn.execute(_FORGET_SQL, (robot_id, window_s))
-    counted, free_in_s = conn.execute(_IN_WINDOW_SQL, (window_s, robot_id)).fetchone() or (0, None)
-    return per_minute - counted, max(0.0, float(free_in_s or 0.0))
+    counted, free_at = conn.execute(_IN_WINDOW_SQL, (window_s, robot_id)).fetchone()  # type: ignore[misc]
+    return per_minute - counted, free_at
 
 
 def reserve_sends(conn: psycopg.Connection, robot_id: UUID, count: int, lease_s: float) -> list[int]:

@@ -11,7 +11,8 @@ ALTER TABLE webhooks
     ADD COLUMN window_s double precision NOT NULL DEFAULT 60 CHECK (window_s > 0);
 
 -- parts_sent: the messages of a delivery the robot already took (a WeCom alert is its text, then its picture),
--- so a retry sends only the rest. folded: delivered within a summary message, not a message of its own.
+-- so a retry sends only the rest. folded: held back by the robot's limit, it goes (or went) within a summary
+-- message, not a message of its own.
 ALTER TABLE webhook_deliveries
     ADD COLUMN parts_sent integer NOT NULL DEFAULT 0,
     ADD COLUMN folded boolean NOT NULL DEFAULT false;
