@@ -22,8 +22,8 @@ limiter never exceeds a robot's ``per_minute`` in any ``window_s`` seconds, whic
 accounting is in the database, under the robot's row lock): a dispatcher claims all of a robot's due
 deliveries at once and sends them one by one while they fit, and when they do not, as many as leave one
 message free, then one summary of the rest ("另有 12 条告警 12 more alerts: ..."). When there is no room at
-all they are held, untried, until the oldest counted message leaves the window, and then everything waiting
-goes in one summary. Nothing is dropped.
+all they are held, untried, until the oldest counted message may leave the window (one still in flight is
+looked at again then), and then everything waiting goes in one summary. Nothing is dropped.
 
 Example:
     >>> dingtalk_sign(1700000000000, "SECabc")
@@ -337,8 +337,8 @@ class RobotCourier:
             sends = registry.reserve_sends(conn, robot.id, sum(needs[:alone]) + int(fold), self.lease_s)
         slots = iter(sends)
         if not fold and alone < len(live):
-            # A little past the moment the oldest message leaves the window, so that it has; the same moment
-            # for every delivery held, so that they go in one summary.
+            # A little past the moment the oldest message may leave the window, so that it has; the same
+            # moment for every delivery held, so that they go in one summary.
             registry.hold(conn, [d.id for d in live[alone:]], free_at + timedelta(seconds=0.05))
         for delivery in live[:alone]:
             status, error = self._send_parts(conn, robot, delivery, messages[delivery.id], slots)

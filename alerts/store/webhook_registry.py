@@ -331,9 +331,10 @@ def record_part(conn: psycopg.Connection, delivery_id: int, parts_sent: int) -> 
 
 _LOCK_ROBOT_SQL = "SELECT per_minute, window_s FROM webhooks WHERE id = %s FOR NO KEY UPDATE"
 _FORGET_SQL = "DELETE FROM robot_sends WHERE webhook_id = %s AND at <= clock_timestamp() - make_interval(secs => %s)"
+# When a slot may free, at the earliest: a message in flight may be answered now.
 _IN_WINDOW_SQL = (
-    "SELECT count(*), coalesce(min(at), clock_timestamp()) + make_interval(secs => %s) FROM robot_sends"
-    " WHERE webhook_id = %s"
+    "SELECT count(*), coalesce(min(least(at, clock_timestamp())), clock_timestamp()) + make_interval(secs => %s)"
+    " FROM robot_sends WHERE webhook_id = %s"
 )
 _RESERVE_SQL = (
     "INSERT INTO robot_sends (webhook_id, at) SELECT %s, clock_timestamp() + make_interval(secs => %s)"
@@ -342,8 +343,8 @@ _RESERVE_SQL = (
 
 
 def robot_room(conn: psycopg.Connection, robot_id: UUID) -> tuple[int, datetime]:
-    """(messages the robot may take now, when its oldest counted message leaves the window), with the robot's
-    row locked until the caller's transaction ends: call it in one, with ``reserve_sends``.
+    """(messages the robot may take now, the earliest moment one more may free), with the robot's row locked
+    until the caller's transaction ends: call it in one, with ``reserve_sends``.
 
     A message counts from its reservation (in flight) or its answer until ``window_s`` later: the robot
     received it somewhere in between, so the robot's own count over any window is never above this one."""
@@ -352,6 +353,7 @@ def robot_room(conn: psycopg.Connection, robot_id: UUID) -> tuple[int, datetime]
         return 0, datetime.now(UTC) + timedelta(seconds=ROBOT_WINDOW_S)
     per_minute, window_s = found
     conn.execute(_FORGET_SQL, (robot_id, window_s))
+    # An aggregate's one row.
     counted, free_at = conn.execute(_IN_WINDOW_SQL, (window_s, robot_id)).fetchone()  # type: ignore[misc]
     return per_minute - counted, free_at
 
