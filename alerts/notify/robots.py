@@ -308,9 +308,8 @@ class RobotCourier:
 
     def run(self, conn: psycopg.Connection, record: Record) -> int:
         """Claims and sends each robot's due deliveries; returns how many it claimed."""
-        claimed_total = 0
+        claimed_total, lease = 0, timedelta(seconds=self.lease_s)
         for robot in registry.due_robots(conn):
-            lease = timedelta(seconds=self.lease_s)
             claimed = registry.claim_robot_deliveries(conn, robot.id, lease, self.claim_limit)
             if claimed:
                 self._deliver(conn, robot, claimed, record)

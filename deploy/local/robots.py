@@ -17,6 +17,13 @@ What is checked, in this order:
   WeCom contents within 2048 (text) and 4096 (markdown) bytes (40058) and an image whose md5 is that of
   its decoded bytes (40035), at most 2 MB (40009).
 
+Example:
+    >>> message_refusal("wecom", {"msgtype": "markdown", "markdown": {"content": "火警"}}) is None
+    True
+    >>> message_refusal("dingtalk", {"msgtype": "markdown"}), message_refusal("wecom", {"msgtype": "text",
+    ...     "text": {"content": "x" * 2049}})
+    ((40035, 'invalid message type or missing msgtype content'), (40058, 'text.content exceed max length 2048'))
+
 Run on its own for the demo (it logs what it receives):
 
     python -m deploy.local.robots --port 8089 --wecom k1 --dingtalk t1:SECret --feishu h1:secret
