@@ -1,7 +1,8 @@
 """Webhook administration: register a URL for a role's kinds (or chosen kinds) within a place scope.
 
 A URL whose host is not public is refused here (and again at each delivery, see ``alerts.notify.webhooks``)
-unless ``PATROLNET_WEBHOOK_ALLOW`` names it.
+unless ``PATROLNET_WEBHOOK_ALLOW`` names it. A chat-group robot (WeCom, DingTalk, Feishu) is registered
+here too, with its ``format`` and its mentions, message kind and limit (``alerts.notify.robots``).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from alerts.api.http import Admin, Pool, Settings
 from alerts.api.routes_admin import check_within
 from alerts.notify.webhooks import TargetPolicy
 from alerts.store import webhook_registry
-from alerts.store.webhook_registry import Delivery, Webhook, WebhookIn
+from alerts.store.webhook_registry import LINKED, Delivery, Webhook, WebhookIn
 
 log = logging.getLogger(__name__)
 
@@ -30,11 +31,20 @@ async def list_webhooks(pool: Pool, who: Admin) -> list[Webhook]:
     return await webhook_registry.list_webhooks(pool, who)
 
 
-@router.post("", status_code=201, summary="Register a webhook")
+@router.post(
+    "",
+    status_code=201,
+    summary="Register a webhook or a chat-group robot",
+    description="format json POSTs the generic JSON body; wecom, dingtalk and feishu send a chat-group robot's"
+    " messages (Chinese first, English second), at most per_minute in any window_s seconds, the rest folded"
+    " into one summary.",
+)
 async def add_webhook(pool: Pool, settings: Settings, who: Admin, body: WebhookIn) -> Webhook:
     # An admin scoped to a place registers hooks within it: unset levels take its scope.
     body = body.model_copy(update={level: getattr(body, level) or value for level, value in who.scope.items()})
     check_within(who, body)
+    if body.message in LINKED and not settings.public_url:
+        raise HTTPException(422, f"message: {body.message} links to the alert, which needs PATROLNET_PUBLIC_URL")
     policy = TargetPolicy.parse(settings.webhook_allow)
     try:
         refused = await asyncio.wait_for(asyncio.to_thread(policy.refusal, body.url), RESOLVE_TIMEOUT_S)
@@ -43,7 +53,7 @@ async def add_webhook(pool: Pool, settings: Settings, who: Admin, body: WebhookI
     if refused:
         raise HTTPException(422, f"url: {refused}; internal receivers need PATROLNET_WEBHOOK_ALLOW")
     hook = await webhook_registry.add_webhook(pool, body, who.name)
-    log.info("%s registered webhook %s for %s", who.name, body.url, hook.kinds)
+    log.info("%s registered %s webhook %s for %s", who.name, body.format, hook.id, hook.kinds)
     return hook
 
 

@@ -9,6 +9,9 @@ open across a slow remote server and a dispatcher that dies mid-post only
 delays a delivery until its lease ends. It runs apart from the API so a slow
 receiver never holds API connections, and scales on its own.
 
+Chat-group robots (WeCom, DingTalk, Feishu) are webhooks of another format: the same dispatchers claim
+their deliveries, robot by robot, and ``alerts.notify.robots`` makes, signs and limits their messages.
+
 Each POST carries ``X-Patrolnet-Signature: sha256=<hex HMAC of the body>``
 when the webhook has a secret. Deliveries of one alert may arrive out of
 order after a retry: the body's ``seq`` and ``alert.revision`` order them.
@@ -44,6 +47,7 @@ import logging
 import socket
 import threading
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from urllib.parse import urlsplit
@@ -51,7 +55,8 @@ from urllib.parse import urlsplit
 import psycopg
 
 from alerts.core.settings import optional_setting
-from alerts.store.rows import ALERT_COLUMNS, row_to_alert
+from alerts.notify.robots import Outcome, RobotCourier
+from alerts.store.webhook_registry import ROBOT_PER_MINUTE, alerts_by_id
 
 log = logging.getLogger(__name__)
 
@@ -59,13 +64,14 @@ _CLAIM_SQL = """
 UPDATE webhook_deliveries d SET attempts = d.attempts + 1, next_at = now() + %(lease)s
 FROM webhooks w
 WHERE d.id IN (SELECT id FROM webhook_deliveries WHERE state = 'pending' AND next_at <= now()
+               AND webhook_id IN (SELECT id FROM webhooks WHERE format = 'json')
                ORDER BY next_at, id LIMIT %(limit)s FOR UPDATE SKIP LOCKED)
   AND w.id = d.webhook_id
 RETURNING d.id, d.seq, d.change, d.attempts, d.alert_id, w.url, w.secret"""
 
 _DELIVERED_SQL = (
-    "UPDATE webhook_deliveries SET state = 'delivered', delivered_at = now(), last_status = %s, last_error = NULL"
-    " WHERE id = %s"
+    "UPDATE webhook_deliveries SET state = 'delivered', delivered_at = now(), last_status = %s, last_error = NULL,"
+    " folded = %s WHERE id = %s"
 )
 _FAILED_SQL = (
     "UPDATE webhook_deliveries SET state = CASE WHEN attempts >= %s THEN 'failed' ELSE 'pending' END,"
@@ -157,10 +163,16 @@ class _Pinned:
 
 
 def post(
-    url: str, body: bytes, headers: dict[str, str], policy: TargetPolicy, timeout_s: float
+    url: str,
+    body: bytes,
+    headers: dict[str, str],
+    policy: TargetPolicy,
+    timeout_s: float,
+    answer: Callable[[bytes], str | None] | None = None,
 ) -> tuple[int | None, str | None]:
     """POSTs to a permitted target without following redirects: (HTTP status, None) on a 2xx, else
-    (status or None, why); the why never tells one network failure from another."""
+    (status or None, why); the why never tells one network failure from another. ``answer`` reads a 2xx
+    answer's body (its first 64 KiB) and says why it is a refusal, if it is one."""
     parts = urlsplit(url)
     try:
         ip = policy.addresses(url)[0]
@@ -175,13 +187,14 @@ def post(
         conn.request("POST", (parts.path or "/") + (f"?{parts.query}" if parts.query else ""), body, headers)
         with conn.getresponse() as response:
             status = response.status
+            content = response.read(65536) if answer is not None and 200 <= status < 300 else b""
     except (OSError, http.client.HTTPException) as exc:
         log.info("POST to %s: %s", url, exc)
         return None, NO_RESPONSE
     finally:
         conn.close()
     if 200 <= status < 300:
-        return status, None
+        return status, answer(content) if answer is not None else None
     if 300 <= status < 400:
         return status, f"HTTP {status}: redirects are not followed"
     return status, f"HTTP {status}"
@@ -223,6 +236,8 @@ class WebhookDispatcher:
         self.max_attempts = max_attempts
         self.policy = TargetPolicy.from_env() if allow is None else TargetPolicy.parse(allow)
         self.counts: Counter[str] = Counter()
+        # A robot's deliveries are leased for a whole window's messages, each of which may take the timeout.
+        self.robots = RobotCourier(self._safe_post, self.public_url, timeout_s * (ROBOT_PER_MINUTE + 2) + 10)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
 
@@ -248,18 +263,12 @@ class WebhookDispatcher:
                 self._stop.wait(1.0)
 
     def run_once(self) -> int:
-        """Claims due deliveries, posts them, records the outcome; returns how many it tried."""
+        """Claims due deliveries (the robots', robot by robot), posts them, records the outcome; returns how
+        many it claimed."""
         lease = timedelta(seconds=self.timeout_s * 2 + 10)
         with psycopg.connect(self.database_url, autocommit=True) as conn:
             claimed = conn.execute(_CLAIM_SQL, {"lease": lease, "limit": self.batch}).fetchall()
-            if not claimed:
-                return 0
-            alerts = {
-                row[0]: row_to_alert(row)
-                for row in conn.execute(
-                    f"SELECT {ALERT_COLUMNS} FROM alerts a WHERE a.id = ANY(%s)", ([c[4] for c in claimed],)
-                )
-            }
+            alerts = alerts_by_id(conn, [c[4] for c in claimed]) if claimed else {}
             for delivery_id, seq, change, attempts, alert_id, url, secret in claimed:
                 alert = alerts.get(alert_id)
                 error: str | None
@@ -271,26 +280,40 @@ class WebhookDispatcher:
                          "cap_url": f"{self.public_url}/api/v1/alerts/{alert_id}/cap" if self.public_url else None},
                     ).encode()  # fmt: skip
                     status, error = self._post(url, body, secret, change, delivery_id)
-                if error is None:
-                    conn.execute(_DELIVERED_SQL, (status, delivery_id))
-                    self.counts["delivered"] += 1
-                else:
-                    wait = timedelta(seconds=backoff(attempts, self.base_backoff_s, self.max_backoff_s))
-                    conn.execute(_FAILED_SQL, (self.max_attempts, wait, status, error[:500], delivery_id))
-                    self.counts["failed" if attempts >= self.max_attempts else "retried"] += 1
-                    log.warning(
-                        "%s: delivery %d to %s failed (try %d): %s", self.name, delivery_id, url, attempts, error
-                    )
-        return len(claimed)
+                self._record(conn, Outcome(delivery_id, attempts, url, status, error))
+            return len(claimed) + self.robots.run(conn, self._record)
+
+    def _record(self, conn: psycopg.Connection, outcome: Outcome) -> None:
+        """Logs a delivery's outcome: delivered, or retried after a backoff until the tries run out."""
+        if outcome.error is None:
+            conn.execute(_DELIVERED_SQL, (outcome.status, outcome.folded, outcome.delivery_id))
+            self.counts["delivered"] += 1
+            return
+        wait = timedelta(seconds=backoff(outcome.attempts, self.base_backoff_s, self.max_backoff_s))
+        conn.execute(_FAILED_SQL, (self.max_attempts, wait, outcome.status, outcome.error[:500], outcome.delivery_id))
+        self.counts["failed" if outcome.attempts >= self.max_attempts else "retried"] += 1
+        log.warning(
+            "%s: delivery %d to %s failed (try %d): %s",
+            self.name, outcome.delivery_id, outcome.url, outcome.attempts, outcome.error,
+        )  # fmt: skip
 
     def _post(self, url: str, body: bytes, secret: str, change: str, delivery_id: int) -> tuple[int | None, str | None]:
-        headers = {"Content-Type": "application/json", "User-Agent": "patrolnet-webhooks",
-                   "X-Patrolnet-Event": change, "X-Patrolnet-Delivery": str(delivery_id)}  # fmt: skip
+        headers = {"X-Patrolnet-Event": change, "X-Patrolnet-Delivery": str(delivery_id)}
         if secret:
             headers["X-Patrolnet-Signature"] = sign(body, secret)
+        return self._safe_post(url, body, headers=headers)
+
+    def _safe_post(
+        self,
+        url: str,
+        body: bytes,
+        answer: Callable[[bytes], str | None] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> tuple[int | None, str | None]:
+        headers = {"Content-Type": "application/json", "User-Agent": "patrolnet-webhooks", **(headers or {})}
         try:
-            return post(url, body, headers, self.policy, self.timeout_s)
+            return post(url, body, headers, self.policy, self.timeout_s, answer)
         except Exception:
             # A target that breaks the client in a way not foreseen fails its delivery, not the dispatcher.
-            log.exception("%s: delivery %d to %s", self.name, delivery_id, url)
+            log.exception("%s: POST to %s", self.name, url)
             return None, NO_RESPONSE
