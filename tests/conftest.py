@@ -35,8 +35,21 @@ from edge.config import NodeConfig
 from edge.node import EdgeNode
 
 REPO = Path(__file__).resolve().parent.parent
+SERVICE_FIXTURES = frozenset({"postgres", "database_url", "broker", "secure_broker", "rtsp_camera", "sensors", "api"})
+"""Fixtures that start a real service: a test using one, directly or through another fixture, is marked
+``services``, so ``pytest -m "not services"`` (``make unit``) runs what needs none."""
 FOOTAGE = REPO / ".cache" / "footage" / "vtest.h264"
 YOLO_INPUT_SIZE = 320
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "services: starts PostgreSQL, Mosquitto, an RTSP server or other programs")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if SERVICE_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.services)
 
 
 def _service_folder(prefix: str) -> Path:
