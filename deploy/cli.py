@@ -28,7 +28,9 @@ import sys
 
 log = logging.getLogger(__name__)
 
-EDGE_INSTALL = "pip install 'patrolnet[edge]' && pip install --no-deps 'trackers==2.6.1'"
+TRACKERS = "trackers==2.6.1"
+"""ByteTrack's package, installed without its dependencies: it asks for opencv-python (see pyproject.toml)."""
+EDGE_INSTALL = f"pip install 'patrolnet[edge]' && pip install --no-deps '{TRACKERS}'"
 CENTRAL_INSTALL = "pip install 'patrolnet[central]'"
 ROLES = {
     "edge.cli": ("edge", EDGE_INSTALL, ("numpy", "cv2", "yaml", "supervision", "scipy", "trackers")),
