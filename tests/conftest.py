@@ -38,8 +38,9 @@ REPO = Path(__file__).resolve().parent.parent
 SERVICE_FIXTURES = frozenset({"postgres", "database_url", "broker", "secure_broker", "rtsp_camera", "sensors", "api"})
 """Fixtures that start a real service: a test using one, directly or through another fixture, is marked
 ``services``; ``make unit`` runs ``pytest -m "not services and not slow"``."""
-SLOW_FIXTURES = frozenset({"yolo11n"})
-"""Fixtures that take long (building and exporting a model with torch): a test using one is marked ``slow``."""
+SLOW_FIXTURES = frozenset({"yolo11n", "clip", "tracked", "blurred_clip"})
+"""Fixtures that take long (a model built and exported with torch, the whole clip through the detector, a node
+on a clip of its own): a test using one is marked ``slow``."""
 FOOTAGE = REPO / ".cache" / "footage" / "vtest.h264"
 YOLO_INPUT_SIZE = 320
 

@@ -96,33 +96,33 @@ def source(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return copy
 
 
-@pytest.fixture(scope="session")
-def venvs(source: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Venv]:
+class Venvs(dict[str, Venv]):
     """A venv per role, made when a test first asks for it."""
-    made: dict[str, Venv] = {}
 
-    def make(name: str) -> Venv:
+    def __init__(self, source: Path, folders: pytest.TempPathFactory) -> None:
+        super().__init__()
+        self.source, self.folders = source, folders
+
+    def __missing__(self, name: str) -> Venv:
         role = ROLES[name]
-        path = tmp_path_factory.mktemp(f"venv-{name}")
+        path = self.folders.mktemp(f"venv-{name}")
         started = time.monotonic()
         subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(path)], check=True, timeout=120)
-        _pip(path, f"{source}[{role.extra}]")
+        _pip(path, f"{self.source}[{role.extra}]")
         if role.then:
             _pip(path, "--no-deps", *role.then)
-        venv = Venv(path, time.monotonic() - started)
+        venv = self[name] = Venv(path, time.monotonic() - started)
         print(f"{name} venv installed in {venv.seconds:.0f} s")
         return venv
 
-    class Made(dict):
-        def __missing__(self, name: str) -> Venv:
-            self[name] = make(name)
-            return self[name]
 
-    return Made(made)
+@pytest.fixture(scope="session")
+def venvs(source: Path, tmp_path_factory: pytest.TempPathFactory) -> Venvs:
+    return Venvs(source, tmp_path_factory)
 
 
 @pytest.mark.parametrize("name", sorted(ROLES))
-def test_a_role_installs_only_its_own_packages_and_imports_its_entry_points(name: str, venvs: dict[str, Venv]) -> None:
+def test_a_role_installs_only_its_own_packages_and_imports_its_entry_points(name: str, venvs: Venvs) -> None:
     role, venv = ROLES[name], venvs[name]
     done = venv.run(str(venv.bin / "python"), "-c", PROBE, *role.entry_points)
     assert done.returncode == 0, done.stderr
@@ -135,7 +135,7 @@ def test_a_role_installs_only_its_own_packages_and_imports_its_entry_points(name
 
 
 @pytest.mark.parametrize("name", sorted(ROLES))
-def test_patrolnet_lists_the_commands_of_the_installed_role_only(name: str, venvs: dict[str, Venv]) -> None:
+def test_patrolnet_lists_the_commands_of_the_installed_role_only(name: str, venvs: Venvs) -> None:
     role, venv = ROLES[name], venvs[name]
     done = venv.run(str(venv.bin / "patrolnet"), "--help")
     assert done.returncode == 0, done.stderr
@@ -145,7 +145,7 @@ def test_patrolnet_lists_the_commands_of_the_installed_role_only(name: str, venv
     assert f"not installed: {other} (needs " in " ".join(done.stdout.split())
 
 
-def test_an_edge_only_install_checks_a_node_config(venvs: dict[str, Venv], source: Path) -> None:
+def test_an_edge_only_install_checks_a_node_config(venvs: Venvs, source: Path) -> None:
     venv = venvs["edge"]
     example = source / "deploy" / "node.example.yaml"
     done = venv.run(str(venv.bin / "patrolnet"), "config", "check", str(example))
@@ -153,7 +153,7 @@ def test_an_edge_only_install_checks_a_node_config(venvs: dict[str, Venv], sourc
                                                           "4 sensors, 1 cameras")  # fmt: skip
 
 
-def test_a_central_only_install_makes_an_api_key_in_the_store(venvs: dict[str, Venv], database_url: str) -> None:
+def test_a_central_only_install_makes_an_api_key_in_the_store(venvs: Venvs, database_url: str) -> None:
     venv = venvs["central"]
     env = {**os.environ, "PATROLNET_DATABASE_URL": database_url}
     env.pop("PYTHONPATH", None)

@@ -18,7 +18,6 @@ def tracked() -> list[tuple[int, Detections]]:
     return [(i, tracker.update(d, ts=i / FPS)) for i, d in detect_clip()]
 
 
-@pytest.mark.slow
 def test_people_are_few_long_tracks_not_many_detections(tracked: list[tuple[int, Detections]]) -> None:
     lengths: Counter[int] = Counter()
     classes: dict[int, set[str]] = defaultdict(set)
@@ -36,7 +35,6 @@ def test_people_are_few_long_tracks_not_many_detections(tracked: list[tuple[int,
     assert len(vehicles) >= 2 and vehicles[1] > 0.8 * len(tracked), vehicles
 
 
-@pytest.mark.slow
 def test_a_track_id_is_never_shared_within_a_frame(tracked: list[tuple[int, Detections]]) -> None:
     for _, d in tracked:
         ids = d.tracker_id[d.tracker_id >= 0]

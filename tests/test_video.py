@@ -115,7 +115,6 @@ def blurred_clip(footage: Path) -> Path:
     return out
 
 
-@pytest.mark.slow
 def test_a_blurred_camera_raises_a_defocus_event(blurred_clip: Path) -> None:
     emit = Collector()
     tamper = {"interval_s": 0.5, "learn_s": 5, "confirm_s": 3, "clear_s": 3}
