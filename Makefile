@@ -16,7 +16,7 @@ DEBS := postgresql mosquitto ffmpeg opencv-doc gstreamer1.0-rtsp gir1.2-gst-rtsp
 	gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad chromium systemd openssl
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: setup system-packages demo test lint format bench clean
+.PHONY: setup system-packages demo test unit lint format bench clean
 
 setup: system-packages $(BIN)/.installed $(MODEL_DIR)/yolov3-tiny.weights $(FOOTAGE)
 
@@ -28,11 +28,19 @@ system-packages:
 		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; \
 	fi
 
+# What the demo runs: both roles, without torch (the default detector is yolov3-tiny on OpenCV DNN).
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev,ultralytics]'
+	$(BIN)/pip install -q -e '.[edge,central]'
+	@# trackers asks for opencv-python, a second cv2 beside the headless build, and 5.x, without the Darknet
+	@# importer: its own needs are in the edge extra.
 	$(BIN)/pip install -q --no-deps 'trackers==2.6.1'
+	touch $@
+
+# What the tests add: their tools, and the ultralytics backend they test, with torch and CUDA (4.4 GB).
+$(BIN)/.installed-dev: $(BIN)/.installed
+	$(BIN)/pip install -q -e '.[edge,central,dev,ultralytics]'
 	@# ultralytics requires opencv-python, which shares cv2/ with the headless build and is 5.x, without the
 	@# Darknet importer the offline model needs: put the headless 4.x build back in its place.
 	$(BIN)/pip uninstall -q -y opencv-python
@@ -62,24 +70,29 @@ $(FOOTAGE): | system-packages
 demo: setup
 	$(BIN)/patrolnet demo
 
-test: setup
+test: setup $(BIN)/.installed-dev
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	YOLO_CONFIG_DIR=$(CURDIR)/$(CACHE)/ultralytics $(BIN)/pytest
 
+# The quick tests, which start no service (no PostgreSQL, Mosquitto, RTSP server or demo; tests/conftest.py marks
+# the others `services`, and the few that take long `slow`), on the same footage and model.
+unit: setup $(BIN)/.installed-dev
+	YOLO_CONFIG_DIR=$(CURDIR)/$(CACHE)/ultralytics $(BIN)/pytest -m "not services and not slow"
+
 # Figures, not tests: each prints what it measured next to a baseline measured in the same run.
-bench: setup
+bench: setup $(BIN)/.installed-dev
 	$(BIN)/python bench/bench_video.py
 	$(BIN)/python bench/bench_sensors.py
 	$(BIN)/python bench/bench_store.py
 
-lint: $(BIN)/.installed
+lint: $(BIN)/.installed-dev
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-format: $(BIN)/.installed
+format: $(BIN)/.installed-dev
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 

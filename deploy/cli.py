@@ -13,21 +13,41 @@
                                              rotate, remove, list)
     patrolnet demo                           everything, locally, on real services
 
-An edge-only install (``pip install patrolnet[edge]``) has the edge commands, a central one
-(``patrolnet[central]``) the centre's; each side's commands are left out where its packages are missing.
+An edge-only install (``pip install patrolnet[edge]``, then ``trackers`` without its dependencies, see
+deploy/OPERATIONS.md) has the edge commands, a central one (``patrolnet[central]``) the centre's; each side's
+commands are left out where its packages are missing, and ``demo`` needs both.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import logging
 import sys
 
 log = logging.getLogger(__name__)
 
-ROLES = {"edge.cli": "edge", "alerts.cli": "central"}
-"""The module that adds each role's commands, and the extra that installs what they need."""
+TRACKERS = "trackers==2.6.1"
+"""ByteTrack's package, installed without its dependencies: it asks for opencv-python (see pyproject.toml)."""
+EDGE_INSTALL = f"pip install 'patrolnet[edge]' && pip install --no-deps '{TRACKERS}'"
+CENTRAL_INSTALL = "pip install 'patrolnet[central]'"
+ROLES = {
+    "edge.cli": ("edge", EDGE_INSTALL, ("numpy", "cv2", "yaml", "supervision", "scipy", "trackers")),
+    "alerts.cli": ("central", CENTRAL_INSTALL, ("psycopg", "psycopg_pool", "fastapi", "uvicorn", "prometheus_client")),
+}
+"""The module that adds each role's commands: the role, how to install it, and the modules it installs. Each role's
+commands import those only when run, so they are looked for (not imported, which would slow ``--help`` down)
+before a role's commands are added."""
+
+
+def _absent(modules: tuple[str, ...]) -> str | None:
+    """The first of ``modules`` that is not installed, or None.
+
+    >>> _absent(("json", "no_such_module_here", "also_absent"))
+    'no_such_module_here'
+    """
+    return next((name for name in modules if importlib.util.find_spec(name) is None), None)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -41,11 +61,12 @@ def parser() -> argparse.ArgumentParser:
     top.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     sub = top.add_subparsers(dest="command", required=True)
     missing = []
-    for module, extra in ROLES.items():
-        try:
+    for module, (role, install, needs) in ROLES.items():
+        absent = _absent(needs)
+        if absent is None:
             importlib.import_module(module).add_commands(sub)
-        except ModuleNotFoundError as exc:
-            missing.append(f"{extra} (needs {exc.name}: pip install 'patrolnet[{extra}]')")
+        else:
+            missing.append(f"{role} (needs {absent}: {install})")
     if missing:
         top.epilog = "not installed: " + "; ".join(missing)
         return top

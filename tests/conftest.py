@@ -35,8 +35,28 @@ from edge.config import NodeConfig
 from edge.node import EdgeNode
 
 REPO = Path(__file__).resolve().parent.parent
+SERVICE_FIXTURES = frozenset({"postgres", "database_url", "broker", "secure_broker", "rtsp_camera", "sensors", "api"})
+"""Fixtures that start a real service: a test using one, directly or through another fixture, is marked
+``services``; ``make unit`` runs ``pytest -m "not services and not slow"``."""
+SLOW_FIXTURES = frozenset({"yolo11n", "clip", "tracked", "blurred_clip"})
+"""Fixtures that take long (a model built and exported with torch, the whole clip through the detector, a node
+on a clip of its own): a test using one is marked ``slow``."""
 FOOTAGE = REPO / ".cache" / "footage" / "vtest.h264"
 YOLO_INPUT_SIZE = 320
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "services: starts PostgreSQL, Mosquitto, an RTSP server or other programs")
+    config.addinivalue_line("markers", "slow: needs no service but takes long (whole clips, processes killed)")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        fixtures = getattr(item, "fixturenames", ())
+        if SERVICE_FIXTURES.intersection(fixtures):
+            item.add_marker(pytest.mark.services)
+        if SLOW_FIXTURES.intersection(fixtures):
+            item.add_marker(pytest.mark.slow)
 
 
 def _service_folder(prefix: str) -> Path:

@@ -149,6 +149,7 @@ def test_a_frozen_camera_is_reopened_and_comes_back(rtsp_camera: Service) -> Non
         os.kill(pid(rtsp_camera), signal.SIGCONT)
 
 
+@pytest.mark.slow
 def test_a_looping_file_goes_past_its_end_and_a_plain_one_ends(footage: Path) -> None:
     with camera(str(VTEST), loop=True, file_fps=0, buffer_size=1000) as (source, events):
         eventually(lambda: source.stats().frames_read > VTEST_FRAMES + 50, timeout=15)

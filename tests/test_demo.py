@@ -10,11 +10,13 @@ import time
 from typing import Any
 
 import httpx
+import pytest
 from conftest import REPO, eventually
 
 from deploy.local.services import free_port
 
 
+@pytest.mark.services
 def test_the_demo_raises_camera_and_fire_alerts_and_stops_cleanly() -> None:
     port = free_port()
     demo = subprocess.Popen(

@@ -4,6 +4,7 @@ runs only commands ``patrolnet`` knows, and Mosquitto starts with each of the co
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -20,7 +21,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from alerts.intake.broker_auth import write_initial_config
-from deploy.cli import parser
+from deploy.cli import TRACKERS, parser
 from deploy.local.services import start_mosquitto_config
 
 DEPLOY = REPO / "deploy"
@@ -30,6 +31,7 @@ HARDENING = ("NoNewPrivileges=yes", "ProtectSystem=strict", "ProtectHome=yes", "
 PATROLNET = "/opt/patrolnet/.venv/bin/patrolnet"
 
 
+@pytest.mark.services
 def test_the_systemd_units_pass_systemd_analyze_verify(tmp_path: Path) -> None:
     # verify resolves ExecStart= and the units' dependencies: a root with the system's own units, the units
     # under test, and the venv's console script where the units expect it (a stub: verify only checks it runs).
@@ -88,6 +90,30 @@ def test_the_compose_file_runs_known_commands_with_declared_secrets_and_healthch
     assert all(not value.startswith(("mqtt://", "postgresql://")) for value in _strings(compose))
 
 
+def _stages(dockerfile: str) -> dict[str, str]:
+    """The text of each named stage: ``FROM image AS name`` up to the next FROM."""
+    parts = re.split(r"^FROM \S+ AS (\w+)$", dockerfile, flags=re.MULTILINE)
+    return dict(zip(parts[1::2], parts[2::2], strict=True))
+
+
+def test_each_image_and_install_line_brings_only_its_roles_packages() -> None:
+    stages = _stages((DEPLOY / "Dockerfile").read_text())
+    assert list(stages) == ["base", "edge", "central"]  # central last: a build without --target is the centre
+    assert "pip install" not in stages["base"]
+    assert "[edge]" in stages["edge"] and f"--no-deps '{TRACKERS}'" in stages["edge"]
+    assert "[central]" in stages["central"] and "trackers" not in stages["central"]
+    assert all("ultralytics" not in stage and "[dev" not in stage for stage in stages.values())
+    compose = yaml.safe_load((DEPLOY / "compose.yaml").read_text())
+    built = [s["build"] for s in compose["services"].values() if "build" in s]
+    assert built and all(b["target"] == "central" for b in built)
+    # Every place that installs trackers pins the version deploy.cli tells a missing edge install to get.
+    for path in (DEPLOY / "Dockerfile", DEPLOY / "OPERATIONS.md", REPO / "Makefile"):
+        assert re.findall(r"--no-deps '(trackers[^']*)'", path.read_text()) == [TRACKERS], path
+    operations = (DEPLOY / "OPERATIONS.md").read_text()
+    assert "pip install '.[edge]'" in operations and "pip install '.[central]'" in operations
+    assert not re.search(r"pip install \.(\s|$)", operations), "a machine installs its role, not everything"
+
+
 def _strings(tree: object) -> list[str]:
     if isinstance(tree, dict):
         return [s for value in tree.values() for s in _strings(value)]
@@ -102,6 +128,7 @@ def _folder() -> Path:
     return folder
 
 
+@pytest.mark.services
 def test_mosquitto_starts_with_the_central_config() -> None:
     folder = _folder()
     subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
@@ -134,6 +161,7 @@ def _persistent(port: int, client_id: str, topic: str, got: list[bytes]) -> mqtt
     return client
 
 
+@pytest.mark.services
 def test_mosquitto_starts_with_the_compound_config_and_queues_qos0_for_the_node() -> None:
     folder = _folder()
     subprocess.run(["mosquitto_passwd", "-b", "-c", str(folder / "compound.passwd"), "tasmota-b5-smoke", "pw"],

@@ -26,6 +26,7 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
+import pytest
 from conftest import REPO, _service_folder, edge_and_ingest, eventually, mqtt_client
 from fire_helpers import query
 
@@ -374,6 +375,7 @@ def test_a_subscriber_that_cannot_reach_its_broker_is_restarted_reported_and_the
     assert node.failure is None
 
 
+@pytest.mark.slow
 def test_a_node_that_cannot_recover_exits_non_zero(tmp_path: Path) -> None:
     config = tmp_path / "node.yaml"
     nowhere = f"mqtt://127.0.0.1:{free_port()}"

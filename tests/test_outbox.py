@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import psycopg
+import pytest
 from conftest import REPO, _service_folder, eventually, mqtt_client
 from fire_helpers import ALARM, node_config, publish
 
@@ -162,6 +163,7 @@ while True:
 """
 
 
+@pytest.mark.slow
 def test_a_message_and_its_state_survive_a_sigkill_together_or_not_at_all(tmp_path: Path) -> None:
     """A writer spools message n and saves counter n in one transaction, and is SIGKILLed at random moments:
     after every kill the spool holds exactly the messages 1..counter, each once."""
