@@ -159,8 +159,8 @@ class Table:
 
     def reader(self, columns: Sequence[Column], build: Callable[[dict[str, Any]], T]) -> Callable[[Sequence[Any]], T]:
         """A function building ``build(fields)`` from a row of ``columns`` (of this table), the place's levels made a
-        Place again. A pydantic ``build`` is best ``Model.model_validate``: on the list route, a third faster than
-        ``Model(**fields)``.
+        Place again. A pydantic ``build`` is best ``Model.model_validate``, which takes the dict as it is: the list
+        route reads a row per alert.
 
         >>> read = READINGS.reader(READINGS.of(["quantity", "place"]), dict)
         >>> read(("t", "n", "c", "g", "s", None))["place"]
