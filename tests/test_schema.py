@@ -8,6 +8,7 @@ round trips.
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Any
 from uuid import uuid4
 
 import psycopg
@@ -23,6 +24,13 @@ PLACE = Place(sub_district="sd", community="c", grid="g", site="s", device="smok
 _MIGRATED = """
 SELECT column_name, udt_name::regtype::text, is_nullable = 'YES'
 FROM information_schema.columns WHERE table_schema = current_schema() AND table_name = %s"""
+
+
+def one(conn: psycopg.Connection, sql: str) -> tuple[Any, ...]:
+    """The one row a query returns; the test fails if it returns none."""
+    row = conn.execute(sql).fetchone()
+    assert row is not None, "the query returned no row"
+    return row
 
 
 def differences(conn: psycopg.Connection, table: Table) -> dict[str, tuple[Column | None, Column | None]]:
@@ -77,9 +85,9 @@ def _event() -> Event:
     )
 
 
-def _alert(event: Event, **changes: object) -> Alert:
+def _alert(event: Event, **changes: Any) -> Alert:
     """An alert whose every field the edge writes differs from its default."""
-    fields: dict[str, object] = {
+    fields: dict[str, Any] = {
         "ts": event.ts,
         "kind": EventKind.TROUBLE,
         "type": "camera_offline",
@@ -101,7 +109,7 @@ def _alert(event: Event, **changes: object) -> Alert:
         "confirmed": False,
         "confirmed_by": ["smoke-1"],
     }
-    return Alert(**{**fields, **changes})
+    return Alert.model_validate({**fields, **changes})
 
 
 def test_every_field_of_an_event_and_an_alert_makes_the_round_trip(database_url: str) -> None:
@@ -110,8 +118,8 @@ def test_every_field_of_an_event_and_an_alert_makes_the_round_trip(database_url:
     read_event = EVENTS.reader(EVENTS.read, Event.model_validate)
     with psycopg.connect(database_url) as conn:
         write_batch(conn, WriteBatch(events=[event], alerts=[alert]))
-        stored_event = read_event(conn.execute(f"SELECT {select_list(EVENTS.read, 'e')} FROM events e").fetchone())
-        stored = row_to_alert(conn.execute(f"SELECT {ALERT_COLUMNS} FROM alerts a").fetchone())
+        stored_event = read_event(one(conn, f"SELECT {select_list(EVENTS.read, 'e')} FROM events e"))
+        stored = row_to_alert(one(conn, f"SELECT {ALERT_COLUMNS} FROM alerts a"))
     unstored = set(EVENTS.unstored)
     assert stored_event.model_dump(exclude=unstored) == event.model_dump(exclude=unstored)
     centre = set(ALERTS.centre_sets)
@@ -147,7 +155,7 @@ def test_a_newer_copy_changes_all_but_what_the_alert_is(database_url: str) -> No
     with psycopg.connect(database_url) as conn:
         write_batch(conn, WriteBatch(alerts=[first]))
         write_batch(conn, WriteBatch(alerts=[newer]))
-        stored = row_to_alert(conn.execute(f"SELECT {ALERT_COLUMNS} FROM alerts a").fetchone())
+        stored = row_to_alert(one(conn, f"SELECT {ALERT_COLUMNS} FROM alerts a"))
     identity = {"id", "ts", "kind", "type", "route", "source", "dedup_key", "place"}
     assert stored.model_dump(include=identity) == first.model_dump(include=identity)
     changed = set(Alert.model_fields) - identity - set(ALERTS.centre_sets)

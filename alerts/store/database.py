@@ -7,6 +7,7 @@ each copy links the alert to its newest event, and every change is appended to
 definition every writer calls), which is what the SSE stream resumes from. A node writes
 only for its own site: a copy of an alert another site raised, or a heartbeat or status
 naming a node another site registered, becomes a dead letter with the reason.
+The columns written are the models' fields, declared once in ``alerts.store.schema``.
 Bulk rows are COPied into a temporary staging table, then moved with one
 ``INSERT ... SELECT ... ON CONFLICT DO NOTHING`` per table, which keeps them
 idempotent; ``bench/bench_store.py`` measured that about 1.4 times as fast as
