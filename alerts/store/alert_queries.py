@@ -65,7 +65,7 @@ class HistoryRow(NamedTuple):
 
 _EVENT_ROW = EVENTS.of(EventRow._fields[:-1])
 _HAS_SNAPSHOT = Column("has_snapshot", "boolean", nullable=False, field="has_snapshot")
-_read_event = EVENTS.reader([*_EVENT_ROW, _HAS_SNAPSHOT], lambda fields: EventRow(**fields))
+_read_event = EVENTS.reader([*_EVENT_ROW, _HAS_SNAPSHOT], EventRow)
 _EVENTS_SQL = f"""
 SELECT {select_list(_EVENT_ROW, "e")}, e.snapshot IS NOT NULL AS has_snapshot
 FROM (SELECT event_id FROM alert_events WHERE alert_id = %s ORDER BY linked_at DESC LIMIT %s) l

@@ -34,7 +34,7 @@ M = TypeVar("M", bound=BaseModel)
 
 ALERT_COLUMNS = select_list(ALERTS.read, "a")
 """Every column of a StoredAlert, from alias ``a``, the id first."""
-_read_alert = ALERTS.reader(ALERTS.read, StoredAlert.model_validate)
+_read_alert = ALERTS.reader(ALERTS.read, StoredAlert)
 
 
 def row_to_alert(row: Sequence[Any]) -> StoredAlert:
