@@ -115,7 +115,7 @@ def _alert(event: Event, **changes: Any) -> Alert:
 def test_every_field_of_an_event_and_an_alert_makes_the_round_trip(database_url: str) -> None:
     event = _event()
     alert = _alert(event)
-    read_event = EVENTS.reader(EVENTS.read, Event.model_validate)
+    read_event = EVENTS.reader(EVENTS.read, Event)
     with psycopg.connect(database_url) as conn:
         write_batch(conn, WriteBatch(events=[event], alerts=[alert]))
         stored_event = read_event(one(conn, f"SELECT {select_list(EVENTS.read, 'e')} FROM events e"))
