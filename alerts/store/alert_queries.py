@@ -23,6 +23,7 @@ from alerts.core.models import AlertStatus, EventKind, EventState, Place, Severi
 from alerts.store.database import RECORD_CHANGES
 from alerts.store.queries import AlertPage, where
 from alerts.store.rows import ALERT_COLUMNS, StoredAlert, row_to_alert
+from alerts.store.schema import EVENTS, Column, select_list
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +36,8 @@ ACTIONS: dict[str, tuple[tuple[AlertStatus, ...], AlertStatus]] = {
 
 
 class EventRow(NamedTuple):
-    """One event of an alert, without its snapshot's bytes."""
+    """One event of an alert, without its snapshot's bytes: fields of Event (their columns come from
+    ``alerts.store.schema``), then whether it has a snapshot."""
 
     id: UUID
     ts: datetime
@@ -61,9 +63,11 @@ class HistoryRow(NamedTuple):
     note: str
 
 
-_EVENTS_SQL = """
-SELECT e.id, e.ts, e.kind, e.type, e.state, e.severity, e.sub_district, e.community, e.grid, e.site, e.device,
-       e.source, e.title, e.attributes, e.snapshot IS NOT NULL
+_EVENT_ROW = EVENTS.of(EventRow._fields[:-1])
+_HAS_SNAPSHOT = Column("has_snapshot", "boolean", nullable=False, field="has_snapshot")
+_read_event = EVENTS.reader([*_EVENT_ROW, _HAS_SNAPSHOT], EventRow)
+_EVENTS_SQL = f"""
+SELECT {select_list(_EVENT_ROW, "e")}, e.snapshot IS NOT NULL AS has_snapshot
 FROM (SELECT event_id FROM alert_events WHERE alert_id = %s ORDER BY linked_at DESC LIMIT %s) l
 JOIN events e ON e.id = l.event_id
 ORDER BY e.ts, e.id"""
@@ -107,11 +111,7 @@ async def alert_events(pool: AsyncConnectionPool, alert_id: UUID, newest: int = 
     """The alert's ``newest`` events, oldest first."""
     async with pool.connection() as conn:
         rows = await (await conn.execute(_EVENTS_SQL, (alert_id, newest))).fetchall()
-    return [
-        EventRow(id_, ts, kind, type_, state, severity, Place(sub_district=sd, community=c, grid=g, site=s, device=d),
-                 source, title, attributes, has_snapshot)
-        for id_, ts, kind, type_, state, severity, sd, c, g, s, d, source, title, attributes, has_snapshot in rows
-    ]  # fmt: skip
+    return [_read_event(row) for row in rows]
 
 
 async def alert_history(pool: AsyncConnectionPool, alert_id: UUID) -> list[HistoryRow]:

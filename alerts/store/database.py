@@ -7,6 +7,7 @@ each copy links the alert to its newest event, and every change is appended to
 definition every writer calls), which is what the SSE stream resumes from. A node writes
 only for its own site: a copy of an alert another site raised, or a heartbeat or status
 naming a node another site registered, becomes a dead letter with the reason.
+The columns written are the models' fields, declared once in ``alerts.store.schema``.
 Bulk rows are COPied into a temporary staging table, then moved with one
 ``INSERT ... SELECT ... ON CONFLICT DO NOTHING`` per table, which keeps them
 idempotent; ``bench/bench_store.py`` measured that about 1.4 times as fast as
@@ -29,6 +30,7 @@ from alerts.core.protocol import encode, uplink_topic
 from alerts.coverage import with_coverage
 from alerts.identity import foreign_copy, foreign_node
 from alerts.store import timescale
+from alerts.store.schema import ALERTS, DEAD_LETTERS, EVENTS, READINGS, model_columns, names, values_of
 
 log = logging.getLogger(__name__)
 
@@ -93,11 +95,10 @@ class WriteBatch:
                 + len(self.heartbeats) + len(self.statuses))  # fmt: skip
 
 
-PLACE_COLUMNS = ("sub_district", "community", "grid", "site", "device")
-EVENT_COLUMNS = ("id", "ts", "kind", "type", "state", "severity", *PLACE_COLUMNS, "source", "title", "attributes",
-                 "snapshot", "test", "readings", "confirmed", "confirmed_by")  # fmt: skip
-READING_COLUMNS = ("id", "ts", *PLACE_COLUMNS, "quantity", "value", "unit")
-_DEAD_LETTER_COLUMNS = ("id", "ts", "topic", "payload", "reason", "source")
+PLACE_COLUMNS = names(model_columns(Place))
+EVENT_COLUMNS = names(EVENTS.written)
+READING_COLUMNS = names(READINGS.written)
+_DEAD_LETTER_COLUMNS = names(DEAD_LETTERS.written)
 
 
 def copy_statements(table: str, columns: Sequence[str]) -> tuple[str, str, str]:
@@ -141,27 +142,23 @@ def copy_insert(cur: psycopg.Cursor, table: str, columns: Sequence[str], rows: S
     cur.execute(insert)
 
 
-def event_row(e: Event) -> tuple[Any, ...]:
-    return (e.id, e.ts, e.kind, e.type, e.state, e.severity, *_place_values(e.place), e.source, e.title,
-            Jsonb(e.attributes), e.snapshot, e.test, Jsonb(e.readings), e.confirmed, e.confirmed_by)  # fmt: skip
+event_row = values_of(EVENTS.written)
+"""An Event's values for EVENT_COLUMNS."""
+reading_row = values_of(READINGS.written)
+"""A Reading's values for READING_COLUMNS."""
+_dead_letter_row = values_of(DEAD_LETTERS.written)
 
 
-def reading_row(r: Reading) -> tuple[Any, ...]:
-    return (r.id, r.ts, *_place_values(r.place), r.quantity, r.value, r.unit)
-
-
-# Desks own status; the edge owns the rest. A late, older copy changes nothing.
-_UPSERT_ALERT = """
-INSERT INTO alerts (id, ts, kind, type, severity, route, sub_district, community, grid, site, device, source,
-                    title, dedup_key, active, count, last_seen, cleared_at, revision, last_event_id, attributes, notify,
-                    readings, confirmed, confirmed_by)
-VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+_alert_row = values_of(ALERTS.written)
+_ALERT_WRITTEN = names(ALERTS.written)
+_ALERT_IDENTITY = ("id", "ts", "kind", "type", "route", *PLACE_COLUMNS, "source", "dedup_key")
+"""What an alert is, which a later copy never changes."""
+# Desks own status (ALERTS.centre_sets); the edge owns the rest. A late, older copy changes nothing.
+_UPSERT_ALERT = f"""
+INSERT INTO alerts ({", ".join(_ALERT_WRITTEN)})
+VALUES ({", ".join(["%s"] * len(_ALERT_WRITTEN))})
 ON CONFLICT (id) DO UPDATE SET
-    severity = EXCLUDED.severity, title = EXCLUDED.title, active = EXCLUDED.active, count = EXCLUDED.count,
-    last_seen = EXCLUDED.last_seen, cleared_at = EXCLUDED.cleared_at, revision = EXCLUDED.revision,
-    last_event_id = EXCLUDED.last_event_id, attributes = EXCLUDED.attributes, notify = EXCLUDED.notify,
-    readings = EXCLUDED.readings, confirmed = EXCLUDED.confirmed, confirmed_by = EXCLUDED.confirmed_by,
-    updated_at = now()
+    {", ".join(f"{c} = EXCLUDED.{c}" for c in _ALERT_WRITTEN if c not in _ALERT_IDENTITY)}, updated_at = now()
 WHERE alerts.revision < EXCLUDED.revision AND alerts.site = EXCLUDED.site
 RETURNING id, (xmax = 0) AS inserted, active"""
 
@@ -218,13 +215,6 @@ def _alert_change(inserted: bool, active: bool) -> str:
     if inserted:
         return "raised"
     return "updated" if active else "cleared"
-
-
-def _alert_row(a: Alert) -> tuple[Any, ...]:
-    return (a.id, a.ts, a.kind, a.type, a.severity, a.route, *_place_values(a.place), a.source, a.title,
-            a.dedup_key, a.active, a.count, a.last_seen, a.cleared_at, a.revision, a.last_event_id,
-            Jsonb(a.attributes), [str(r) for r in a.notify], Jsonb(a.readings), a.confirmed,
-            a.confirmed_by)  # fmt: skip
 
 
 Claim = TypeVar("Claim", Alert, Heartbeat, NodeStatus)
@@ -341,10 +331,7 @@ def write_batch(conn: psycopg.Connection, batch: WriteBatch) -> int:
             cur,
             "dead_letters",
             _DEAD_LETTER_COLUMNS,
-            [
-                (d.id, d.ts, d.topic, d.payload, d.reason, d.source)
-                for d in [*batch.dead_letters, *refused, *foreign, *forged]
-            ],
+            [_dead_letter_row(d) for d in [*batch.dead_letters, *refused, *foreign, *forged]],
         )
         if heartbeats:
             _write_heartbeats(cur, heartbeats)
