@@ -80,6 +80,8 @@ MAX_PAYLOAD_BYTES = 4_000_000
 """The largest uplink message taken: an event with its camera mosaic is a few hundred kilobytes."""
 SESSION_EXPIRY_S = 86_400
 """How long the broker keeps a worker's session (and queues its share) while the worker is away."""
+SESSION_TAKEN_OVER = 142
+"""The DISCONNECT reason when another connection took the client id's session."""
 EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)
 AHEAD = timedelta(days=1)
 
@@ -228,6 +230,8 @@ class IngestWorker:
         self._client.on_subscribe = self._on_subscribe
         self._client.on_message = self._on_message
         self._client.on_unsubscribe = self._on_unsubscribe
+        self._client.on_disconnect = self._on_disconnect
+        self._taken_back = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"{self.name}-writer", daemon=True)
 
     def start(self) -> None:
@@ -251,14 +255,12 @@ class IngestWorker:
         """Stores what waits in this (``draining``) worker's session, then ends the session: how a worker is
         retired without losing its share. False if the share did not drain within ``timeout``."""
         deadline = time.monotonic() + timeout
-        if not self.wait_ready(min(timeout, 60.0)):
-            return False
-        while time.monotonic() < deadline:
-            idle = time.monotonic() - self._last_message >= idle_s
-            if idle and self._queue.empty() and self.alive() and self._written == self._received:
-                break
+        drained = self.wait_ready(min(timeout, 60.0))
+        while drained and not self._settled(idle_s):
+            drained = time.monotonic() < deadline and not self._taken_back.is_set()
             time.sleep(0.2)
-        else:
+        if not drained or self._taken_back.is_set():
+            self.stop()
             return False
         self._stop.set()
         self._thread.join(timeout=10)
@@ -269,10 +271,23 @@ class IngestWorker:
         log.info("%s drained: %d messages stored, session ended", self.name, self._written)
         return True
 
+    def _settled(self, idle_s: float) -> bool:
+        """Whether nothing came for ``idle_s`` and all that came is stored."""
+        idle = time.monotonic() - self._last_message >= idle_s
+        return idle and self._queue.empty() and self.alive() and self._written == self._received
+
     def _on_message(self, client: mqtt.Client, userdata, message: mqtt.MQTTMessage) -> None:
         self._last_message = time.monotonic()
         self._received += 1
         self._queue.put(message)
+
+    def _on_disconnect(self, client: mqtt.Client, userdata, flags, reason_code, properties) -> None:
+        if self.draining and reason_code == SESSION_TAKEN_OVER:
+            # The worker itself is back and took its session: leave it to it rather than take it back in turn.
+            log.warning("%s is back and took its session over: not draining it", self.name)
+            self._taken_back.set()
+            self._subscribed.set()
+            client.disconnect()
 
     def _on_unsubscribe(self, client: mqtt.Client, userdata, mid, reason_codes, properties) -> None:
         log.info("%s draining: no new messages, storing what its session holds", self.name)

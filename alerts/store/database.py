@@ -279,9 +279,9 @@ def _write_alerts(cur: psycopg.Cursor, alerts: list[Alert]) -> int:
 
 
 def _node_counters(h: Heartbeat) -> dict[str, float]:
-    """The counters kept for a node: its own, and what waits unconfirmed in its spool (the oldest's age when any)."""
-    oldest = {} if h.oldest_unconfirmed_s is None else {"oldest_unconfirmed_s": h.oldest_unconfirmed_s}
-    return {**h.counters, "unconfirmed": h.unconfirmed, **oldest}
+    """The counters kept for a node: its own, and what waits unconfirmed in its spool when it says so."""
+    said = {"unconfirmed": h.unconfirmed, "oldest_unconfirmed_s": h.oldest_unconfirmed_s}
+    return {**h.counters, **{name: value for name, value in said.items() if value is not None}}
 
 
 def _write_heartbeats(cur: psycopg.Cursor, heartbeats: list[Heartbeat]) -> None:
