@@ -315,7 +315,7 @@ class Uplink:
         self._unconfirmed: dict[int, float] = {}
         self._deadlines: list[tuple[float, int]] = []
         self._timeout_s = confirm_timeout_s
-        self._confirmed_since_resend = True
+        self._confirmed_at = self._slowed_at = time.monotonic()
         self._bounds_at = 0.0
         self._wake = threading.Condition()
         self._stopping = False
@@ -413,7 +413,7 @@ class Uplink:
             for seq in seqs:
                 self._unconfirmed.pop(seq, None)
             if seqs:
-                self._confirmed_since_resend = True
+                self._confirmed_at = time.monotonic()
                 self._timeout_s = self.confirm_timeout_s
 
     def _settle(self, seq: int, reason_code: ReasonCode) -> None:
@@ -451,10 +451,10 @@ class Uplink:
                 del self._unconfirmed[seq]
                 due.append(seq)
         if due:
-            if not self._confirmed_since_resend:
-                # Nothing at all confirmed since the last resend: ingest is away, not a message lost. Send less.
+            if now - self._confirmed_at > self._timeout_s and now - self._slowed_at > self._timeout_s:
+                # Nothing at all confirmed for a whole timeout: ingest is away, not a message lost. Send less.
                 self._timeout_s = min(2 * self._timeout_s, MAX_CONFIRM_TIMEOUT_S)
-            self._confirmed_since_resend = False
+                self._slowed_at = now
             self.resent += len(due)
             log.warning("uplink: %d messages unconfirmed for %.0f s; sending them again", len(due), self._timeout_s)
         return due
