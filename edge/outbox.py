@@ -214,12 +214,17 @@ class Spool:
     def backlog(self, now: float | None = None) -> tuple[int, float | None]:
         """How many messages wait (unconfirmed), and the age in seconds of the oldest (None when none)."""
         with self._lock:
-            count, oldest = self._db.execute("SELECT count(*), min(created) FROM outbox").fetchone()
-        return count, None if oldest is None else max(0.0, (now or time.time()) - oldest)
+            count = self._db.execute("SELECT count(*) FROM outbox").fetchone()[0]
+            # The first entry is the oldest (entries are spooled in order): no scan for the minimum.
+            first = self._db.execute("SELECT created FROM outbox ORDER BY seq LIMIT 1").fetchone()
+        return count, None if first is None else max(0.0, (now or time.time()) - first[0])
 
     def enforce_bounds(self, now: float | None = None) -> int:
         """Evicts what is beyond ``bounds`` (see the module's docstring); how many messages it evicted."""
         now = now or time.time()
+        count, oldest_s = self.backlog(now)
+        if count <= self.bounds.max_messages and (oldest_s or 0.0) <= self.bounds.max_age_s:
+            return 0
         evicted: list[tuple[int, str]] = []
         with self.transaction() as db:
             old = f"SELECT seq, topic FROM outbox WHERE created < ? AND ({_EXPENDABLE_SQL})"

@@ -30,7 +30,7 @@ from fire_helpers import query
 
 from alerts.core.protocol import confirm_topic, uplink_topic
 from deploy.local.services import Service, spawn
-from edge.outbox import Spool, Uplink
+from edge.outbox import Spool, SpoolBounds, Uplink
 
 NODE = "fault-node"
 """The node of fault_helpers.node_yaml."""
@@ -136,3 +136,22 @@ def test_three_workers_one_sigkilled_half_way_and_never_back_every_message_store
     assert tally("three workers, one SIGKILLed for good", database_url, "events", [e.id for e in events]) == (0, 0)
     assert stored_s < 60
     assert drained[0][0] in ("w1", "w3"), "a living worker took the dead one's session over"
+
+
+def test_the_spool_evicts_old_and_surplus_readings_first_and_alarms_only_when_they_alone_fill_it(
+    tmp_path: Path,
+) -> None:
+    spool = Spool(tmp_path / "outbox.sqlite3", SpoolBounds(max_messages=4, max_age_s=60.0))
+    readings, alerts = uplink_topic(PLACE.site, "readings"), uplink_topic(PLACE.site, "alerts")
+    for topic in (readings, alerts, readings, alerts, readings):
+        spool.put(topic, b"[]")
+    assert spool.enforce_bounds() == 1
+    assert [topic for _, topic, _ in spool.after(0, 10)] == [alerts, readings, alerts, readings]
+    later = time.time() + 120
+    assert spool.enforce_bounds(now=later) == 2, "readings past their age go, alarms stay"
+    for _ in range(4):
+        spool.put(alerts, b"{}")
+    assert spool.enforce_bounds(now=later) == 2, "only alarms left: the oldest go, as the bound says"
+    assert spool.pending() == 4 and dict(spool.evicted) == {"readings": 3, "alerts": 2}
+    count, oldest_s = spool.backlog(now=later)
+    assert count == 4 and oldest_s is not None and oldest_s >= 119
