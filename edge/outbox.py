@@ -6,11 +6,13 @@ central ingest confirms that it has committed it (``alerts.core.protocol``'s
 spool entry as ``CorrelationData`` and the confirmation topic as
 ``ResponseTopic``. A broker's PUBACK is not enough: a SIGKILLed broker forgets
 what it had acknowledged and not yet saved, and a dead ingest worker strands
-its share of the uplink. So what stays unconfirmed ``confirm_timeout_s`` after
-its PUBACK is sent again (the timeout doubles, up to ``MAX_CONFIRM_TIMEOUT_S``,
-while no confirmation at all comes back, so an ingest outage does not fill the
-broker with copies), and everything unconfirmed is sent again at every
-reconnect. A dropped uplink, a broker restart or a node crash loses nothing; a
+its share of the uplink. So a message still unconfirmed ``confirm_timeout_s``
+after its PUBACK is sent again once a message acknowledged more than a second
+after it has been confirmed (it was passed: lost, not late), or in any case
+``MAX_CONFIRM_TIMEOUT_S`` after its PUBACK; and everything unconfirmed is sent
+again at every reconnect. A late ingest (a backlog after an outage, a slow
+database) confirms in order and passes nothing, so it is not sent copies that
+would only make it later. A dropped uplink, a broker restart or a node crash loses nothing; a
 message may arrive twice, which the central ingest absorbs because every insert
 is idempotent by UUID. An Uplink without a confirmation topic deletes at the
 PUBACK, as a plain MQTT publisher would. Mosquitto
@@ -275,6 +277,9 @@ STATUS_SEQ = 0
 CONFIRM_TIMEOUT_S = 10.0
 """How long after its PUBACK a message may stay unconfirmed before it is sent again."""
 MAX_CONFIRM_TIMEOUT_S = 300.0
+"""How long a message may stay unconfirmed, passed or not, before it is sent again."""
+PASSED_BY_S = 1.0
+"""A message is passed when one acknowledged this much later than it is confirmed: lost, not just late."""
 MAX_UNCONFIRMED = 50_000
 """Messages acknowledged by the broker and awaiting confirmation, at most; more wait on disk."""
 BOUNDS_EVERY_S = 10.0
@@ -316,11 +321,11 @@ class Uplink:
         self._retry_from: int | None = None
         self._backoff_s = 0.0
         self._resume_at = 0.0
-        # Acknowledged by the broker, not yet confirmed: seq -> when to send it again; and those times in a heap.
+        # Acknowledged by the broker, not yet confirmed: seq -> when the broker acknowledged it; a heap of when to
+        # look at each again; and the latest acknowledgement time of a confirmed message.
         self._unconfirmed: dict[int, float] = {}
         self._deadlines: list[tuple[float, int]] = []
-        self._timeout_s = confirm_timeout_s
-        self._confirmed_at = self._slowed_at = time.monotonic()
+        self._passed_at = 0.0
         self._bounds_at = 0.0
         self._wake = threading.Condition()
         self._stopping = False
@@ -416,10 +421,9 @@ class Uplink:
         with self._wake:
             self.confirmed += deleted
             for seq in seqs:
-                self._unconfirmed.pop(seq, None)
-            if seqs:
-                self._confirmed_at = time.monotonic()
-                self._timeout_s = self.confirm_timeout_s
+                acked_at = self._unconfirmed.pop(seq, None)
+                if acked_at is not None:
+                    self._passed_at = max(self._passed_at, acked_at)
 
     def _settle(self, seq: int, reason_code: ReasonCode) -> None:
         """Deletes a delivered message, or awaits its confirmation; keeps a refused one for a retry after the
@@ -429,9 +433,9 @@ class Uplink:
             return
         if delivered(reason_code):
             if self.confirm_topic:
-                deadline = time.monotonic() + self._timeout_s
-                self._unconfirmed[seq] = deadline
-                heapq.heappush(self._deadlines, (deadline, seq))
+                now = time.monotonic()
+                self._unconfirmed[seq] = now
+                heapq.heappush(self._deadlines, (now + self.confirm_timeout_s, seq))
             else:
                 self.spool.delete(seq)
             self.acked += 1
@@ -447,21 +451,26 @@ class Uplink:
                         self._backoff_s)  # fmt: skip
 
     def _due(self, room: int) -> list[int]:
-        """The unconfirmed messages whose time is up, oldest first (at most ``room``). Under self._wake."""
+        """The unconfirmed messages to send again now, oldest first (at most ``room``): past their timeout, and
+        passed by a confirmation or past ``MAX_CONFIRM_TIMEOUT_S``. Under self._wake."""
         now = time.monotonic()
         due: list[int] = []
+        later: list[tuple[float, int]] = []
         while self._deadlines and self._deadlines[0][0] <= now and len(due) < room:
-            deadline, seq = heapq.heappop(self._deadlines)
-            if self._unconfirmed.get(seq) == deadline:
+            _, seq = heapq.heappop(self._deadlines)
+            acked_at = self._unconfirmed.get(seq)
+            if acked_at is None:
+                continue  # confirmed, or sent again meanwhile
+            if acked_at + PASSED_BY_S < self._passed_at or now - acked_at >= MAX_CONFIRM_TIMEOUT_S:
                 del self._unconfirmed[seq]
                 due.append(seq)
+            else:
+                later.append((now + self.confirm_timeout_s, seq))
+        for entry in later:
+            heapq.heappush(self._deadlines, entry)
         if due:
-            if now - self._confirmed_at > self._timeout_s and now - self._slowed_at > self._timeout_s:
-                # Nothing at all confirmed for a whole timeout: ingest is away, not a message lost. Send less.
-                self._timeout_s = min(2 * self._timeout_s, MAX_CONFIRM_TIMEOUT_S)
-                self._slowed_at = now
             self.resent += len(due)
-            log.warning("uplink: %d messages unconfirmed for %.0f s; sending them again", len(due), self._timeout_s)
+            log.warning("uplink: %d messages unconfirmed, passed by later ones; sending them again", len(due))
         return due
 
     def _wait_for_room(self) -> int:
