@@ -23,6 +23,9 @@ log = logging.getLogger(__name__)
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
+    import psycopg
+
+    from alerts.intake.takeover import STALE_AFTER_S, Takeover, drain
     from alerts.intake.watchdog import Watchdog, WatchdogSettings
     from alerts.intake.writer import IngestWorker
     from alerts.store.database import migrate
@@ -30,9 +33,8 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     database_url = setting("PATROLNET_DATABASE_URL")
     migrate(database_url)
     if args.drain:
-        drained = IngestWorker(setting("PATROLNET_MQTT_URL"), database_url, name=args.drain, draining=True)
-        drained.start()
-        return 0 if drained.drain() else 1
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            return 0 if drain(setting("PATROLNET_MQTT_URL"), database_url, conn, args.drain) else 1
     limits = {"max_payload_bytes": args.max_payload, "session_expiry_s": args.session_expiry}
     worker = IngestWorker(
         setting("PATROLNET_MQTT_URL"),
@@ -42,19 +44,25 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         flush_s=args.flush_ms / 1000,
         **{k: v for k, v in limits.items() if v is not None},
     )
+    takeover_s = STALE_AFTER_S if args.takeover_after is None else args.takeover_after
+    takeover = Takeover(setting("PATROLNET_MQTT_URL"), database_url, worker.name, takeover_s) if takeover_s else None
     watch = {"missed_heartbeats": args.offline_after, "heartbeat_s": args.heartbeat_s}
     settings = WatchdogSettings(**{k: v for k, v in watch.items() if v is not None})
     watchdog = Watchdog(database_url, worker.name, settings, lambda: (worker.last_batch_at, dict(worker.counts)))
     worker.start()
     watchdog.start()
+    if takeover:
+        takeover.start()
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     # A dead thread would leave a process that looks up but stores nothing: exit for the service manager.
     while not stop.wait(1.0):
-        if not (worker.alive() and watchdog.alive()):
+        if not (worker.alive() and watchdog.alive() and (takeover is None or takeover.alive())):
             log.error("ingest %s: a worker thread died; exiting so that the service manager restarts it", worker.name)
             return 1
+    if takeover:
+        takeover.stop()
     watchdog.stop()
     worker.stop()
     log.info("ingest stopped: %s", dict(worker.counts))
@@ -245,6 +253,11 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         "--drain",
         metavar="NAME",
         help="retire worker NAME (stopped for good): store what waits in its session, end the session, exit",
+    )
+    ingest.add_argument(
+        "--takeover-after",
+        type=float,
+        help="drain the session of a worker whose liveness is this many seconds old (default 10; 0: never)",
     )
     ingest.set_defaults(func=cmd_ingest)
 

@@ -38,7 +38,7 @@ from datetime import datetime, timedelta
 
 from alerts.core.models import DeviceStatus, Event, EventKind, EventState, Heartbeat, NodeStatus, utc_now
 from alerts.core.policy import AlertPolicy
-from alerts.core.protocol import encode, uplink_topic
+from alerts.core.protocol import confirm_topic, encode, uplink_topic
 from detectors.verification import AlarmVerification
 from edge.config import NodeConfig
 from edge.letters import DeadLetters
@@ -78,6 +78,7 @@ class EdgeNode:
             status_topic=uplink_topic(config.site.id, "status"),
             online=encode("status", NodeStatus(node_id=config.node_id, place=site, online=True)),
             offline=encode("status", NodeStatus(node_id=config.node_id, place=site, online=False)),
+            confirm_topic=confirm_topic(config.site.id, config.node_id),
         )
         self.sink = EventSink(
             self.verification,
@@ -210,16 +211,22 @@ class EdgeNode:
                 DeviceStatus(device=cid, type="camera", online=bool(stats["online"]), detail=stats)
                 for cid, stats in self.video.stats().items()
             ]
+        unconfirmed, oldest_s = self.uplink.spool.backlog()
         return Heartbeat(
             ts=now,
             node_id=self.config.node_id,
             place=self.config.site.place(),
             started_at=self.started_at,
             devices=devices,
+            unconfirmed=unconfirmed,
+            oldest_unconfirmed_s=oldest_s,
             counters={
                 **self.counts,
-                "spool_pending": self.uplink.spool.pending(),
+                "spool_pending": unconfirmed,
+                "spool_evicted": sum(self.uplink.spool.evicted.values()),
                 "uplink_acked": self.uplink.acked,
+                "uplink_confirmed": self.uplink.confirmed,
+                "uplink_resent": self.uplink.resent,
                 "uplink_refused": self.uplink.refused,
                 "sink_queue": self.sink.pending(),
                 **self._worker_counters(),

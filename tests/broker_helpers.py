@@ -1,9 +1,12 @@
 """A central Mosquitto started from deploy/mosquitto-central.conf with TLS and the dynamic-security plugin, and
-a probe client that records what the broker answered: shared by the broker security and deploy tests."""
+a probe client that records what the broker answered: shared by the broker security, deploy and confirmation
+tests."""
 
 from __future__ import annotations
 
+import os
 import subprocess
+import tempfile
 import threading
 import uuid
 from dataclasses import dataclass
@@ -16,7 +19,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from alerts.core.models import Place
 from alerts.core.protocol import UPLINK_FILTER
-from alerts.intake.broker_auth import node_client_id
+from alerts.intake.broker_auth import BrokerAdmin, node_client_id, write_initial_config
 from alerts.intake.writer import SHARE_GROUP
 from deploy.local.services import Service, start_mosquitto_config
 
@@ -121,3 +124,29 @@ def node_probe(
     """A client of ``user`` on the plain listener; a node's with the client id its username is bound to."""
     client_id = None if user in ("admin", "ingest") else node_client_id(user)
     return Probe(broker.ports[1883], user, password, will=will, client_id=client_id)
+
+
+MONITOR_ROLE = "test-uplink-monitor"
+
+
+def secure_central(nodes: dict[str, str], monitor: bool = False) -> SecureBroker:
+    """A central broker from the shipped config, with the ``nodes`` (node -> site) added, each with the password
+    ``<node>-secret``; and with ``monitor`` a client ``monitor`` (password ``monitor-secret``) that may read the
+    whole uplink outside the ingest share group. Restartable: ``service.start()`` after ``service.kill()``."""
+    folder = Path(tempfile.mkdtemp(prefix="patrolnet-central-"))
+    os.chmod(folder, 0o755)
+    self_signed(folder)
+    assert write_initial_config(folder / "dynamic-security.json", ("admin", PASSWORDS["admin"]),
+                                ("ingest", PASSWORDS["ingest"]))  # fmt: skip
+    broker = start_secure_broker(folder, {})
+    assert broker.service.proc is not None
+    broker.service.start_cmd = list(broker.service.proc.args)  # type: ignore[arg-type]
+    with BrokerAdmin(broker.url("admin")) as control:
+        for node, site in nodes.items():
+            control.add_node(site, node, f"{node}-secret")
+        if monitor:
+            acls = [{"acltype": kind, "topic": UPLINK_FILTER, "priority": 0, "allow": True}
+                    for kind in ("subscribePattern", "publishClientReceive")]  # fmt: skip
+            control.run([{"command": "createRole", "rolename": MONITOR_ROLE, "acls": acls}])
+            control.add_client("monitor", "monitor-secret", MONITOR_ROLE, "a dashboard reading the uplink")
+    return broker

@@ -6,7 +6,6 @@ sent, printing ``sent / stored / lost / duplicated`` (run with ``-s`` to see the
 
 from __future__ import annotations
 
-import json
 import signal
 import threading
 import time
@@ -17,30 +16,26 @@ from uuid import UUID
 
 import pytest
 from conftest import _service_folder, eventually, mqtt_client
-from fault_helpers import PLACE, SENSORS, env, ingest, node_yaml
+from fault_helpers import (
+    PLACE,
+    Detectors,
+    env,
+    event,
+    ingest,
+    node_yaml,
+    stored_seqs,
+    tally,
+    tally_detectors,
+    tally_node_events,
+)
 from fire_helpers import query
 
-from alerts.core.models import Event, EventKind, EventState, Heartbeat, utc_now
+from alerts.core.models import Heartbeat, utc_now
 from alerts.core.protocol import uplink_topic
 from deploy.local.services import Service, spawn, start_mosquitto
 from edge.outbox import Spool, Uplink
 
 DOWN_S = 30.0
-
-
-def tally(label: str, database_url: str, table: str, ids: list[UUID]) -> tuple[int, int]:
-    """(lost, duplicated) of ``ids`` in ``table``, counted by id, and printed."""
-    rows = query(database_url, f"SELECT id, count(*) FROM {table} WHERE id = ANY(%s) GROUP BY id", (ids,))
-    stored = sum(n for _, n in rows)
-    lost = len(set(ids) - {id_ for id_, _ in rows})
-    duplicated = stored - len(rows)
-    print(f"{label}: sent {len(ids)} / stored {stored} / lost {lost} / duplicated {duplicated}")
-    return lost, duplicated
-
-
-def event(i: int) -> Event:
-    state = EventState.START if i % 2 == 0 else EventState.END
-    return Event(kind=EventKind.FIRE, type="smoke", state=state, place=PLACE, source="node-1", attributes={"i": i})
 
 
 class Sender:
@@ -134,7 +129,11 @@ def test_three_workers_one_sigkilled_half_way_every_message_stored_once(
 ) -> None:
     total, kill_at = 20_000, 10_000
     with ExitStack() as stack, mqtt_client(broker, "test-edge-uplink") as publisher:
-        workers = {name: ingest(broker, database_url, stack, "--name", name) for name in ("w1", "w2", "w3")}
+        # No takeover: this is the dead worker restarted under its name (test_confirm.py: never restarted).
+        workers = {
+            name: ingest(broker, database_url, stack, "--name", name, "--takeover-after", "0")
+            for name in ("w1", "w2", "w3")
+        }
         eventually(lambda: query(database_url, "SELECT count(*) FROM ingest_workers")[0][0] == 3, timeout=90)
         probe = Heartbeat(node_id="probe", place=PLACE.model_copy(update={"device": None}), started_at=utc_now())
 
@@ -164,7 +163,7 @@ def test_three_workers_one_sigkilled_half_way_every_message_stored_once(
         time.sleep(2)
         stored_at_restart = query(database_url, "SELECT count(*) FROM events")[0][0]
         waited = time.monotonic() - killed_at
-        workers["w2"] = ingest(broker, database_url, stack, "--name", "w2")  # as systemd would: same name
+        workers["w2"] = ingest(broker, database_url, stack, "--name", "w2", "--takeover-after", "0")  # as systemd would
         restarted_at = time.monotonic()
         eventually(lambda: query(database_url, "SELECT count(*) FROM events")[0][0] >= total, timeout=120)
         caught_up = time.monotonic() - restarted_at
@@ -174,82 +173,6 @@ def test_three_workers_one_sigkilled_half_way_every_message_stored_once(
     )
     assert stored_at_restart < total, "nothing waited for the dead worker: the test measured nothing"
     assert tally("three workers, one SIGKILLed", database_url, "events", ids) == (0, 0)
-
-
-class Detectors:
-    """Smoke detectors on the node's local broker that alarm and clear in turn, each message numbered (``seq``)."""
-
-    def __init__(self, local: Service, rate: float) -> None:
-        self.local = local
-        self.rate = rate
-        self.sent: dict[str, list[int]] = {s: [] for s in SENSORS}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def __enter__(self) -> Detectors:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.halt()
-
-    def halt(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=10)
-
-    def _run(self) -> None:
-        with mqtt_client(self.local, "test-zigbee2mqtt") as client:
-            seq = 0
-            while not self._stop.wait(1 / self.rate):
-                for sensor in SENSORS:
-                    payload = {"smoke": seq % 2 == 0, "battery": 90, "seq": seq}
-                    client.publish(f"zigbee2mqtt/{sensor}", json.dumps(payload).encode(), qos=1).wait_for_publish(5)
-                    self.sent[sensor].append(seq)
-                seq += 1
-
-    def count(self) -> int:
-        return sum(len(v) for v in self.sent.values())
-
-
-def stored_seqs(database_url: str) -> list[tuple[str, float]]:
-    return query(database_url, "SELECT device, value FROM readings WHERE quantity = 'seq'")
-
-
-def tally_node_events(label: str, database_url: str) -> int:
-    """Waits until the node's spool is empty and every event it spooled (its own count, from its heartbeats) is
-    stored; prints sent / stored / lost / duplicated and returns how many camera events were stored. The ids of
-    camera events are born in the node, so the node's count stands for what was sent; an id is a primary key,
-    so a duplicate cannot be stored, and equal counts mean none was lost."""
-
-    def settled() -> tuple[float, int] | None:
-        beats = query(database_url, "SELECT counters FROM nodes WHERE node_id = 'fault-node'")
-        if not beats or beats[0][0].get("spool_pending", 1) != 0:
-            return None
-        spooled = beats[0][0].get("events", 0)
-        # The centre's watchdog raises node_offline in the node's name while the uplink is down: not the node's.
-        mine = "SELECT count(*) FROM events WHERE source = 'fault-node' AND type <> 'node_offline'"
-        stored = query(database_url, mine)[0][0]
-        return (spooled, stored) if stored == spooled else None
-
-    spooled, stored = eventually(settled, timeout=90, interval=0.5)
-    camera = query(database_url, "SELECT count(*) FROM events WHERE device = 'cam-walkway'")[0][0]
-    print(f"{label}: node events (camera {camera}) sent {spooled:.0f} / stored {stored} / lost {spooled - stored:.0f} /"
-          " duplicated 0 (the id is the key)")  # fmt: skip
-    return camera
-
-
-def tally_detectors(label: str, database_url: str, detectors: Detectors) -> tuple[int, int, int]:
-    """(lost, duplicated, alarm transitions missing) of the detectors' numbered messages."""
-    rows = stored_seqs(database_url)
-    sent = {(d, float(s)) for d, seqs in detectors.sent.items() for s in seqs}
-    lost = len(sent - set(rows))
-    duplicated = len(rows) - len(set(rows))
-    print(f"{label}: sent {len(sent)} / stored {len(rows)} / lost {lost} / duplicated {duplicated}")
-    transitions = query(database_url, "SELECT count(*) FROM events WHERE type = 'smoke' AND state IN ('start', 'end')")[
-        0
-    ][0]
-    print(f"{label}: alarm transitions sent {len(sent)} / stored {transitions}")
-    return lost, duplicated, len(sent) - transitions
 
 
 @pytest.fixture
@@ -301,8 +224,9 @@ def test_a_worker_retired_for_good_is_drained_and_its_share_stored(broker: Servi
     """A dead worker's share waits in its session (and Mosquitto drops it when the session expires):
     ``patrolnet ingest --drain NAME`` stores it and ends the session, so new messages all go to the living."""
     with ExitStack() as stack, mqtt_client(broker, "test-edge-uplink") as publisher:
-        ingest(broker, database_url, stack, "--name", "w1")
-        retired = ingest(broker, database_url, stack, "--name", "w2")
+        # No takeover by w1: this is the operator retiring w2 by hand.
+        ingest(broker, database_url, stack, "--name", "w1", "--takeover-after", "0")
+        retired = ingest(broker, database_url, stack, "--name", "w2", "--takeover-after", "0")
         eventually(lambda: query(database_url, "SELECT count(*) FROM ingest_workers")[0][0] == 2, timeout=90)
         retired.send_signal(signal.SIGKILL)
         retired.wait(timeout=10)

@@ -17,7 +17,7 @@ from conftest import REPO, _service_folder, eventually, mqtt_client
 from fire_helpers import ALARM, node_config, publish
 
 from alerts.core.models import Event, EventKind, Place, utc_now
-from alerts.core.protocol import uplink_topic
+from alerts.core.protocol import confirm_topic, uplink_topic
 from alerts.intake.writer import IngestWorker
 from deploy.local.services import Service, free_port, start_mosquitto
 from edge.node import EdgeNode
@@ -25,6 +25,7 @@ from edge.outbox import Spool, Uplink
 from edge.state import EdgeState
 
 PLACE = Place(sub_district="riverside", community="east-gate", grid="g07", site="willow-court", device="smoke-1")
+CONFIRM = confirm_topic(PLACE.site, "test")
 
 
 def test_alarm_raised_while_the_uplink_is_down_arrives_after_a_node_restart(
@@ -68,7 +69,7 @@ def test_a_message_nobody_subscribed_to_stays_spooled_until_ingest_subscribes(
     """Mosquitto answers PUBACK reason 16 ("no matching subscribers") and drops the message: the outbox keeps it,
     backs off instead of spinning, and delivers it once a worker has subscribed."""
     spool = Spool(tmp_path / "outbox.sqlite3")
-    uplink = Uplink(spool, broker.url, client_id="patrolnet-edge-test-uplink")
+    uplink = Uplink(spool, broker.url, client_id="patrolnet-edge-test-uplink", confirm_topic=CONFIRM)
     uplink.start()
     events = [Event(kind=EventKind.FIRE, type="smoke", place=PLACE, source="n1") for _ in range(5)]
     try:
@@ -99,7 +100,7 @@ def test_a_message_paho_refuses_to_publish_does_not_block_the_spool(
     broker: Service, database_url: str, tmp_path: Path
 ) -> None:
     spool = Spool(tmp_path / "outbox.sqlite3")
-    uplink = Uplink(spool, broker.url, client_id="patrolnet-edge-test-uplink")
+    uplink = Uplink(spool, broker.url, client_id="patrolnet-edge-test-uplink", confirm_topic=CONFIRM)
     worker = IngestWorker(broker.url, database_url, name="test-ingest")
     worker.start()
     assert worker.wait_ready()

@@ -2,8 +2,10 @@
 
 The store gauges include ingest liveness: per ingest worker (``ingest_workers``, written every second by each
 worker's watchdog), the seconds since its last committed batch and since it last reported, and its counters;
-and the number of nodes the watchdog holds offline. Alert on a worker whose report is old (it is gone) and on
-``patrolnet_nodes_offline``; an old last batch alone may only mean a quiet uplink.
+and the number of nodes the watchdog holds offline. Per node, what waits in its spool unconfirmed by ingest
+and the age of the oldest, as its newest heartbeat said. Alert on a worker whose report is old (it is gone), on
+``patrolnet_nodes_offline`` and on a growing ``patrolnet_node_oldest_unconfirmed_seconds``; an old last batch
+alone may only mean a quiet uplink.
 
 Example:
     >>> m = ApiMetrics()
@@ -12,6 +14,11 @@ Example:
     7.0
     >>> m.registry.get_sample_value("patrolnet_nodes_offline")
     1.0
+    >>> m.set_nodes([("node-1", 12, 40.5), ("node-2", 0, None)])
+    >>> m.registry.get_sample_value("patrolnet_node_oldest_unconfirmed_seconds", {"node": "node-1"})
+    40.5
+    >>> m.registry.get_sample_value("patrolnet_node_oldest_unconfirmed_seconds", {"node": "node-2"})
+    0.0
 
 ``GET /metrics`` needs an operator or admin key, or the scrape token set in
 ``PATROLNET_METRICS_TOKEN`` (a Prometheus ``bearer_token``), so a scraper
@@ -41,6 +48,8 @@ router = APIRouter(tags=["health"])
 
 IngestRow = tuple[str, float | None, float, dict[str, Any]]
 """An ingest worker: name, seconds since its last batch (None before its first), since its report; counters."""
+NodeRow = tuple[str, int, float | None]
+"""A node: id, unconfirmed messages, age of the oldest (None when none)."""
 
 
 class ApiMetrics:
@@ -89,6 +98,19 @@ class ApiMetrics:
             registry=self.registry,
         )
 
+        self.node_unconfirmed = Gauge(
+            "patrolnet_node_unconfirmed",
+            "Messages in the node's spool that ingest has not confirmed storing (its newest heartbeat)",
+            ["node"],
+            registry=self.registry,
+        )
+        self.node_oldest_unconfirmed = Gauge(
+            "patrolnet_node_oldest_unconfirmed_seconds",
+            "Age of the oldest message in the node's spool not confirmed by ingest (0 when none; newest heartbeat)",
+            ["node"],
+            registry=self.registry,
+        )
+
     def install(self, app: FastAPI) -> None:
         app.add_middleware(_Measure, metrics=self)
 
@@ -104,6 +126,14 @@ class ApiMetrics:
                 if isinstance(value, int | float) and not isinstance(value, bool):
                     self.ingest_counters.labels(name, counter).set(value)
         self.nodes_offline.set(nodes_offline)
+
+    def set_nodes(self, nodes: Iterable[NodeRow]) -> None:
+        """The nodes' unconfirmed backlog gauges, from their newest heartbeats."""
+        for gauge in (self.node_unconfirmed, self.node_oldest_unconfirmed):
+            gauge.clear()
+        for node, unconfirmed, oldest_s in nodes:
+            self.node_unconfirmed.labels(node).set(unconfirmed)
+            self.node_oldest_unconfirmed.labels(node).set(oldest_s or 0.0)
 
 
 class _Measure:
@@ -145,6 +175,10 @@ _INGEST_SQL = (
     "SELECT name, extract(epoch FROM now() - last_batch_at)::float8, extract(epoch FROM now() - seen_at)::float8,"
     " counters FROM ingest_workers ORDER BY name"
 )
+_NODES_SQL = (
+    "SELECT node_id, coalesce((counters->>'unconfirmed')::float8, 0)::int,"
+    " (counters->>'oldest_unconfirmed_s')::float8 FROM nodes ORDER BY node_id"
+)
 _OFFLINE_SQL = "SELECT count(DISTINCT source) FROM alerts WHERE type = 'node_offline' AND active"
 
 
@@ -169,9 +203,11 @@ async def metrics(request: Request, pool: Pool) -> Response:
         ).fetchone()
         workers = await (await conn.execute(_INGEST_SQL)).fetchall()
         offline = await (await conn.execute(_OFFLINE_SQL)).fetchone()
+        nodes = await (await conn.execute(_NODES_SQL)).fetchall()
     m.open_alerts.clear()
     for kind, status, n in rows:
         m.open_alerts.labels(kind, status).set(n)
     m.webhooks_pending.set(pending[0] if pending else 0)  # an aggregate always answers one row
     m.set_ingest(workers, offline[0] if offline else 0)
+    m.set_nodes(nodes)
     return Response(generate_latest(m.registry), media_type=CONTENT_TYPE_LATEST)

@@ -230,6 +230,18 @@ class Heartbeat(_Stamped):
     counters: dict[str, float] = Field(
         default_factory=dict, title="Counters", description="Messages, events, drops, spool depth and the like."
     )
+    unconfirmed: int | None = Field(
+        default=None,
+        ge=0,
+        title="Unconfirmed",
+        description="Messages in the node's spool that ingest has not confirmed; null from a node that does not say.",
+    )
+    oldest_unconfirmed_s: float | None = Field(
+        default=None,
+        ge=0,
+        title="Oldest unconfirmed",
+        description="Age in seconds of the oldest unconfirmed message; null when none waits.",
+    )
 
 
 class NodeStatus(_Stamped):

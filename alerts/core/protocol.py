@@ -13,6 +13,20 @@ broker credentials cover only that site). Each channel carries one JSON payload 
 ``encode`` is the only way a node makes an uplink payload and ``decode`` the only way ingest reads one, so
 the two cannot disagree about a channel's type.
 
+Confirmations go the other way. A node publishes each spooled message with the MQTT v5 properties
+``CorrelationData`` (its spool entry) and ``ResponseTopic`` (``confirm_topic``:
+``patrolnet/v1/<site>/commands/confirm/<node_id>``, under the commands a node may read). After the transaction
+holding the message has committed (as rows or as a dead letter), ingest publishes a ``Confirmation`` with the
+correlation data of what it stored there, and the node deletes those entries from its spool: a PUBACK only says
+the broker has the message, which a killed broker may forget.
+
+    >>> confirm_topic("willow-court", "node-7")
+    'patrolnet/v1/willow-court/commands/confirm/node-7'
+    >>> parse_confirm_topic("patrolnet/v1/willow-court/commands/confirm/node-7")
+    ('willow-court', 'node-7')
+    >>> Confirmation.model_validate_json(Confirmation(ids=["a1/17"]).model_dump_json()).ids
+    ['a1/17']
+
 Example:
     >>> from alerts.core.models import Place, Reading
     >>> uplink_topic("willow-court", "readings")
@@ -32,11 +46,12 @@ Example:
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from pydantic import BaseModel, TypeAdapter
+from pydantic import BaseModel, Field, TypeAdapter
 
 from alerts.core.models import Alert, DeadLetter, Event, Heartbeat, NodeStatus, Reading
 
@@ -45,6 +60,12 @@ log = logging.getLogger(__name__)
 TOPIC_PREFIX = "patrolnet/v1"
 UPLINK_FILTER = f"{TOPIC_PREFIX}/+/+"
 """Every uplink topic of every site: what central ingest subscribes to."""
+
+COMMANDS = "commands"
+CONFIRM = "confirm"
+_NAME = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+MAX_CORRELATION_BYTES = 64
+"""The longest correlation data ingest echoes back; a node's spool entries need a few dozen bytes."""
 
 Payload = Event | Alert | Reading | Heartbeat | DeadLetter | NodeStatus
 
@@ -113,3 +134,42 @@ def decode(channel: str, payload: bytes) -> list[Payload]:
     if spec.batched:
         return list(spec.many.validate_json(payload))
     return [spec.model.model_validate_json(payload)]  # type: ignore[list-item]
+
+
+class Confirmation(BaseModel):
+    """What ingest publishes on a node's ``confirm_topic`` after a commit: the correlation data of each of the
+    node's messages that transaction stored, as text."""
+
+    ids: list[str] = Field(title="Stored", description="The correlation data of each message stored.")
+
+
+def commands_filter(site: str) -> str:
+    """Every command topic of ``site``: what its nodes may read."""
+    return f"{TOPIC_PREFIX}/{site}/{COMMANDS}/#"
+
+
+def confirm_topic(site: str, node_id: str) -> str:
+    """The topic where ``node_id`` of ``site`` hears what ingest stored; ValueError for a name unsafe in a topic."""
+    for kind, name in (("site", site), ("node", node_id)):
+        if not _NAME.match(name):
+            raise ValueError(f"{kind} {name!r} must be letters, digits, '.', '_' or '-'")
+    return f"{TOPIC_PREFIX}/{site}/{COMMANDS}/{CONFIRM}/{node_id}"
+
+
+def parse_confirm_topic(topic: str) -> tuple[str, str]:
+    """(site, node_id) of a confirmation topic; ValueError if it is not one (wildcards included).
+
+    >>> parse_confirm_topic("patrolnet/v1/+/commands/confirm/n1")
+    Traceback (most recent call last):
+    ...
+    ValueError: not a confirmation topic: 'patrolnet/v1/+/commands/confirm/n1'
+    """
+    parts = topic.split("/")
+    if (
+        len(parts) != 6
+        or "/".join(parts[:2]) != TOPIC_PREFIX
+        or parts[3:5] != [COMMANDS, CONFIRM]
+        or not (_NAME.match(parts[2]) and _NAME.match(parts[5]))
+    ):
+        raise ValueError(f"not a confirmation topic: {topic!r}")
+    return parts[2], parts[5]

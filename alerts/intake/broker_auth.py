@@ -4,7 +4,8 @@ Each edge node gets a username and a random password and the role of its site, w
 publish only ``patrolnet/v1/<site>/<channel>`` (the six uplink channels; its retained status and
 its last will are two of them) and subscribe and read only ``patrolnet/v1/<site>/commands/#``.
 Ingest workers get a role that may join ``$share/patrolnet-ingest/patrolnet/v1/+/+`` and read
-the uplink; nobody else may subscribe to that filter. Everything else is denied by default.
+the uplink, and publish under ``patrolnet/v1/+/commands/#`` (the confirmations of what it stored, on each
+node's ``confirm_topic``); nobody else may subscribe to that filter. Everything else is denied by default.
 
 Why the plugin and not ``password_file`` + ``acl_file``: Mosquitto 2.0's ACL file never checks
 a SUBSCRIBE (its source says "FIXME - implement ACL subscription strings"), only the delivery.
@@ -51,7 +52,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.reasoncodes import ReasonCode
 
 from alerts.core.mqtt import connect, make_client
-from alerts.core.protocol import CHANNELS, TOPIC_PREFIX, UPLINK_FILTER, uplink_topic
+from alerts.core.protocol import CHANNELS, UPLINK_FILTER, commands_filter, uplink_topic
 from alerts.intake.writer import SHARE_GROUP
 
 log = logging.getLogger(__name__)
@@ -59,7 +60,6 @@ log = logging.getLogger(__name__)
 CONTROL_TOPIC = "$CONTROL/dynamic-security/v1"
 ADMIN_ROLE = "patrolnet-admin"
 INGEST_ROLE = "patrolnet-ingest"
-COMMANDS = "commands"
 _NAME = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 # Mosquitto's own count for PBKDF2-SHA512; enough for 256-bit random passwords, which no guessing reaches.
 _ITERATIONS = 101
@@ -97,17 +97,18 @@ def site_role_name(site: str) -> str:
 def node_role(site: str) -> dict[str, Any]:
     """The role of every node of ``site``: publish its uplink channels, read its commands."""
     checked_name("site", site)
-    commands = f"{TOPIC_PREFIX}/{site}/{COMMANDS}/#"
+    commands = commands_filter(site)
     acls = [_acl("publishClientSend", uplink_topic(site, channel)) for channel in CHANNELS]
     acls += [_acl("subscribePattern", commands), _acl("publishClientReceive", commands)]
     return {"rolename": site_role_name(site), "textname": f"edge nodes of site {site}", "acls": acls}
 
 
 def ingest_role() -> dict[str, Any]:
-    """Join the ingest share group and read the uplink; nothing else."""
+    """Join the ingest share group, read the uplink, and publish to nodes' commands (confirmations); nothing else."""
     acls = [
         _acl("subscribeLiteral", f"$share/{SHARE_GROUP}/{UPLINK_FILTER}"),
         _acl("publishClientReceive", UPLINK_FILTER),
+        _acl("publishClientSend", commands_filter("+")),
     ]
     return {"rolename": INGEST_ROLE, "textname": "central ingest workers", "acls": acls}
 

@@ -1,4 +1,7 @@
-"""The node watchdog: a ``node_offline`` trouble alert when a node goes away, cleared when it is back.
+"""The node watchdog: a ``node_offline`` trouble alert when a node goes away, cleared when it is back; an
+``uplink_unconfirmed`` one while a node's heartbeat says a message has waited in its spool for ingest's
+confirmation longer than ``unconfirmed_after_s`` (messages that reach the broker and never the store: a lost
+share, a poison that ingest cannot even dead-letter), cleared when a heartbeat says it is no longer so.
 
 A node is offline when its last will (a retained ``NodeStatus`` with
 ``online: false``) arrived after its newest heartbeat, or when nothing has
@@ -6,9 +9,9 @@ been heard from it for ``missed_heartbeats`` times its heartbeat interval (as
 measured between two heartbeats of one node process; ``heartbeat_s`` until
 then). Silence counts only once the watchdog has itself been watching, without a failed round, for longer
 than that limit: after ingest or the database was away, heartbeats are still on their way and every node
-would look silent. The alert goes to the operators, and to the fire and police desks as a
+would look silent. The offline alert goes to the operators, and to the fire and police desks as a
 coverage notice (alerts.coverage); it clears with the node's next heartbeat or
-online status.
+online status. The unconfirmed one goes to the operators.
 
 Every ingest worker runs a watchdog. A round takes a transaction-scoped
 advisory lock and skips when another worker holds it, so however many workers
@@ -21,6 +24,9 @@ Example:
     >>> from datetime import UTC
     >>> offline_alert_id("node-1", datetime(2026, 1, 1, tzinfo=UTC))
     UUID('389d02b9-f610-500b-b824-a473c481b081')
+    >>> place = Place(sub_district="n", community="c", grid="g", site="s")
+    >>> offline_batch(place, "node-1", datetime(2026, 1, 1, tzinfo=UTC), "for 300 s", UNCONFIRMED).alerts[0].title
+    'Node node-1: uplink messages unconfirmed (for 300 s)'
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 from uuid import NAMESPACE_URL, UUID, uuid5
@@ -45,17 +52,35 @@ from alerts.store.rows import ALERT_COLUMNS, row_to_alert
 log = logging.getLogger(__name__)
 
 WATCHDOG_LOCK = 0x77617463  # "watc": one watchdog round at a time, across every ingest worker
-_NAMESPACE = uuid5(NAMESPACE_URL, "https://patrolnet/node_offline")
+
+
+@dataclass(frozen=True)
+class NodeTrouble:
+    """A trouble the watchdog raises in a node's name: its type and the titles of its raise and clear."""
+
+    type: str
+    raised: str
+    cleared: str
+
+    @property
+    def namespace(self) -> UUID:
+        return uuid5(NAMESPACE_URL, f"https://patrolnet/{self.type}")
+
+
+OFFLINE = NodeTrouble(NODE_OFFLINE, "Node {node} offline ({why})", "Node {node} back online")
+UNCONFIRMED = NodeTrouble(
+    "uplink_unconfirmed", "Node {node}: uplink messages unconfirmed ({why})", "Node {node}: uplink confirmed again"
+)
 
 _NODES = """
 SELECT coalesce(n.node_id, s.node_id), coalesce(n.sub_district, s.sub_district),
        coalesce(n.community, s.community), coalesce(n.grid, s.grid), coalesce(n.site, s.site),
        coalesce(s.online IS FALSE AND s.received_at > coalesce(n.received_at, '-infinity'), false),
        extract(epoch FROM now() - greatest(n.received_at, CASE WHEN s.online THEN s.received_at END)),
-       %s * coalesce(n.heartbeat_interval_s, %s)
+       %s * coalesce(n.heartbeat_interval_s, %s), (n.counters->>'oldest_unconfirmed_s')::float8
 FROM nodes n FULL JOIN node_status s ON s.node_id = n.node_id"""
 
-_OPEN = f"SELECT {ALERT_COLUMNS} FROM alerts a WHERE a.type = %s AND a.active"
+_OPEN = f"SELECT {ALERT_COLUMNS} FROM alerts a WHERE a.type = ANY(%s) AND a.active"
 
 _LIVENESS = """
 INSERT INTO ingest_workers (name, last_batch_at, counters) VALUES (%s, %s, %s)
@@ -76,24 +101,33 @@ class WatchdogSettings(BaseModel):
         description="Seconds, for a node whose interval two heartbeats have not measured yet.",
     )
     check_s: float = Field(default=1.0, gt=0, title="Check every", description="Seconds between two rounds.")
+    unconfirmed_after_s: float = Field(
+        default=120.0,
+        gt=0,
+        title="Unconfirmed after",
+        description="Trouble when a node's oldest message unconfirmed by ingest is older than this, in seconds "
+        "(the node sends it again every 10 s to 5 min meanwhile).",
+    )
 
 
-def offline_alert_id(node_id: str, since: datetime) -> UUID:
-    """The id of the node_offline alert of the outage of ``node_id`` noticed at ``since``."""
-    return uuid5(_NAMESPACE, f"{node_id}/{since.isoformat()}")
+def offline_alert_id(node_id: str, since: datetime, trouble: NodeTrouble = OFFLINE) -> UUID:
+    """The id of the alert of ``trouble`` (the outage) of ``node_id`` noticed at ``since``."""
+    return uuid5(trouble.namespace, f"{node_id}/{since.isoformat()}")
 
 
-def dedup_key(place: Place, node_id: str) -> str:
-    return "/".join((place.site, "", EventKind.TROUBLE, NODE_OFFLINE, node_id))
+def dedup_key(place: Place, node_id: str, trouble: NodeTrouble = OFFLINE) -> str:
+    return "/".join((place.site, "", EventKind.TROUBLE, trouble.type, node_id))
 
 
-def _event(alert_id: UUID, place: Place, node_id: str, state: EventState, now: datetime, why: str) -> Event:
-    title = f"Node {node_id} offline ({why})" if state is EventState.START else f"Node {node_id} back online"
+def _event(
+    alert_id: UUID, place: Place, node_id: str, state: EventState, now: datetime, why: str, trouble: NodeTrouble
+) -> Event:
+    title = (trouble.raised if state is EventState.START else trouble.cleared).format(node=node_id, why=why)
     return Event(
         id=uuid5(alert_id, state),
         ts=now,
         kind=EventKind.TROUBLE,
-        type=NODE_OFFLINE,
+        type=trouble.type,
         state=state,
         severity=Severity.MAJOR,
         place=place,
@@ -104,21 +138,21 @@ def _event(alert_id: UUID, place: Place, node_id: str, state: EventState, now: d
     )
 
 
-def offline_batch(place: Place, node_id: str, now: datetime, why: str) -> WriteBatch:
-    """The event and alert that say a node went offline."""
-    alert_id = offline_alert_id(node_id, now)
-    event = _event(alert_id, place, node_id, EventState.START, now, why)
+def offline_batch(place: Place, node_id: str, now: datetime, why: str, trouble: NodeTrouble = OFFLINE) -> WriteBatch:
+    """The event and alert that say a node went offline (or has the other ``trouble``)."""
+    alert_id = offline_alert_id(node_id, now, trouble)
+    event = _event(alert_id, place, node_id, EventState.START, now, why, trouble)
     alert = Alert(
         id=alert_id,
         ts=now,
         kind=EventKind.TROUBLE,
-        type=NODE_OFFLINE,
+        type=trouble.type,
         severity=Severity.MAJOR,
         place=place,
         source=node_id,
         title=event.title,
         route=ROUTES[EventKind.TROUBLE],
-        dedup_key=dedup_key(place, node_id),
+        dedup_key=dedup_key(place, node_id, trouble),
         last_seen=now,
         last_event_id=event.id,
         attributes=event.attributes,
@@ -126,9 +160,9 @@ def offline_batch(place: Place, node_id: str, now: datetime, why: str) -> WriteB
     return WriteBatch(events=[event], alerts=[alert])
 
 
-def back_online_batch(alert: Alert, node_id: str, now: datetime) -> WriteBatch:
-    """The event and the cleared copy of an open node_offline alert."""
-    event = _event(alert.id, alert.place, node_id, EventState.END, now, "back")
+def back_online_batch(alert: Alert, node_id: str, now: datetime, trouble: NodeTrouble = OFFLINE) -> WriteBatch:
+    """The event and the cleared copy of an open node_offline (or other ``trouble``) alert."""
+    event = _event(alert.id, alert.place, node_id, EventState.END, now, "back", trouble)
     cleared = alert.model_copy(
         update={
             "active": False,
@@ -142,6 +176,30 @@ def back_online_batch(alert: Alert, node_id: str, now: datetime) -> WriteBatch:
     return WriteBatch(events=[event], alerts=[cleared])
 
 
+def _turn(
+    batch: WriteBatch,
+    open_alert: Alert | None,
+    place: Place,
+    node: str,
+    now: datetime,
+    why: str | None,
+    trouble: NodeTrouble,
+) -> int:
+    """Adds to ``batch`` the raise (``why`` set, none open) or the clear (``why`` None, one open); 1 if it did."""
+    if why is not None and open_alert is None:
+        log.warning("node %s: %s: %s", node, trouble.type, why)
+        found = offline_batch(place, node, now, why, trouble)
+    elif why is None and open_alert is not None:
+        log.info("node %s: %s over", node, trouble.type)
+        stored = Alert.model_validate(open_alert.model_dump(exclude={"on_duty", "on_duty_contact"}))
+        found = back_online_batch(stored, node, now, trouble)
+    else:
+        return 0
+    batch.events += found.events
+    batch.alerts += found.alerts
+    return 1
+
+
 def check_nodes(conn: psycopg.Connection, settings: WatchdogSettings, watching_s: float = float("inf")) -> int:
     """One watchdog round in its own transaction; how many alerts it raised or cleared (0 if another runs).
     ``watching_s``: how long this watchdog has run rounds without a failure."""
@@ -152,25 +210,19 @@ def check_nodes(conn: psycopg.Connection, settings: WatchdogSettings, watching_s
             return 0
         now = locked[1]
         rows = conn.execute(_NODES, (settings.missed_heartbeats, settings.heartbeat_s)).fetchall()
-        open_alerts = {a.dedup_key: a for a in map(row_to_alert, conn.execute(_OPEN, (NODE_OFFLINE,)).fetchall())}
+        troubles = [OFFLINE.type, UNCONFIRMED.type]
+        open_alerts = {a.dedup_key: a for a in map(row_to_alert, conn.execute(_OPEN, (troubles,)).fetchall())}
         batch = WriteBatch()
-        for node_id, sub_district, community, grid, site, will, silent_s, limit_s in rows:
+        for node_id, sub_district, community, grid, site, will, silent_s, limit_s, unconfirmed_s in rows:
             place = Place(sub_district=sub_district, community=community, grid=grid, site=site)
-            open_alert = open_alerts.get(dedup_key(place, node_id))
             stale = silent_s is not None and silent_s > limit_s and watching_s > limit_s
-            if (will or stale) and open_alert is None:
-                why = "last will" if will else f"silent for {silent_s:.0f} s"
-                log.warning("node %s offline: %s", node_id, why)
-                found = offline_batch(place, node_id, now, why)
-            elif not (will or stale) and open_alert is not None:
-                log.info("node %s back online", node_id)
-                stored = Alert.model_validate(open_alert.model_dump(exclude={"on_duty", "on_duty_contact"}))
-                found = back_online_batch(stored, node_id, now)
-            else:
-                continue
-            batch.events += found.events
-            batch.alerts += found.alerts
-            changed += 1
+            why = "last will" if will else f"silent for {silent_s:.0f} s" if stale else None
+            offline = open_alerts.get(dedup_key(place, node_id))
+            changed += _turn(batch, offline, place, node_id, now, why, OFFLINE)
+            late = unconfirmed_s is not None and unconfirmed_s > settings.unconfirmed_after_s
+            why = f"the oldest waits for {unconfirmed_s:.0f} s" if late else None
+            unconfirmed = open_alerts.get(dedup_key(place, node_id, UNCONFIRMED))
+            changed += _turn(batch, unconfirmed, place, node_id, now, why, UNCONFIRMED)
         if changed:
             write_batch(conn, batch)
     return changed

@@ -17,6 +17,12 @@ table, revoked rights): the writer thread stops with the message
 unacknowledged, ``alive()`` turns False, and ``patrolnet ingest`` exits
 non-zero for its service manager to restart it (and someone to look).
 
+After the commit (a dead letter is stored too), a message that asked for it is confirmed to its node: one
+``Confirmation`` per response topic and batch, with the messages' correlation data (see
+``alerts.core.protocol``), and only on a confirmation topic of the site the message came from, so that no node
+can make ingest publish into another site's commands. The node keeps each message until then, and sends it again
+when no confirmation comes: a broker that was SIGKILLed, or a share stranded with a dead worker, loses nothing.
+
 Messages are written in batches: whatever is queued when the writer is free
 goes in one transaction (up to the batch size), so an alarm is never held
 back waiting for company, and under load batches grow by themselves.
@@ -57,7 +63,13 @@ from pydantic import BaseModel, ValidationError
 from alerts.core import protocol
 from alerts.core.models import DEAD_LETTER_KEEPS, DeadLetter
 from alerts.core.mqtt import connect, make_client
-from alerts.core.protocol import UPLINK_FILTER, parse_uplink_topic
+from alerts.core.protocol import (
+    MAX_CORRELATION_BYTES,
+    UPLINK_FILTER,
+    Confirmation,
+    parse_confirm_topic,
+    parse_uplink_topic,
+)
 from alerts.identity import site_mismatch
 from alerts.store.database import WriteBatch, write_batch
 
@@ -68,6 +80,8 @@ MAX_PAYLOAD_BYTES = 4_000_000
 """The largest uplink message taken: an event with its camera mosaic is a few hundred kilobytes."""
 SESSION_EXPIRY_S = 86_400
 """How long the broker keeps a worker's session (and queues its share) while the worker is away."""
+SESSION_TAKEN_OVER = 142
+"""The DISCONNECT reason when another connection took the client id's session."""
 EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)
 AHEAD = timedelta(days=1)
 
@@ -147,6 +161,34 @@ def add_message(topic: str, payload: bytes, batch: WriteBatch, worker: str, max_
     targets[channel].extend(parsed)
 
 
+def confirmation_of(message: mqtt.MQTTMessage) -> tuple[str, str] | None:
+    """(response topic, correlation data) of a message that asks to be confirmed, or None: when it does not ask,
+    or asks on a topic that is not a confirmation topic of the site of the message's own topic.
+
+    >>> from paho.mqtt.properties import Properties
+    >>> m = mqtt.MQTTMessage(topic=b"patrolnet/v1/elm-row/events")
+    >>> m.properties = Properties(PacketTypes.PUBLISH)
+    >>> m.properties.ResponseTopic, m.properties.CorrelationData = "patrolnet/v1/elm-row/commands/confirm/n1", b"a/7"
+    >>> confirmation_of(m)
+    ('patrolnet/v1/elm-row/commands/confirm/n1', 'a/7')
+    >>> m.properties.ResponseTopic = "patrolnet/v1/oak-yard/commands/confirm/n1"
+    >>> confirmation_of(m) is None
+    True
+    """
+    props = message.properties
+    topic = getattr(props, "ResponseTopic", None)
+    data = getattr(props, "CorrelationData", None)
+    if not topic or not data or len(data) > MAX_CORRELATION_BYTES:
+        return None
+    try:
+        site, _ = parse_confirm_topic(topic)
+        same_site = site == parse_uplink_topic(message.topic)[0]
+        correlation = bytes(data).decode()
+    except ValueError:  # UnicodeDecodeError among them
+        return None
+    return (topic, correlation) if same_site else None
+
+
 class IngestWorker:
     """One ingest worker; run as many as the load needs, each under its own stable name."""
 
@@ -188,6 +230,8 @@ class IngestWorker:
         self._client.on_subscribe = self._on_subscribe
         self._client.on_message = self._on_message
         self._client.on_unsubscribe = self._on_unsubscribe
+        self._client.on_disconnect = self._on_disconnect
+        self._taken_back = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"{self.name}-writer", daemon=True)
 
     def start(self) -> None:
@@ -211,14 +255,12 @@ class IngestWorker:
         """Stores what waits in this (``draining``) worker's session, then ends the session: how a worker is
         retired without losing its share. False if the share did not drain within ``timeout``."""
         deadline = time.monotonic() + timeout
-        if not self.wait_ready(min(timeout, 60.0)):
-            return False
-        while time.monotonic() < deadline:
-            idle = time.monotonic() - self._last_message >= idle_s
-            if idle and self._queue.empty() and self.alive() and self._written == self._received:
-                break
+        drained = self.wait_ready(min(timeout, 60.0))
+        while drained and not self._settled(idle_s):
+            drained = time.monotonic() < deadline and not self._taken_back.is_set()
             time.sleep(0.2)
-        else:
+        if not drained or self._taken_back.is_set():
+            self.stop()
             return False
         self._stop.set()
         self._thread.join(timeout=10)
@@ -229,10 +271,23 @@ class IngestWorker:
         log.info("%s drained: %d messages stored, session ended", self.name, self._written)
         return True
 
+    def _settled(self, idle_s: float) -> bool:
+        """Whether nothing came for ``idle_s`` and all that came is stored."""
+        idle = time.monotonic() - self._last_message >= idle_s
+        return idle and self._queue.empty() and self.alive() and self._written == self._received
+
     def _on_message(self, client: mqtt.Client, userdata, message: mqtt.MQTTMessage) -> None:
         self._last_message = time.monotonic()
         self._received += 1
         self._queue.put(message)
+
+    def _on_disconnect(self, client: mqtt.Client, userdata, flags, reason_code, properties) -> None:
+        if self.draining and reason_code == SESSION_TAKEN_OVER:
+            # The worker itself is back and took its session: leave it to it rather than take it back in turn.
+            log.warning("%s is back and took its session over: not draining it", self.name)
+            self._taken_back.set()
+            self._subscribed.set()
+            client.disconnect()
 
     def _on_unsubscribe(self, client: mqtt.Client, userdata, mid, reason_codes, properties) -> None:
         log.info("%s draining: no new messages, storing what its session holds", self.name)
@@ -292,6 +347,7 @@ class IngestWorker:
                     return
                 for message in messages:
                     self._client.ack(message.mid, message.qos)
+                self._confirm(messages)
                 self._written += len(messages)
                 self.counts["messages"] += len(messages)
                 self.counts["batches"] += 1
@@ -299,6 +355,18 @@ class IngestWorker:
         except BaseException:
             log.exception("%s: the writer thread died; nothing is stored until the process restarts", self.name)
             raise
+
+    def _confirm(self, messages: list[mqtt.MQTTMessage]) -> None:
+        """Tells each node which of its messages are stored (they are committed): one message per response topic."""
+        stored: dict[str, list[str]] = {}
+        for message in messages:
+            answer = confirmation_of(message)
+            if answer is not None:
+                stored.setdefault(answer[0], []).append(answer[1])
+        for topic, ids in stored.items():
+            # QoS 1 while the node listens; one lost with its connection is made good by the node sending again.
+            self._client.publish(topic, Confirmation(ids=ids).model_dump_json(), qos=1)
+        self.counts["confirmed"] += sum(map(len, stored.values()))
 
     def _write(self, batch: WriteBatch, messages: list[mqtt.MQTTMessage]) -> bool:
         """Commits a batch, retrying while the database is away; False only when stopping."""

@@ -268,11 +268,17 @@ def _write_alerts(cur: psycopg.Cursor, alerts: list[Alert]) -> int:
     return len(changes)
 
 
+def _node_counters(h: Heartbeat) -> dict[str, float]:
+    """The counters kept for a node: its own, and what waits unconfirmed in its spool when it says so."""
+    said = {"unconfirmed": h.unconfirmed, "oldest_unconfirmed_s": h.oldest_unconfirmed_s}
+    return {**h.counters, **{name: value for name, value in said.items() if value is not None}}
+
+
 def _write_heartbeats(cur: psycopg.Cursor, heartbeats: list[Heartbeat]) -> None:
     ordered = sorted(heartbeats, key=lambda h: h.ts)
     cur.executemany(
         _UPSERT_NODE,
-        [(h.node_id, *_place_values(h.place)[:4], h.started_at, h.ts, Jsonb(h.counters)) for h in ordered],
+        [(h.node_id, *_place_values(h.place)[:4], h.started_at, h.ts, Jsonb(_node_counters(h))) for h in ordered],
     )
     cur.executemany(
         _UPSERT_DEVICE,

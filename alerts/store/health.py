@@ -1,10 +1,11 @@
 """Edge nodes' and their devices' health, as their heartbeats last told it, within the caller's places.
 
 A node is healthy while its newest heartbeat is younger than ``stale``; its ``online`` is its latest online
-status (the retained status it publishes, or its last will, which a later heartbeat overrules), and
-``offline_since`` is set while the centre's watchdog (``alerts.intake.watchdog``) holds a ``node_offline`` alert
-open for it. A device's ``online`` is what its node last said, and ``stale`` marks it out of date when that
-node's heartbeat is old. Ingest writes the ``nodes``, ``node_status`` and ``devices`` tables
+status (the retained status it publishes, or its last will, which a later heartbeat overrules);
+``unconfirmed`` and ``oldest_unconfirmed_s`` say what waited in its spool for ingest's confirmation at its
+newest heartbeat; and ``offline_since`` is set while the centre's watchdog (``alerts.intake.watchdog``) holds a
+``node_offline`` alert open for it. A device's ``online`` is what its node last said, and ``stale`` marks it
+out of date when that node's heartbeat is old. Ingest writes the ``nodes``, ``node_status`` and ``devices`` tables
 (``alerts.store.database``); the routes in ``alerts.api.routes_sensors`` read them here.
 
 Example:
@@ -43,6 +44,12 @@ class NodeHealth(BaseModel):
     offline_since: datetime | None = Field(
         default=None, description="While the watchdog holds a node_offline alert open for it: when it was raised."
     )
+    unconfirmed: int = Field(
+        default=0, description="Messages in its spool that ingest had not confirmed storing, at its newest heartbeat."
+    )
+    oldest_unconfirmed_s: float | None = Field(
+        default=None, description="Age in seconds of the oldest of them at that heartbeat; null when none waited."
+    )
 
     @computed_field(description="Whether the watchdog considers it offline (a node_offline alert is open).")
     def offline(self) -> bool:
@@ -67,7 +74,8 @@ _NODES_SQL = (
     "SELECT n.node_id, json_build_object('sub_district', n.sub_district, 'community', n.community, 'grid', n.grid,"
     " 'site', n.site), started_at, heartbeat_at, heartbeat_at > now() - %s, counters,"
     " s.online OR s.received_at <= n.received_at, s.received_at,"
-    " (SELECT min(a.ts) FROM alerts a WHERE a.type = 'node_offline' AND a.active AND a.source = n.node_id)"
+    " (SELECT min(a.ts) FROM alerts a WHERE a.type = 'node_offline' AND a.active AND a.source = n.node_id),"
+    " coalesce((counters->>'unconfirmed')::float8, 0)::int, (counters->>'oldest_unconfirmed_s')::float8"
     " FROM nodes n LEFT JOIN node_status s ON s.node_id = n.node_id"
     " WHERE {where} ORDER BY n.community, n.site, n.node_id"
 )
