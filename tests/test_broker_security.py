@@ -124,7 +124,8 @@ NODES = {PLACE_A.site: "node-a", PLACE_B.site: "node-b"}
 
 def _alert(place: Place) -> Alert:
     return Alert(kind=EventKind.FIRE, type="smoke", severity=Severity.CRITICAL, place=place.with_device("smoke-1"),
-                 source=NODES[place.site], title="Smoke", route=Role.FIRE, dedup_key=f"{place.site}/smoke-1")  # fmt: skip
+                 source=NODES[place.site], title="Smoke", route=Role.FIRE,
+                 dedup_key=f"{place.site}/smoke-1")  # fmt: skip
 
 
 def _rows(database_url: str, sql: str, *params: object) -> list[tuple]:
@@ -218,7 +219,8 @@ def test_a_heartbeat_or_status_naming_another_sites_node_is_dead_lettered_and_le
 def _patrolnet(
     broker: SecureBroker, database_url: str, *args: str, admin: str | None = None
 ) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PATROLNET_BROKER_ADMIN_URL": broker.url("admin", admin), "PATROLNET_DATABASE_URL": database_url}
+    env = {**os.environ, "PATROLNET_BROKER_ADMIN_URL": broker.url("admin", admin),
+           "PATROLNET_DATABASE_URL": database_url}  # fmt: skip
     cmd = [sys.executable, "-m", "deploy.cli", *(args if args[0] == "site" else ("broker", *args))]
     return subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=60)
 
@@ -234,8 +236,8 @@ def test_the_broker_command_adds_rotates_and_removes_a_node_while_the_broker_run
     assert unregistered.returncode == 1 and "site 'elm-row' is not registered" in unregistered.stderr
     assert "elm-row-01" not in _patrolnet(secure_broker, database_url, "list").stdout.split()
     assert _patrolnet(secure_broker, database_url, *ELM_ROW).returncode == 0
-    added = _patrolnet(secure_broker, database_url, "add-node", "--site", "elm-row", "--node", "elm-row-01", "--password-file",
-                       str(secret))  # fmt: skip
+    added = _patrolnet(secure_broker, database_url, "add-node", "--site", "elm-row", "--node", "elm-row-01",
+                       "--password-file", str(secret))  # fmt: skip
     assert added.returncode == 0, added.stderr
     assert added.stdout == "" and oct(secret.stat().st_mode & 0o777) == "0o600"
     first = secret.read_text().strip()
@@ -276,7 +278,8 @@ def test_the_broker_command_adds_rotates_and_removes_a_node_while_the_broker_run
 
 
 def test_the_broker_command_needs_the_admin(secure_broker: SecureBroker, database_url: str) -> None:
-    env = {**os.environ, "PATROLNET_BROKER_ADMIN_URL": secure_broker.url("ingest"), "PATROLNET_DATABASE_URL": database_url}
+    env = {**os.environ, "PATROLNET_BROKER_ADMIN_URL": secure_broker.url("ingest"),
+           "PATROLNET_DATABASE_URL": database_url}  # fmt: skip
     cmd = [sys.executable, "-m", "deploy.cli", "broker", "add-node", "--site", PLACE_B.site, "--node", "intruder"]
     done = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=60)
     assert done.returncode == 1 and "not allowed to read the plugin's answers" in done.stderr, done.stderr

@@ -48,7 +48,10 @@ def templates() -> dict[str, dict | list]:
             dedup_key="k",
         ),
         "heartbeats": Heartbeat(
-            node_id="poison-node", place=SITE, started_at=now, devices=[DeviceStatus(device="cam-1", type="camera", online=True)]
+            node_id="poison-node",
+            place=SITE,
+            started_at=now,
+            devices=[DeviceStatus(device="cam-1", type="camera", online=True)],
         ),
         "deadletters": DeadLetter(topic="zigbee2mqtt/x", payload=b"?", reason="unknown device", source="poison-node"),
         "status": NodeStatus(node_id="poison-node", place=SITE, online=True),
