@@ -3,9 +3,13 @@ a probe client that records what the broker answered: shared by the broker secur
 
 from __future__ import annotations
 
+import os
 import subprocess
+import tempfile
 import threading
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,7 +20,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from alerts.core.models import Place
 from alerts.core.protocol import UPLINK_FILTER
-from alerts.intake.broker_auth import node_client_id
+from alerts.intake.broker_auth import BrokerAdmin, node_client_id, write_initial_config
 from alerts.intake.writer import SHARE_GROUP
 from deploy.local.services import Service, start_mosquitto_config
 
@@ -50,6 +54,25 @@ def self_signed(folder: Path) -> None:
 
 def start_secure_broker(folder: Path, ports: dict[int, int]) -> SecureBroker:
     return SecureBroker(start_mosquitto_config(CENTRAL, folder, ports), folder, ports)
+
+
+@contextmanager
+def running_secure_broker() -> Iterator[SecureBroker]:
+    """The central broker from its shipped config, with TLS, the admin and ingest clients, and nodes ``node-a``
+    (site A) and ``node-b`` (site B)."""
+    folder = Path(tempfile.mkdtemp(prefix="patrolnet-central-"))
+    os.chmod(folder, 0o755)
+    self_signed(folder)
+    admin, ingest = ("admin", PASSWORDS["admin"]), ("ingest", PASSWORDS["ingest"])
+    assert write_initial_config(folder / "dynamic-security.json", admin, ingest)
+    broker = start_secure_broker(folder, {})
+    try:
+        with BrokerAdmin(broker.url("admin")) as control:
+            control.add_node(PLACE_A.site, "node-a", PASSWORDS["node-a"])
+            control.add_node(PLACE_B.site, "node-b", PASSWORDS["node-b"])
+        yield broker
+    finally:
+        broker.service.stop()
 
 
 class Probe:

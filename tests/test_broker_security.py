@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -18,21 +17,20 @@ import psycopg
 import pytest
 from broker_helpers import (
     NOT_AUTHORIZED,
-    PASSWORDS,
     PLACE_A,
     PLACE_B,
     SHARE,
     Probe,
     SecureBroker,
     node_probe,
-    self_signed,
+    running_secure_broker,
     start_secure_broker,
 )
 from conftest import REPO, ApiServer, eventually
 
 from alerts.core.models import Alert, EventKind, Heartbeat, NodeStatus, Place, Role, Severity
 from alerts.core.protocol import encode, uplink_topic
-from alerts.intake.broker_auth import BrokerAdmin, node_client_id, write_initial_config
+from alerts.intake.broker_auth import node_client_id
 from alerts.intake.writer import SHARE_GROUP, IngestWorker
 from deploy.local.services import Service
 from edge.config import parse_config
@@ -41,19 +39,8 @@ from edge.node import EdgeNode
 
 @pytest.fixture
 def secure_broker() -> Iterator[SecureBroker]:
-    folder = Path(tempfile.mkdtemp(prefix="patrolnet-central-"))
-    os.chmod(folder, 0o755)
-    self_signed(folder)
-    admin, ingest = ("admin", PASSWORDS["admin"]), ("ingest", PASSWORDS["ingest"])
-    assert write_initial_config(folder / "dynamic-security.json", admin, ingest)
-    broker = start_secure_broker(folder, {})
-    try:
-        with BrokerAdmin(broker.url("admin")) as control:
-            control.add_node(PLACE_A.site, "node-a", PASSWORDS["node-a"])
-            control.add_node(PLACE_B.site, "node-b", PASSWORDS["node-b"])
+    with running_secure_broker() as broker:
         yield broker
-    finally:
-        broker.service.stop()
 
 
 def test_strangers_are_refused_on_both_listeners_and_nodes_connect_over_tls(secure_broker: SecureBroker) -> None:

@@ -30,7 +30,7 @@ Example:
     >>> from alerts.core.models import Place
     >>> from alerts.identity import RegisteredSite
     >>> place = Place(sub_district="n", community="c", grid="g", site="s")
-    >>> sites = {"s": RegisteredSite(place=place, nodes=frozenset({"n1"}))}.get
+    >>> sites = lambda site, fresh: {"s": RegisteredSite(place=place, nodes=frozenset({"n1"}))}.get(site)
     >>> batch = WriteBatch()
     >>> add_message("patrolnet/v1/s/events", b'{"kind": "fire", "source": "n1"}', batch, "ingest-1", sites)
     >>> batch.dead_letters[0].reason
@@ -86,8 +86,9 @@ SESSION_EXPIRY_S = 86_400
 EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)
 AHEAD = timedelta(days=1)
 
-Sites = Callable[[str], RegisteredSite | None]
-"""What the registry knows of a site (None: not registered); raises psycopg.Error when it cannot be read."""
+Sites = Callable[[str, bool], RegisteredSite | None]
+"""What the registry knows of a site (None: not registered), read afresh when the second argument is True (a
+message it would refuse); raises psycopg.Error when it cannot be read."""
 
 
 def default_name() -> str:
@@ -156,7 +157,9 @@ def add_message(
             # registry, never the payload, says where that site is and which nodes are its own. A node's
             # dead letters name no place: they are kept as sent.
             if channel != "deadletters":
-                reason = registry_mismatch(site, sites(site), parsed)  # type: ignore[arg-type]
+                reason = registry_mismatch(site, sites(site, False), parsed)  # type: ignore[arg-type]
+                if reason is not None:  # perhaps registered since the copy was read: ask afresh before refusing
+                    reason = registry_mismatch(site, sites(site, True), parsed)  # type: ignore[arg-type]
     if reason is not None:
         log.warning("dead letter on %s: %s", topic, reason)
         batch.dead_letters.append(dead_letter(topic, payload, reason, worker))

@@ -9,8 +9,9 @@ Registering a node clears what another site wrote under its id before (its ``nod
 and the ``devices`` they reported): that is how an id taken before the registry is given back.
 
 ``SiteRegistry`` is one ingest worker's cached copy: the whole registry (a district's few hundred sites) read in
-one query, again every ``max_age_s`` seconds, and again on a miss for a message that arrived after the last
-read began, so a site or node registered before its first message is never refused. Several workers each keep
+one query, again every ``max_age_s`` seconds, and again before refusing a message that arrived after the last
+read began (a miss), so a site or node registered before its first message is never refused, and a stream of
+refused messages costs at most one read per batch. Several workers each keep
 their own copy; a change reaches all of them within ``max_age_s``.
 
 Example:
@@ -187,18 +188,15 @@ class SiteRegistry:
         self._read_at = float("-inf")
         self._conn: psycopg.Connection | None = None
 
-    def get(self, site: str, arrived_at: float | None = None) -> RegisteredSite | None:
-        """What the registry knows of ``site`` (None: not registered), for a message that arrived at
-        ``arrived_at`` (``time.monotonic``; None: now)."""
+    def get(self, site: str, fresh: bool = False, arrived_at: float | None = None) -> RegisteredSite | None:
+        """What the registry knows of ``site`` (None: not registered). ``fresh``: for a message the copy would
+        refuse, which ``arrived_at`` (``time.monotonic``; None: now): read again if it arrived after the copy
+        was read, since the site or node may have been registered meanwhile."""
         now = time.monotonic()
-        if now - self._read_at > self.max_age_s:
+        arrived = arrived_at if arrived_at is not None else now
+        if now - self._read_at > self.max_age_s or (fresh and arrived >= self._read_at):
             self._read()
-        found = self._sites.get(site)
-        if found is None and (arrived_at if arrived_at is not None else now) >= self._read_at:
-            # Registered after the copy was read, perhaps: read again before refusing.
-            self._read()
-            found = self._sites.get(site)
-        return found
+        return self._sites.get(site)
 
     def _read(self) -> None:
         started = time.monotonic()
