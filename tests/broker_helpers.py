@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 import tempfile
 import threading
 import uuid
@@ -144,3 +145,14 @@ def node_probe(
     """A client of ``user`` on the plain listener; a node's with the client id its username is bound to."""
     client_id = None if user in ("admin", "ingest") else node_client_id(user)
     return Probe(broker.ports[1883], user, password, will=will, client_id=client_id)
+
+
+def patrolnet(
+    broker: SecureBroker, database_url: str, *args: str, admin: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``patrolnet broker <args>`` (``patrolnet site ...`` when ``args`` start with ``site``) as the operator runs
+    it, with the broker's admin URL and the database's."""
+    env = {**os.environ, "PATROLNET_BROKER_ADMIN_URL": broker.url("admin", admin),
+           "PATROLNET_DATABASE_URL": database_url}  # fmt: skip
+    cmd = [sys.executable, "-m", "deploy.cli", *(args if args[0] == "site" else ("broker", *args))]
+    return subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=60)

@@ -23,6 +23,7 @@ from broker_helpers import (
     Probe,
     SecureBroker,
     node_probe,
+    patrolnet,
     running_secure_broker,
     start_secure_broker,
 )
@@ -203,15 +204,6 @@ def test_a_heartbeat_or_status_naming_another_sites_node_is_dead_lettered_and_le
     assert [reason for _, _, reason in letters] == [reason, reason]
 
 
-def _patrolnet(
-    broker: SecureBroker, database_url: str, *args: str, admin: str | None = None
-) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PATROLNET_BROKER_ADMIN_URL": broker.url("admin", admin),
-           "PATROLNET_DATABASE_URL": database_url}  # fmt: skip
-    cmd = [sys.executable, "-m", "deploy.cli", *(args if args[0] == "site" else ("broker", *args))]
-    return subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=60)
-
-
 ELM_ROW = ("site", "add", "elm-row", "--sub-district", "riverside", "--community", "east-gate", "--grid", "g07")
 
 
@@ -219,11 +211,11 @@ def test_the_broker_command_adds_rotates_and_removes_a_node_while_the_broker_run
     secure_broker: SecureBroker, database_url: str, tmp_path: Path
 ) -> None:
     secret = tmp_path / "elm-row-01.password"
-    unregistered = _patrolnet(secure_broker, database_url, "add-node", "--site", "elm-row", "--node", "elm-row-01")
+    unregistered = patrolnet(secure_broker, database_url, "add-node", "--site", "elm-row", "--node", "elm-row-01")
     assert unregistered.returncode == 1 and "site 'elm-row' is not registered" in unregistered.stderr
-    assert "elm-row-01" not in _patrolnet(secure_broker, database_url, "list").stdout.split()
-    assert _patrolnet(secure_broker, database_url, *ELM_ROW).returncode == 0
-    added = _patrolnet(secure_broker, database_url, "add-node", "--site", "elm-row", "--node", "elm-row-01",
+    assert "elm-row-01" not in patrolnet(secure_broker, database_url, "list").stdout.split()
+    assert patrolnet(secure_broker, database_url, *ELM_ROW).returncode == 0
+    added = patrolnet(secure_broker, database_url, "add-node", "--site", "elm-row", "--node", "elm-row-01",
                        "--password-file", str(secret))  # fmt: skip
     assert added.returncode == 0, added.stderr
     assert added.stdout == "" and oct(secret.stat().st_mode & 0o777) == "0o600"
@@ -234,14 +226,14 @@ def test_the_broker_command_adds_rotates_and_removes_a_node_while_the_broker_run
         assert not node.connack.is_failure
         assert node.publish(topic, b"{}") in (0, 16)
         assert node.publish(uplink_topic(PLACE_A.site, "events"), b"{}") == NOT_AUTHORIZED
-        rotated = _patrolnet(secure_broker, database_url, "rotate", "elm-row-01")
+        rotated = patrolnet(secure_broker, database_url, "rotate", "elm-row-01")
         assert rotated.returncode == 0, rotated.stderr
         second = rotated.stdout.strip()
         eventually(lambda: not node.client.is_connected())  # the old password's connection is closed
     with node_probe(secure_broker, "elm-row-01", password=first) as old:
         assert old.connack.is_failure
-    assert "elm-row-01" in _patrolnet(secure_broker, database_url, "list").stdout.split()
-    refused = _patrolnet(secure_broker, database_url, "add-node", "--site", "#", "--node", "x")
+    assert "elm-row-01" in patrolnet(secure_broker, database_url, "list").stdout.split()
+    refused = patrolnet(secure_broker, database_url, "add-node", "--site", "#", "--node", "x")
     assert refused.returncode == 1 and "site '#' must be" in refused.stderr
     # The plugin keeps its changes in its file: a restarted broker still knows the new password.
     secure_broker.service.stop()
@@ -251,14 +243,14 @@ def test_the_broker_command_adds_rotates_and_removes_a_node_while_the_broker_run
         assert not new.connack.is_failure
         assert new.publish(topic, b"{}") in (0, 16)
     assert _rows(database_url, "SELECT site FROM site_nodes WHERE node_id = 'elm-row-01'") == [("elm-row",)]
-    assert _patrolnet(secure_broker, database_url, "remove", "elm-row-01").returncode == 0
+    assert patrolnet(secure_broker, database_url, "remove", "elm-row-01").returncode == 0
     assert _rows(database_url, "SELECT site FROM site_nodes WHERE node_id = 'elm-row-01'") == []
-    refused = _patrolnet(secure_broker, database_url, "remove", "admin")
+    refused = patrolnet(secure_broker, database_url, "remove", "admin")
     assert refused.returncode == 1 and "would lock everybody out" in refused.stderr
-    admin_rotated = _patrolnet(secure_broker, database_url, "rotate", "admin")
+    admin_rotated = patrolnet(secure_broker, database_url, "rotate", "admin")
     assert admin_rotated.returncode == 0, admin_rotated.stderr
-    assert _patrolnet(secure_broker, database_url, "list").returncode == 1
-    listed = _patrolnet(secure_broker, database_url, "list", admin=admin_rotated.stdout.strip())
+    assert patrolnet(secure_broker, database_url, "list").returncode == 1
+    listed = patrolnet(secure_broker, database_url, "list", admin=admin_rotated.stdout.strip())
     assert listed.returncode == 0 and "elm-row-01" not in listed.stdout.split()
     with node_probe(secure_broker, "elm-row-01", password=second) as gone:
         assert gone.connack.is_failure
@@ -291,8 +283,8 @@ def test_a_node_cannot_take_over_an_ingest_workers_session(secure_broker: Secure
 def test_a_real_edge_node_with_its_new_credentials_reaches_the_centre(
     secure_broker: SecureBroker, ingest: IngestWorker, broker: Service, database_url: str, tmp_path: Path
 ) -> None:
-    assert _patrolnet(secure_broker, database_url, *ELM_ROW).returncode == 0
-    added = _patrolnet(secure_broker, database_url, "add-node", "--site", "elm-row", "--node", "elm-row-01")
+    assert patrolnet(secure_broker, database_url, *ELM_ROW).returncode == 0
+    added = patrolnet(secure_broker, database_url, "add-node", "--site", "elm-row", "--node", "elm-row-01")
     assert added.returncode == 0, added.stderr
     uplink = f"mqtt://elm-row-01:{added.stdout.strip()}@127.0.0.1:{secure_broker.ports[1883]}"
     config = parse_config(f"""
