@@ -30,8 +30,8 @@ from alerts.auth import Principal, create_key
 from alerts.core.models import Place
 from alerts.core.mqtt import connect, make_client
 from alerts.intake.writer import IngestWorker
-from alerts.store import sites
 from alerts.store.database import migrate
+from alerts.store.sites import register
 from deploy.local.services import ApiThread, Service, start_mosquitto, start_postgres, start_rtsp
 from edge.config import NodeConfig
 from edge.node import EdgeNode
@@ -63,14 +63,6 @@ REGISTERED: dict[Place, tuple[str, ...]] = {
 }  # fmt: skip
 """The sites the tests' nodes and uplink messages speak for, and the node ids registered to each: what an
 operator registers with ``patrolnet site add`` and ``patrolnet broker add-node`` before a node reports."""
-
-
-def register(database_url: str, place: Place, *nodes: str) -> None:
-    """Registers ``place``'s site and ``nodes`` under it, as the operator's commands do."""
-    with psycopg.connect(database_url, autocommit=True) as conn:
-        sites.add_site(conn, sites.SiteIn(**place.model_dump(exclude={"device"})))
-        for node in nodes:
-            sites.add_node(conn, place.site, node)
 
 
 @pytest.fixture

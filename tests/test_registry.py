@@ -13,14 +13,14 @@ import httpx
 import psycopg
 import pytest
 from broker_helpers import PLACE_A, SecureBroker, node_probe, patrolnet, running_secure_broker
-from conftest import ApiServer, SseReader, edge_and_ingest, eventually, mqtt_client, register
+from conftest import ApiServer, SseReader, edge_and_ingest, eventually, mqtt_client
 from fire_helpers import node_config, publish, query
 
 from alerts.core.models import Alert, DeviceStatus, EventKind, Heartbeat, NodeStatus, Place, Reading, Role, Severity
 from alerts.core.protocol import encode, uplink_topic
 from alerts.intake.writer import IngestWorker, add_message
 from alerts.store.database import WriteBatch, write_batch
-from alerts.store.sites import SiteRegistry
+from alerts.store.sites import SiteRegistry, register
 from deploy.local.services import Service
 
 PINE = Place(sub_district="lakeside", community="west-lake", grid="g02", site="pine-yard")

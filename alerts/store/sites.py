@@ -145,6 +145,15 @@ def remove_node(conn: psycopg.Connection, node: str) -> bool:
     return conn.execute("DELETE FROM site_nodes WHERE node_id = %s", (node,)).rowcount > 0
 
 
+def register(conninfo: str, place: Place, *nodes: str, name: str = "") -> None:
+    """Registers ``place``'s site and ``nodes`` under it, in one transaction: what ``patrolnet site add`` and
+    ``patrolnet broker add-node`` do, for the local demo, the benchmarks and the tests."""
+    with psycopg.connect(conninfo) as conn:
+        add_site(conn, SiteIn(**place.model_dump(exclude={"device"}), name=name))
+        for node in nodes:
+            add_node(conn, place.site, node)
+
+
 async def list_sites_within(pool: AsyncConnectionPool, who: Principal, flt: PlaceFilter | None) -> list[Site]:
     """The registered sites within the caller's scope and the filter, by id."""
     where, params = scoped_where(who, flt, "s")
