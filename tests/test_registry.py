@@ -18,7 +18,7 @@ from fire_helpers import node_config, publish, query
 
 from alerts.core.models import Alert, DeviceStatus, EventKind, Heartbeat, NodeStatus, Place, Reading, Role, Severity
 from alerts.core.protocol import encode, uplink_topic
-from alerts.intake.writer import IngestWorker, add_message
+from alerts.intake.writer import MAX_PAYLOAD_BYTES, IngestWorker, add_message
 from alerts.store.database import WriteBatch, write_batch
 from alerts.store.sites import SiteRegistry, register
 from deploy.local.services import Service
@@ -252,3 +252,19 @@ def test_a_sensor_value_that_is_not_a_number_is_refused_at_the_node(
     assert query(database_url, "SELECT value FROM readings") == [(21.5,)]
     reasons = [r for (r,) in query(database_url, "SELECT reason FROM dead_letters WHERE source = 'test-node'")]
     assert len(reasons) == 4 and all("temperature: expected a finite number" in r for r in reasons), reasons
+
+
+def test_the_central_brokers_packet_limit_leaves_ingests_cap_to_ingest(
+    secure_broker: SecureBroker, ingest: IngestWorker, database_url: str
+) -> None:
+    topic = uplink_topic(PLACE_A.site, "events")
+    with node_probe(secure_broker, "node-a") as a:
+        assert a.publish(topic, b"x" * (MAX_PAYLOAD_BYTES + 1)) == 0  # over ingest's cap, within the broker's
+        a.client.publish(topic, b"x" * 8 * 1024 * 1024, qos=1)  # with its topic, over max_packet_size
+        eventually(lambda: not a.client.is_connected())
+    eventually(lambda: ingest.counts["messages"] == 1)
+    assert [reason for _, reason in letters(database_url)] == [
+        f"payload of {MAX_PAYLOAD_BYTES + 1} bytes is over the cap of {MAX_PAYLOAD_BYTES} bytes"
+    ]
+    log = (secure_broker.folder / "mosquitto.log").read_text()
+    assert "disconnected due to oversize packet" in log
