@@ -99,6 +99,7 @@ async def list_sites(pool: Pool, who: Admin, flt: Annotated[PlaceFilter, Query()
     "/sites",
     status_code=201,
     summary="Register a site's place (201), or change it (200); ingest takes every message's place from here",
+    responses={200: {"model": Site, "description": "The site was registered already: its place is changed."}},
 )
 async def put_site(pool: Pool, who: Admin, body: SiteIn, response: Response) -> Site:
     check_within(who, body)
