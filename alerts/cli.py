@@ -1,4 +1,5 @@
-"""The centre's commands: ingest workers, the API, webhooks, the database, API keys and broker credentials.
+"""The centre's commands: ingest workers, the API, webhooks, the database, API keys, the site registry and broker
+credentials.
 
 Connection settings come from the environment: ``PATROLNET_DATABASE_URL`` and ``PATROLNET_MQTT_URL``, or
 ``<NAME>_FILE`` naming a file that holds the value, so secrets stay out of command lines and the repo.
@@ -12,6 +13,8 @@ import os
 import signal
 import sys
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import fields
 from uuid import UUID
 
@@ -190,6 +193,70 @@ def _broker_secret(args: argparse.Namespace, password: str) -> None:
     print(f"password written to {args.password_file}", file=sys.stderr)
 
 
+def cmd_site(args: argparse.Namespace) -> int:
+    import psycopg
+    from pydantic import ValidationError
+
+    from alerts.store import sites
+
+    try:
+        with psycopg.connect(setting("PATROLNET_DATABASE_URL"), autocommit=True) as conn:
+            if args.site_command == "add":
+                site = sites.SiteIn(site=args.site, name=args.name, sub_district=args.sub_district,
+                                    community=args.community, grid=args.grid)  # fmt: skip
+                created = sites.add_site(conn, site)
+                print(f"{'registered' if created else 'changed'} {site.site}: {site.sub_district}/{site.community}/"
+                      f"{site.grid}; ingest takes it within {sites.MAX_AGE_S:g} s")  # fmt: skip
+            elif args.site_command == "remove":
+                if not sites.remove_site(conn, args.site):
+                    raise ValueError(f"no site {args.site!r}")
+                print(f"removed {args.site} and its nodes' registrations; ingest refuses their messages")
+            else:
+                for found in sites.list_sites(conn):
+                    place = f"{found.sub_district}/{found.community}/{found.grid}"
+                    print(f"{found.site:<24} {place:<40} {found.name:<30} nodes: {', '.join(found.nodes) or '-'}")
+        return 0
+    except ValidationError as exc:
+        errors = (f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors(include_url=False))
+        print(f"patrolnet site: {'; '.join(errors)}", file=sys.stderr)
+        return 1
+    except (ValueError, psycopg.Error) as exc:
+        print(f"patrolnet site: {exc}", file=sys.stderr)
+        return 1
+
+
+@contextmanager
+def _registration(args: argparse.Namespace) -> Iterator[None]:
+    """Registers an added node under its site in the database (a site that is not registered, or a node of
+    another site, is refused before the broker is asked), or removes a removed client's registration, in a
+    transaction committed only when the broker's command in the block succeeds."""
+    import psycopg
+
+    from alerts.core.settings import optional_setting
+    from alerts.intake.broker_auth import checked_name
+    from alerts.store import sites
+
+    adding = args.broker_command == "add-node"
+    database_url = setting("PATROLNET_DATABASE_URL") if adding else optional_setting("PATROLNET_DATABASE_URL")
+    if database_url is None:
+        print("PATROLNET_DATABASE_URL is not set: a node's registration stays (patrolnet site list)", file=sys.stderr)
+        yield
+        return
+    try:
+        conn = psycopg.connect(database_url)
+    except psycopg.Error as exc:
+        raise ValueError(f"the site registry: {exc}") from exc
+    with conn:  # commits when the block succeeds, rolls back when it raises
+        try:
+            if adding:
+                sites.add_node(conn, checked_name("site", args.site), checked_name("node", args.node))
+            elif sites.remove_node(conn, args.username):
+                print(f"{args.username}: no longer registered to its site", file=sys.stderr)
+        except psycopg.Error as exc:
+            raise ValueError(f"the site registry: {exc}") from exc
+        yield
+
+
 def cmd_broker(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -206,7 +273,11 @@ def cmd_broker(args: argparse.Namespace) -> int:
             ):
                 print(f"{args.config} exists: left as it is (the broker owns it now)", file=sys.stderr)
             return 0
-        with BrokerAdmin(setting("PATROLNET_BROKER_ADMIN_URL")) as admin:
+        registering = args.broker_command in ("add-node", "remove")
+        with (
+            _registration(args) if registering else nullcontext(),
+            BrokerAdmin(setting("PATROLNET_BROKER_ADMIN_URL")) as admin,
+        ):
             password = new_password()
             if args.broker_command == "add-node":
                 admin.add_node(args.site, args.node, password, args.client_id)
@@ -306,7 +377,11 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         "URLs in PATROLNET_BROKER_ADMIN_URL and PATROLNET_MQTT_URL",
     )
     init.add_argument("--config", required=True, help="e.g. /var/lib/mosquitto/dynamic-security.json")
-    add_node = broker.add_parser("add-node", help="an edge node: publish under its site, read its commands")
+    add_node = broker.add_parser(
+        "add-node",
+        help="an edge node: publish under its site, read its commands; registered to its site in the database "
+        "too (PATROLNET_DATABASE_URL; the site first: patrolnet site add)",
+    )
     add_node.add_argument("--site", required=True, help="the site id of the node's config")
     add_node.add_argument("--node", required=True, help="the node's node_id, its broker username")
     add_node.add_argument(
@@ -315,7 +390,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     add_ingest = broker.add_parser("add-ingest", help="an ingest client: join the share group, read the uplink")
     add_ingest.add_argument("--name", required=True, help="broker username")
     rotate = broker.add_parser("rotate", help="a new password; the old one stops working at once")
-    remove = broker.add_parser("remove", help="delete a client; its connections are closed")
+    remove = broker.add_parser(
+        "remove", help="delete a client; its connections are closed (a node's registration goes too)"
+    )
     for command in (rotate, remove):
         command.add_argument("username")
     for command in (add_node, add_ingest, rotate):
@@ -323,3 +400,18 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     listing = broker.add_parser("list", help="the broker's clients")
     for command in (init, add_node, add_ingest, rotate, remove, listing):
         command.set_defaults(func=cmd_broker)
+
+    site = sub.add_parser(
+        "site", help="the site registry: each site's place and nodes, which ingest takes every message's place from"
+    ).add_subparsers(dest="site_command", required=True)
+    site_add = site.add_parser("add", help="register a site's place, or change it")
+    site_add.add_argument("site", help="the site id: its nodes' site.id")
+    site_add.add_argument("--sub-district", required=True)
+    site_add.add_argument("--community", required=True)
+    site_add.add_argument("--grid", required=True)
+    site_add.add_argument("--name", default="", help="what people call it")
+    site_remove = site.add_parser("remove", help="remove a site and its nodes' registrations")
+    site_remove.add_argument("site")
+    site_list = site.add_parser("list", help="the registered sites, their places and nodes")
+    for command in (site_add, site_remove, site_list):
+        command.set_defaults(func=cmd_site)

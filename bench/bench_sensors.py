@@ -40,14 +40,16 @@ import paho.mqtt.client as mqtt
 import psycopg
 
 from alerts.auth import Principal, create_key
-from alerts.core.models import Role
+from alerts.core.models import Place, Role
 from alerts.core.mqtt import connect, make_client
 from alerts.core.protocol import uplink_topic
 from alerts.store.database import migrate
+from alerts.store.sites import register
 from deploy.local.services import ApiThread, spawn, start_mosquitto, start_postgres
 
 log = logging.getLogger(__name__)
 
+BENCH_SITE = Place(sub_district="sd", community="c", grid="g", site="bench-court")
 SENSORS = 50
 READINGS_PER_MESSAGE = 5
 ALARM_TOPIC = "zigbee2mqtt/bench-alarm"
@@ -74,7 +76,8 @@ def node_yaml(broker_url: str, spool: Path) -> str:
         f"  - {{id: s{i:03d}, adapter: zigbee2mqtt, topic: zigbee2mqtt/s{i:03d}}}\n" for i in range(SENSORS)
     )
     return f"""node_id: bench-node
-site: {{id: bench-court, sub_district: sd, community: c, grid: g}}
+site: {{id: {BENCH_SITE.site}, sub_district: {BENCH_SITE.sub_district}, community: {BENCH_SITE.community}, \
+grid: {BENCH_SITE.grid}}}
 broker: {{url: "{broker_url}", max_inflight: 1000}}
 uplink: {{spool: "{spool}", max_inflight: 1000}}
 sensors:
@@ -256,7 +259,7 @@ def uplink_tap(url: str, raised: queue.Queue[float]) -> mqtt.Client:
 
     tap = client(url, "bench-uplink-tap")
     tap.on_message = on_message
-    tap.subscribe(uplink_topic("bench-court", "alerts"), qos=1)
+    tap.subscribe(uplink_topic(BENCH_SITE.site, "alerts"), qos=1)
     return tap
 
 
@@ -309,6 +312,7 @@ def main() -> int:
         db = stack.enter_context(start_postgres(folder(work, "postgres")))
         broker = stack.enter_context(start_mosquitto(folder(work, "mosquitto")))
         migrate(db.url)
+        register(db.url, BENCH_SITE, "bench-node")
         assert broker.proc is not None
         broker_pid = broker.proc.pid
         bare = bare_rate(broker.url, args.messages)

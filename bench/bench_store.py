@@ -43,6 +43,7 @@ from alerts.core.mqtt import connect, make_client  # noqa: E402
 from alerts.core.protocol import encode, uplink_topic  # noqa: E402
 from alerts.store.database import READING_COLUMNS, copy_insert, migrate, reading_row  # noqa: E402
 from alerts.store.rows import ALERT_COLUMNS  # noqa: E402
+from alerts.store.sites import register  # noqa: E402
 from deploy.local.services import free_port, start_mosquitto, start_postgres, wait_for_port  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -342,6 +343,7 @@ def main() -> int:
         db = stack.enter_context(start_postgres(folder("bench-pg-")))
         broker = stack.enter_context(start_mosquitto(folder("bench-mqtt-")))
         migrate(db.url)
+        register(db.url, PLACE)  # ingest takes only what a registered site sends
         print(f"cores: {os.cpu_count()}; PostgreSQL and Mosquitto on loopback, fsync off\n")
 
         print("1. writing batches of 500 readings (rows/s):")

@@ -9,8 +9,10 @@
     patrolnet db prune                       plain PostgreSQL: delete rows past their retention
     patrolnet apikey create --role fire ...  make an API key
     patrolnet apikey list | revoke ID        see the keys (never the keys themselves); revoke one
-    patrolnet broker add-node --site S --node N   broker credentials of an edge node (also init, add-ingest,
-                                             rotate, remove, list)
+    patrolnet site add S --sub-district ... --community ... --grid ...   register a site's place (also list,
+                                             remove)
+    patrolnet broker add-node --site S --node N   broker credentials of an edge node, registered to its site
+                                             (also init, add-ingest, rotate, remove, list)
     patrolnet demo                           everything, locally, on real services
 
 An edge-only install (``pip install patrolnet[edge]``, then ``trackers`` without its dependencies, see

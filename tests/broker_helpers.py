@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 import tempfile
 import threading
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,6 +56,25 @@ def self_signed(folder: Path) -> None:
 
 def start_secure_broker(folder: Path, ports: dict[int, int]) -> SecureBroker:
     return SecureBroker(start_mosquitto_config(CENTRAL, folder, ports), folder, ports)
+
+
+@contextmanager
+def running_secure_broker() -> Iterator[SecureBroker]:
+    """The central broker from its shipped config, with TLS, the admin and ingest clients, and nodes ``node-a``
+    (site A) and ``node-b`` (site B)."""
+    folder = Path(tempfile.mkdtemp(prefix="patrolnet-central-"))
+    os.chmod(folder, 0o755)
+    self_signed(folder)
+    admin, ingest = ("admin", PASSWORDS["admin"]), ("ingest", PASSWORDS["ingest"])
+    assert write_initial_config(folder / "dynamic-security.json", admin, ingest)
+    broker = start_secure_broker(folder, {})
+    try:
+        with BrokerAdmin(broker.url("admin")) as control:
+            control.add_node(PLACE_A.site, "node-a", PASSWORDS["node-a"])
+            control.add_node(PLACE_B.site, "node-b", PASSWORDS["node-b"])
+        yield broker
+    finally:
+        broker.service.stop()
 
 
 class Probe:
@@ -150,3 +172,14 @@ def secure_central(nodes: dict[str, str], monitor: bool = False) -> SecureBroker
             control.run([{"command": "createRole", "rolename": MONITOR_ROLE, "acls": acls}])
             control.add_client("monitor", "monitor-secret", MONITOR_ROLE, "a dashboard reading the uplink")
     return broker
+
+
+def patrolnet(
+    broker: SecureBroker, database_url: str, *args: str, admin: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``patrolnet broker <args>`` (``patrolnet site ...`` when ``args`` start with ``site``) as the operator runs
+    it, with the broker's admin URL and the database's."""
+    env = {**os.environ, "PATROLNET_BROKER_ADMIN_URL": broker.url("admin", admin),
+           "PATROLNET_DATABASE_URL": database_url}  # fmt: skip
+    cmd = [sys.executable, "-m", "deploy.cli", *(args if args[0] == "site" else ("broker", *args))]
+    return subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=60)

@@ -27,9 +27,11 @@ import pytest
 import yaml
 
 from alerts.auth import Principal, create_key
+from alerts.core.models import Place
 from alerts.core.mqtt import connect, make_client
 from alerts.intake.writer import IngestWorker
 from alerts.store.database import migrate
+from alerts.store.sites import register
 from deploy.local.services import ApiThread, Service, start_mosquitto, start_postgres, start_rtsp
 from edge.config import NodeConfig
 from edge.node import EdgeNode
@@ -72,14 +74,27 @@ def postgres() -> Iterator[Service]:
         yield service
 
 
+EAST_GATE = {"sub_district": "riverside", "community": "east-gate", "grid": "g07"}
+REGISTERED: dict[Place, tuple[str, ...]] = {
+    Place(**EAST_GATE, site="willow-court"): ("test-node", "fault-node", "node-1", "n1", "node-a", "probe",
+                                              "will-node"),
+    Place(sub_district="riverside", community="north-bank", grid="g02", site="oak-yard"): ("node-b",),
+    Place(**EAST_GATE, site="poison-court"): ("poison-node",),
+}  # fmt: skip
+"""The sites the tests' nodes and uplink messages speak for, and the node ids registered to each: what an
+operator registers with ``patrolnet site add`` and ``patrolnet broker add-node`` before a node reports."""
+
+
 @pytest.fixture
 def database_url(postgres: Service) -> str:
-    """A new, migrated database for this test."""
+    """A new, migrated database for this test, with the tests' sites and nodes registered (``REGISTERED``)."""
     name = f"t_{uuid.uuid4().hex[:12]}"
     with psycopg.connect(postgres.url, autocommit=True) as conn:
         conn.execute(f"CREATE DATABASE {name}")
     url = postgres.url.rsplit("/", 1)[0] + "/" + name
     migrate(url)
+    for place, nodes in REGISTERED.items():
+        register(url, place, *nodes)
     return url
 
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -18,21 +17,21 @@ import psycopg
 import pytest
 from broker_helpers import (
     NOT_AUTHORIZED,
-    PASSWORDS,
     PLACE_A,
     PLACE_B,
     SHARE,
     Probe,
     SecureBroker,
     node_probe,
-    self_signed,
+    patrolnet,
+    running_secure_broker,
     start_secure_broker,
 )
 from conftest import REPO, ApiServer, eventually
 
 from alerts.core.models import Alert, EventKind, Heartbeat, NodeStatus, Place, Role, Severity
 from alerts.core.protocol import encode, uplink_topic
-from alerts.intake.broker_auth import BrokerAdmin, node_client_id, write_initial_config
+from alerts.intake.broker_auth import node_client_id
 from alerts.intake.writer import SHARE_GROUP, IngestWorker
 from deploy.local.services import Service
 from edge.config import parse_config
@@ -41,19 +40,8 @@ from edge.node import EdgeNode
 
 @pytest.fixture
 def secure_broker() -> Iterator[SecureBroker]:
-    folder = Path(tempfile.mkdtemp(prefix="patrolnet-central-"))
-    os.chmod(folder, 0o755)
-    self_signed(folder)
-    admin, ingest = ("admin", PASSWORDS["admin"]), ("ingest", PASSWORDS["ingest"])
-    assert write_initial_config(folder / "dynamic-security.json", admin, ingest)
-    broker = start_secure_broker(folder, {})
-    try:
-        with BrokerAdmin(broker.url("admin")) as control:
-            control.add_node(PLACE_A.site, "node-a", PASSWORDS["node-a"])
-            control.add_node(PLACE_B.site, "node-b", PASSWORDS["node-b"])
+    with running_secure_broker() as broker:
         yield broker
-    finally:
-        broker.service.stop()
 
 
 def test_strangers_are_refused_on_both_listeners_and_nodes_connect_over_tls(secure_broker: SecureBroker) -> None:
@@ -119,9 +107,13 @@ def test_a_nodes_retained_status_and_last_will_pass_and_a_forged_will_does_not(s
         assert late.subscribe(uplink_topic("+", "status")) == NOT_AUTHORIZED
 
 
+NODES = {PLACE_A.site: "node-a", PLACE_B.site: "node-b"}
+
+
 def _alert(place: Place) -> Alert:
     return Alert(kind=EventKind.FIRE, type="smoke", severity=Severity.CRITICAL, place=place.with_device("smoke-1"),
-                 source="node", title="Smoke", route=Role.FIRE, dedup_key=f"{place.site}/smoke-1")  # fmt: skip
+                 source=NODES[place.site], title="Smoke", route=Role.FIRE,
+                 dedup_key=f"{place.site}/smoke-1")  # fmt: skip
 
 
 def _rows(database_url: str, sql: str, *params: object) -> list[tuple]:
@@ -166,7 +158,8 @@ def test_a_copy_from_another_site_cannot_clear_an_alarm(
     secure_broker: SecureBroker, ingest: IngestWorker, database_url: str
 ) -> None:
     raised = _alert(PLACE_B)
-    clearing = raised.model_copy(update={"revision": 9, "active": False, "place": PLACE_A})
+    # Node A's own place and node id: only the alert id is site B's.
+    clearing = raised.model_copy(update={"revision": 9, "active": False, "place": PLACE_A, "source": "node-a"})
     with node_probe(secure_broker, "node-b") as b, node_probe(secure_broker, "node-a") as a:
         assert b.publish(uplink_topic(PLACE_B.site, "alerts"), raised.model_dump_json().encode()) == 0
         eventually(lambda: _rows(database_url, "SELECT 1 FROM alerts WHERE id = %s", raised.id))
@@ -207,22 +200,23 @@ def test_a_heartbeat_or_status_naming_another_sites_node_is_dead_lettered_and_le
         (uplink_topic(PLACE_A.site, "heartbeats"), encode("heartbeats", hijack)),
         (uplink_topic(PLACE_A.site, "status"), encode("status", gone)),
     ]
-    reason = "node 'node-b' belongs to site 'oak-yard'; site 'willow-court' may not speak for it"
+    reason = "node 'node-b' is not registered to site 'willow-court' (patrolnet broker add-node)"
     assert [reason for _, _, reason in letters] == [reason, reason]
 
 
-def _patrolnet(broker: SecureBroker, *args: str, admin: str | None = None) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PATROLNET_BROKER_ADMIN_URL": broker.url("admin", admin)}
-    cmd = [sys.executable, "-m", "deploy.cli", "broker", *args]
-    return subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=60)
+ELM_ROW = ("site", "add", "elm-row", "--sub-district", "riverside", "--community", "east-gate", "--grid", "g07")
 
 
 def test_the_broker_command_adds_rotates_and_removes_a_node_while_the_broker_runs(
-    secure_broker: SecureBroker, tmp_path: Path
+    secure_broker: SecureBroker, database_url: str, tmp_path: Path
 ) -> None:
     secret = tmp_path / "elm-row-01.password"
-    added = _patrolnet(secure_broker, "add-node", "--site", "elm-row", "--node", "elm-row-01", "--password-file",
-                       str(secret))  # fmt: skip
+    unregistered = patrolnet(secure_broker, database_url, "add-node", "--site", "elm-row", "--node", "elm-row-01")
+    assert unregistered.returncode == 1 and "site 'elm-row' is not registered" in unregistered.stderr
+    assert "elm-row-01" not in patrolnet(secure_broker, database_url, "list").stdout.split()
+    assert patrolnet(secure_broker, database_url, *ELM_ROW).returncode == 0
+    added = patrolnet(secure_broker, database_url, "add-node", "--site", "elm-row", "--node", "elm-row-01",
+                       "--password-file", str(secret))  # fmt: skip
     assert added.returncode == 0, added.stderr
     assert added.stdout == "" and oct(secret.stat().st_mode & 0o777) == "0o600"
     first = secret.read_text().strip()
@@ -232,14 +226,14 @@ def test_the_broker_command_adds_rotates_and_removes_a_node_while_the_broker_run
         assert not node.connack.is_failure
         assert node.publish(topic, b"{}") in (0, 16)
         assert node.publish(uplink_topic(PLACE_A.site, "events"), b"{}") == NOT_AUTHORIZED
-        rotated = _patrolnet(secure_broker, "rotate", "elm-row-01")
+        rotated = patrolnet(secure_broker, database_url, "rotate", "elm-row-01")
         assert rotated.returncode == 0, rotated.stderr
         second = rotated.stdout.strip()
         eventually(lambda: not node.client.is_connected())  # the old password's connection is closed
     with node_probe(secure_broker, "elm-row-01", password=first) as old:
         assert old.connack.is_failure
-    assert "elm-row-01" in _patrolnet(secure_broker, "list").stdout.split()
-    refused = _patrolnet(secure_broker, "add-node", "--site", "#", "--node", "x")
+    assert "elm-row-01" in patrolnet(secure_broker, database_url, "list").stdout.split()
+    refused = patrolnet(secure_broker, database_url, "add-node", "--site", "#", "--node", "x")
     assert refused.returncode == 1 and "site '#' must be" in refused.stderr
     # The plugin keeps its changes in its file: a restarted broker still knows the new password.
     secure_broker.service.stop()
@@ -248,20 +242,23 @@ def test_the_broker_command_adds_rotates_and_removes_a_node_while_the_broker_run
     with node_probe(secure_broker, "elm-row-01", password=second) as new:
         assert not new.connack.is_failure
         assert new.publish(topic, b"{}") in (0, 16)
-    assert _patrolnet(secure_broker, "remove", "elm-row-01").returncode == 0
-    refused = _patrolnet(secure_broker, "remove", "admin")
+    assert _rows(database_url, "SELECT site FROM site_nodes WHERE node_id = 'elm-row-01'") == [("elm-row",)]
+    assert patrolnet(secure_broker, database_url, "remove", "elm-row-01").returncode == 0
+    assert _rows(database_url, "SELECT site FROM site_nodes WHERE node_id = 'elm-row-01'") == []
+    refused = patrolnet(secure_broker, database_url, "remove", "admin")
     assert refused.returncode == 1 and "would lock everybody out" in refused.stderr
-    admin_rotated = _patrolnet(secure_broker, "rotate", "admin")
+    admin_rotated = patrolnet(secure_broker, database_url, "rotate", "admin")
     assert admin_rotated.returncode == 0, admin_rotated.stderr
-    assert _patrolnet(secure_broker, "list").returncode == 1
-    listed = _patrolnet(secure_broker, "list", admin=admin_rotated.stdout.strip())
+    assert patrolnet(secure_broker, database_url, "list").returncode == 1
+    listed = patrolnet(secure_broker, database_url, "list", admin=admin_rotated.stdout.strip())
     assert listed.returncode == 0 and "elm-row-01" not in listed.stdout.split()
     with node_probe(secure_broker, "elm-row-01", password=second) as gone:
         assert gone.connack.is_failure
 
 
-def test_the_broker_command_needs_the_admin(secure_broker: SecureBroker) -> None:
-    env = {**os.environ, "PATROLNET_BROKER_ADMIN_URL": secure_broker.url("ingest")}
+def test_the_broker_command_needs_the_admin(secure_broker: SecureBroker, database_url: str) -> None:
+    env = {**os.environ, "PATROLNET_BROKER_ADMIN_URL": secure_broker.url("ingest"),
+           "PATROLNET_DATABASE_URL": database_url}  # fmt: skip
     cmd = [sys.executable, "-m", "deploy.cli", "broker", "add-node", "--site", PLACE_B.site, "--node", "intruder"]
     done = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=60)
     assert done.returncode == 1 and "not allowed to read the plugin's answers" in done.stderr, done.stderr
@@ -270,6 +267,7 @@ def test_the_broker_command_needs_the_admin(secure_broker: SecureBroker) -> None
     assert done.returncode == 1 and "cannot reach the broker's control API: Not authorized" in done.stderr
     with Probe(secure_broker.ports[1883], "intruder", "anything") as intruder:
         assert intruder.connack.is_failure
+    assert _rows(database_url, "SELECT 1 FROM site_nodes WHERE node_id = 'intruder'") == []  # rolled back
 
 
 def test_a_node_cannot_take_over_an_ingest_workers_session(secure_broker: SecureBroker, ingest: IngestWorker) -> None:
@@ -285,7 +283,8 @@ def test_a_node_cannot_take_over_an_ingest_workers_session(secure_broker: Secure
 def test_a_real_edge_node_with_its_new_credentials_reaches_the_centre(
     secure_broker: SecureBroker, ingest: IngestWorker, broker: Service, database_url: str, tmp_path: Path
 ) -> None:
-    added = _patrolnet(secure_broker, "add-node", "--site", "elm-row", "--node", "elm-row-01")
+    assert patrolnet(secure_broker, database_url, *ELM_ROW).returncode == 0
+    added = patrolnet(secure_broker, database_url, "add-node", "--site", "elm-row", "--node", "elm-row-01")
     assert added.returncode == 0, added.stderr
     uplink = f"mqtt://elm-row-01:{added.stdout.strip()}@127.0.0.1:{secure_broker.ports[1883]}"
     config = parse_config(f"""

@@ -37,21 +37,24 @@ def templates() -> dict[str, dict | list]:
     """A valid message of each channel, as JSON values, for the poisons to spoil."""
     now = datetime.now(UTC)
     models = {
-        "events": Event(kind=EventKind.TROUBLE, type="camera_offline", place=DEVICE, source="n1"),
+        "events": Event(kind=EventKind.TROUBLE, type="camera_offline", place=DEVICE, source="poison-node"),
         "alerts": Alert(
             kind=EventKind.TROUBLE,
             type="camera_offline",
             severity=Severity.MAJOR,
             place=DEVICE,
-            source="n1",
+            source="poison-node",
             route=Role.OPERATOR,
             dedup_key="k",
         ),
         "heartbeats": Heartbeat(
-            node_id="n1", place=SITE, started_at=now, devices=[DeviceStatus(device="cam-1", type="camera", online=True)]
+            node_id="poison-node",
+            place=SITE,
+            started_at=now,
+            devices=[DeviceStatus(device="cam-1", type="camera", online=True)],
         ),
-        "deadletters": DeadLetter(topic="zigbee2mqtt/x", payload=b"?", reason="unknown device", source="n1"),
-        "status": NodeStatus(node_id="n1", place=SITE, online=True),
+        "deadletters": DeadLetter(topic="zigbee2mqtt/x", payload=b"?", reason="unknown device", source="poison-node"),
+        "status": NodeStatus(node_id="poison-node", place=SITE, online=True),
     }
     out: dict[str, dict | list] = {name: json.loads(m.model_dump_json()) for name, m in models.items()}
     out["readings"] = [json.loads(Reading(place=DEVICE, quantity="temperature", value=21.5).model_dump_json())]
@@ -68,7 +71,10 @@ def poisons(channel: str, template: dict | list) -> list[tuple[bytes, str]]:
         return text.replace('"<HUGE>"', HUGE).encode()
 
     number = "value" if channel == "readings" else "ts"
-    text_field = {"readings": "quantity", "heartbeats": "node_id", "status": "node_id"}.get(channel, "source")
+    # A NUL in text reaches the database, which refuses it; a node id with one is not registered to the site.
+    text_field = {"readings": "quantity", "events": "title", "alerts": "title", "deadletters": "source"}
+    nul = spoiled(**{text_field.get(channel, "node_id"): "nul\u0000byte"})
+    nul_refused_by = "refused by the database" if channel in text_field else "is not registered to site"
     ahead = (datetime.now(UTC) + timedelta(days=2)).isoformat()
     return [
         (b'{"ts": "2026-', "Invalid JSON"),
@@ -79,7 +85,7 @@ def poisons(channel: str, template: dict | list) -> list[tuple[bytes, str]]:
         (spoiled(**{number: "<HUGE>"}), "number"),
         (b"[" * 100_000 + b"]" * 100_000, "recursion"),
         (b'"' + b"x" * MAX_PAYLOAD_BYTES + b'"', "over the cap"),
-        (spoiled(**{text_field: "nul\u0000byte"}), "refused by the database"),
+        (nul, nul_refused_by),
     ]
 
 

@@ -17,12 +17,19 @@ from fire_helpers import alert_of
 
 from alerts.core.models import DeviceStatus, Event, EventKind, EventState, Heartbeat, Place, Reading
 from alerts.core.policy import AlertPolicy
+from alerts.identity import RegisteredSite
 from alerts.intake.writer import add_message
 from alerts.store import timescale
 from alerts.store.database import CHANGES_CHANNEL, RECORD_CHANGES, WriteBatch, migrate, migrations, write_batch
 from alerts.store.timescale import Retention
 
 PLACE = Place(sub_district="sd", community="c", grid="g", site="s", device="smoke-1")
+KNOWN = {"s": RegisteredSite(place=PLACE.model_copy(update={"device": None}), nodes=frozenset({"node-1"}))}
+
+
+def known(site: str, fresh: bool) -> RegisteredSite | None:
+    """The registry of these tests: site s and its node-1."""
+    return KNOWN.get(site)
 
 
 def one(cursor: psycopg.Cursor) -> tuple[Any, ...]:
@@ -107,9 +114,9 @@ def test_alert_changes_are_logged_in_commit_order_and_wake_the_listeners(databas
 
 def test_an_unreadable_uplink_message_becomes_a_dead_letter(database_url: str) -> None:
     batch = WriteBatch()
-    add_message("patrolnet/v1/s/events", b'{"kind": "fire"}', batch, "ingest-test")
-    add_message("patrolnet/v2/s/events", b"{}", batch, "ingest-test")
-    add_message("patrolnet/v1/s/readings", b"[not json", batch, "ingest-test")
+    add_message("patrolnet/v1/s/events", b'{"kind": "fire"}', batch, "ingest-test", known)
+    add_message("patrolnet/v2/s/events", b"{}", batch, "ingest-test", known)
+    add_message("patrolnet/v1/s/readings", b"[not json", batch, "ingest-test", known)
     assert len(batch.dead_letters) == 3 and not batch.events
     write(database_url, batch)
     with psycopg.connect(database_url) as conn:
@@ -259,7 +266,7 @@ def test_heartbeats_keep_the_newest_health_of_nodes_and_devices(database_url: st
     now = datetime.now(UTC)
     newer, older = heartbeat(now, online=False), heartbeat(now - timedelta(seconds=30), online=True)
     batch = WriteBatch()
-    add_message("patrolnet/v1/s/heartbeats", newer.model_dump_json().encode(), batch, "ingest-test")
+    add_message("patrolnet/v1/s/heartbeats", newer.model_dump_json().encode(), batch, "ingest-test", known)
     assert batch.heartbeats == [newer]
     write(database_url, batch)
     write(database_url, WriteBatch(heartbeats=[older]))

@@ -1,7 +1,8 @@
-"""Administration: a grid's weekly duty rotation and its registered citizen reporters.
+"""Administration: a grid's weekly duty rotation, its registered citizen reporters, and the site registry.
 
 An admin key scoped to a place manages only what lies within it. The handlers check the caller and the
-place and shape the answer; the queries are ``alerts.store.duty`` and ``alerts.store.reporters``.
+place and shape the answer; the queries are ``alerts.store.duty``, ``alerts.store.reporters`` and
+``alerts.store.sites`` (a site's nodes are registered with their broker credential: ``patrolnet broker add-node``).
 """
 
 from __future__ import annotations
@@ -10,15 +11,17 @@ import logging
 from typing import Annotated
 from uuid import UUID
 
-from fastapi import APIRouter, HTTPException, Query
+from fastapi import APIRouter, HTTPException, Path, Query, Response
 from pydantic import BaseModel, Field
 
 from alerts.api.http import Admin, Pool
 from alerts.auth import Principal
-from alerts.store import duty, reporters
+from alerts.identity import NAME_PATTERN
+from alerts.store import duty, reporters, sites
 from alerts.store.duty import DutyShift, StoredShift
 from alerts.store.queries import GridFilter, PlaceFilter
 from alerts.store.reporters import Reporter, ReporterIn
+from alerts.store.sites import Site, SiteIn
 
 log = logging.getLogger(__name__)
 
@@ -85,3 +88,34 @@ async def add_reporter(pool: Pool, who: Admin, body: ReporterIn) -> NewReporter:
 async def remove_reporter(pool: Pool, reporter_id: UUID, who: Admin) -> None:
     if not await reporters.remove_reporter(pool, who, reporter_id):
         raise HTTPException(404, f"no reporter {reporter_id} that this key administers")
+
+
+@router.get("/sites", summary="The registered sites, their places and nodes")
+async def list_sites(pool: Pool, who: Admin, flt: Annotated[PlaceFilter, Query()]) -> list[Site]:
+    return await sites.list_sites_within(pool, who, flt)
+
+
+@router.post(
+    "/sites",
+    status_code=201,
+    summary="Register a site's place (201), or change it (200); ingest takes every message's place from here",
+    responses={200: {"model": Site, "description": "The site was registered already: its place is changed."}},
+)
+async def put_site(pool: Pool, who: Admin, body: SiteIn, response: Response) -> Site:
+    check_within(who, body)
+    created = await sites.put_site(pool, who, body)
+    if created is None:
+        raise HTTPException(403, f"site {body.site!r} is registered outside the places this key administers")
+    if not created:
+        response.status_code = 200
+    log.info("%s %s site %s in %s/%s/%s", who.name, "registered" if created else "changed", body.site,
+             body.sub_district, body.community, body.grid)  # fmt: skip
+    [stored] = await sites.list_sites_within(pool, who, PlaceFilter(site=body.site))
+    return stored
+
+
+@router.delete("/sites/{site}", status_code=204, summary="Remove a site and its nodes' registrations")
+async def remove_site(pool: Pool, who: Admin, site: Annotated[str, Path(pattern=NAME_PATTERN)]) -> None:
+    if not await sites.remove_site_within(pool, who, site):
+        raise HTTPException(404, f"no site {site!r} that this key administers")
+    log.info("%s removed site %s", who.name, site)

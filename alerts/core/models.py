@@ -19,7 +19,7 @@ from enum import StrEnum
 from typing import Any
 from uuid import UUID, uuid4
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, FiniteFloat, field_validator
 
 
 def utc_now() -> datetime:
@@ -108,14 +108,18 @@ class Reading(_Stamped):
 
     place: Place = Field(title="Place", description="Where the sensor is, device included.")
     quantity: str = Field(title="Quantity", description="What was measured, e.g. temperature, smoke, battery.")
-    value: float = Field(title="Value", description="The value; flags are 1.0 (set) or 0.0 (clear).")
+    # NaN and infinities measure nothing, and PostgreSQL's jsonb refuses them: a node cannot make such a reading,
+    # and ingest refuses one it is sent.
+    value: FiniteFloat = Field(
+        title="Value", description="The value, a finite number; flags are 1.0 (set) or 0.0 (clear)."
+    )
     unit: str = Field(default="", title="Unit", description="Unit of the value, e.g. °C, %, ppm.")
 
 
 class _Verified(_Wire):
     """What a fire sensor's event says, and its alert keeps: the values behind it and alarm verification."""
 
-    readings: dict[str, float] = Field(
+    readings: dict[str, FiniteFloat] = Field(
         default_factory=dict,
         title="Readings",
         description="The sensor's values behind it (on an alert: those of the newest event that had any).",

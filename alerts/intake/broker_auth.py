@@ -53,6 +53,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from alerts.core.mqtt import connect, make_client
 from alerts.core.protocol import CHANNELS, UPLINK_FILTER, commands_filter, uplink_topic
+from alerts.identity import NAME_PATTERN
 from alerts.intake.writer import SHARE_GROUP
 
 log = logging.getLogger(__name__)
@@ -60,7 +61,7 @@ log = logging.getLogger(__name__)
 CONTROL_TOPIC = "$CONTROL/dynamic-security/v1"
 ADMIN_ROLE = "patrolnet-admin"
 INGEST_ROLE = "patrolnet-ingest"
-_NAME = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+_NAME = re.compile(NAME_PATTERN)
 # Mosquitto's own count for PBKDF2-SHA512; enough for 256-bit random passwords, which no guessing reaches.
 _ITERATIONS = 101
 _DENY_BY_DEFAULT = {"publishClientSend": False, "publishClientReceive": False, "subscribe": False, "unsubscribe": True}

@@ -12,7 +12,12 @@ delivers the message again and the idempotent insert makes it one row.
 No message can stop the writer. One that does not parse, is larger than the
 payload cap, or carries a time before 2000 or more than a day ahead is written
 to ``dead_letters`` with its reason and acknowledged; so is one the database
-refuses. A database that refuses even the dead letter is broken (a dropped
+refuses, and one the site registry refuses: a site that is not registered, a
+place that differs from the site's registered place, or a node id not
+registered to the site (``alerts.identity.registry_mismatch``). Each worker
+keeps its own cached copy of the registry (``alerts.store.sites.SiteRegistry``);
+while it cannot be read (the database away) messages wait unacknowledged.
+A database that refuses even the dead letter is broken (a dropped
 table, revoked rights): the writer thread stops with the message
 unacknowledged, ``alive()`` turns False, and ``patrolnet ingest`` exits
 non-zero for its service manager to restart it (and someone to look).
@@ -28,18 +33,26 @@ goes in one transaction (up to the batch size), so an alarm is never held
 back waiting for company, and under load batches grow by themselves.
 
 Example:
+    >>> from alerts.core.models import Place
+    >>> from alerts.identity import RegisteredSite
+    >>> place = Place(sub_district="n", community="c", grid="g", site="s")
+    >>> sites = lambda site, fresh: {"s": RegisteredSite(place=place, nodes=frozenset({"n1"}))}.get(site)
     >>> batch = WriteBatch()
-    >>> add_message("patrolnet/v1/s/events", b'{"kind": "fire", "source": "n1"}', batch, "ingest-1")
+    >>> add_message("patrolnet/v1/s/events", b'{"kind": "fire", "source": "n1"}', batch, "ingest-1", sites)
     >>> batch.dead_letters[0].reason
     'events: unreadable (ValidationError: type: Field required; place: Field required)'
     >>> status = b'{"node_id": "n1", "online": true, "ts": "1999-12-31T23:00:00Z", "place": {"sub_district": "n",'
     >>> status += b' "community": "c", "grid": "g", "site": "s"}}'
-    >>> add_message("patrolnet/v1/s/status", status, batch, "ingest-1")
+    >>> add_message("patrolnet/v1/s/status", status, batch, "ingest-1", sites)
     >>> batch.dead_letters[1].reason
     'status: unreadable (ValueError: time ts = 1999-12-31T23:00:00+00:00 is outside 2000-01-01 .. now + 1 day)'
-    >>> add_message("patrolnet/v1/s/heartbeats", b"x" * 10, batch, "ingest-1", max_bytes=4)
+    >>> add_message("patrolnet/v1/s/heartbeats", b"x" * 10, batch, "ingest-1", sites, max_bytes=4)
     >>> batch.dead_letters[2].reason
     'payload of 10 bytes is over the cap of 4 bytes'
+    >>> add_message("patrolnet/v1/s/status", status.replace(b"1999", b"2025").replace(b'"n1"', b'"n2"'), batch,
+    ...             "ingest-1", sites)
+    >>> batch.dead_letters[3].reason
+    "node 'n2' is not registered to site 's' (patrolnet broker add-node)"
 """
 
 from __future__ import annotations
@@ -50,8 +63,9 @@ import socket
 import threading
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -70,8 +84,9 @@ from alerts.core.protocol import (
     parse_confirm_topic,
     parse_uplink_topic,
 )
-from alerts.identity import site_mismatch
+from alerts.identity import RegisteredSite, registry_mismatch
 from alerts.store.database import WriteBatch, write_batch
+from alerts.store.sites import SiteRegistry
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +99,10 @@ SESSION_TAKEN_OVER = 142
 """The DISCONNECT reason when another connection took the client id's session."""
 EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)
 AHEAD = timedelta(days=1)
+
+Sites = Callable[[str, bool], RegisteredSite | None]
+"""What the registry knows of a site (None: not registered), read afresh when the second argument is True (a
+message it would refuse); raises psycopg.Error when it cannot be read."""
 
 
 def default_name() -> str:
@@ -128,8 +147,12 @@ def dead_letter(topic: str, payload: bytes, reason: str, worker: str) -> DeadLet
     return DeadLetter(topic=topic, payload=payload, reason=reason.replace("\x00", "\\x00")[:2000], source=worker)
 
 
-def add_message(topic: str, payload: bytes, batch: WriteBatch, worker: str, max_bytes: int = MAX_PAYLOAD_BYTES) -> None:
-    """Adds one uplink message to a batch, or a dead letter saying why it could not be."""
+def add_message(
+    topic: str, payload: bytes, batch: WriteBatch, worker: str, sites: Sites, max_bytes: int = MAX_PAYLOAD_BYTES
+) -> None:
+    """Adds one uplink message to a batch, or a dead letter saying why it could not be. ``sites`` is asked about
+    the topic's site, and what it raises (the registry cannot be read) is the caller's: the message is not
+    refused for that."""
     reason = None
     channel = "?"
     if len(payload) > max_bytes:
@@ -144,8 +167,13 @@ def add_message(topic: str, payload: bytes, batch: WriteBatch, worker: str, max_
         except Exception as exc:
             reason = f"{channel}: unreadable ({type(exc).__name__}: {_explain(exc)})"
         else:
-            # The topic's site is the sender's identity (its broker credentials cover only that site).
-            reason = None if channel == "deadletters" else site_mismatch(site, parsed)  # type: ignore[arg-type]
+            # The topic's site is the sender's identity (its broker credentials cover only that site); the
+            # registry, never the payload, says where that site is and which nodes are its own. A node's
+            # dead letters name no place: they are kept as sent.
+            if channel != "deadletters":
+                reason = registry_mismatch(site, sites(site, False), parsed)  # type: ignore[arg-type]
+                if reason is not None:  # perhaps registered since the copy was read: ask afresh before refusing
+                    reason = registry_mismatch(site, sites(site, True), parsed)  # type: ignore[arg-type]
     if reason is not None:
         log.warning("dead letter on %s: %s", topic, reason)
         batch.dead_letters.append(dead_letter(topic, payload, reason, worker))
@@ -210,6 +238,7 @@ class IngestWorker:
         self.batch_size = batch_size
         self.flush_s = flush_s
         self.max_payload_bytes = max_payload_bytes
+        self.sites = SiteRegistry(database_url)
         self.counts: Counter[str] = Counter()
         self.last_batch_at: datetime | None = None
         self._received = self._written = 0
@@ -248,6 +277,7 @@ class IngestWorker:
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(timeout=10)
+        self.sites.close()
         self._client.disconnect()
         self._client.loop_stop()
 
@@ -264,6 +294,7 @@ class IngestWorker:
             return False
         self._stop.set()
         self._thread.join(timeout=10)
+        self.sites.close()
         ended = Properties(PacketTypes.DISCONNECT)
         ended.SessionExpiryInterval = 0
         self._client.disconnect(properties=ended)
@@ -277,7 +308,7 @@ class IngestWorker:
         return idle and self._queue.empty() and self.alive() and self._written == self._received
 
     def _on_message(self, client: mqtt.Client, userdata, message: mqtt.MQTTMessage) -> None:
-        self._last_message = time.monotonic()
+        self._last_message = message.timestamp = time.monotonic()  # the registry reads again for later arrivals
         self._received += 1
         self._queue.put(message)
 
@@ -331,8 +362,20 @@ class IngestWorker:
                     break
         return messages
 
-    def _decode(self, message: mqtt.MQTTMessage, batch: WriteBatch) -> None:
-        add_message(message.topic, bytes(message.payload), batch, self.name, self.max_payload_bytes)
+    def _decoded(self, messages: list[mqtt.MQTTMessage]) -> WriteBatch | None:
+        """The batch of ``messages``, once the site registry could be read; None only when stopping."""
+        while not self._stop.is_set():
+            batch = WriteBatch()
+            try:
+                for message in messages:
+                    sites = partial(self.sites.get, arrived_at=message.timestamp)
+                    add_message(message.topic, bytes(message.payload), batch, self.name, sites, self.max_payload_bytes)
+                return batch
+            except psycopg.Error as exc:
+                log.warning("%s: cannot read the site registry, keeping %d messages: %s", self.name, len(messages), exc)
+                self.counts["registry_retries"] += 1
+                self._stop.wait(1.0)
+        return None
 
     def _run(self) -> None:
         try:
@@ -340,10 +383,8 @@ class IngestWorker:
                 messages = self._collect()
                 if not messages:
                     continue
-                batch = WriteBatch()
-                for message in messages:
-                    self._decode(message, batch)
-                if not self._write(batch, messages):
+                batch = self._decoded(messages)
+                if batch is None or not self._write(batch, messages):
                     return
                 for message in messages:
                     self._client.ack(message.mid, message.qos)
@@ -388,8 +429,9 @@ class IngestWorker:
 
     def _write_each(self, messages: list[mqtt.MQTTMessage]) -> bool:
         for message in messages:
-            single = WriteBatch()
-            self._decode(message, single)
+            single = self._decoded([message])
+            if single is None:
+                return False
             try:
                 self._commit(single)
             except psycopg.OperationalError:

@@ -22,6 +22,7 @@ from alerts.auth import Principal, create_key
 from alerts.core.models import Role
 from alerts.core.settings import wait_for_signal
 from alerts.store.database import migrate
+from alerts.store.sites import register
 from deploy.local.services import spawn, start_mosquitto, start_postgres, start_rtsp, wait_for_port
 from deploy.local.simulator import SensorSimulator
 from edge.config import load_config
@@ -41,6 +42,8 @@ def run_demo(config: str, api_port: int) -> int:
         broker = stack.enter_context(start_mosquitto(work / "mosquitto"))
         camera = stack.enter_context(start_rtsp(FOOTAGE, work / "rtsp"))
         migrate(db.url)
+        # What the operator registers before a node reports: its site's place and its node id.
+        register(db.url, node.site.place(), node.node_id, name=node.site.name)
         keys = {
             role: create_key(db.url, Principal(name=f"demo {role} desk", role=role))
             for role in (Role.FIRE, Role.POLICE, Role.OPERATOR, Role.ADMIN)
