@@ -18,10 +18,9 @@ from pydantic import BaseModel, Field, ValidationError
 from alerts.api.http import Actor, Admin, Pool, Settings, Who, refusal, visible_alert
 from alerts.api.routes_admin import check_within
 from alerts.auth import SESSION_COOKIE, Principal, csrf_token
-from alerts.core.models import Role
 from alerts.store import people
 from alerts.store.alert_queries import assign
-from alerts.store.people import LOGIN_PATTERN, Person, PersonChange, PersonIn, SessionInfo, SignInRefused
+from alerts.store.people import LOGIN_PATTERN, UNSCOPED, Person, PersonChange, PersonIn, SessionInfo, SignInRefused
 from alerts.store.queries import PlaceFilter
 from alerts.store.rows import StoredAlert
 
@@ -72,7 +71,6 @@ async def signed_in(who: Who) -> Principal:
 
 
 Person_ = Annotated[Principal, Depends(signed_in)]
-ANYONE = Principal(name="people lookup", role=Role.ADMIN)
 
 
 def person_principal(person: Person) -> Principal:
@@ -243,7 +241,7 @@ async def assign_alert(pool: Pool, alert_id: UUID, who: Actor, body: Assignment)
     if body.person_id is not None:
         async with pool.connection() as conn:
             # Anyone, wherever their scope: whether they may see the alert is what counts, checked below.
-            person = await people.find_person(conn, ANYONE, body.person_id)
+            person = await people.find_person(conn, UNSCOPED, body.person_id)
         if person is None or person.disabled:
             raise HTTPException(422, f"no enabled person {body.person_id}")
         try:

@@ -52,6 +52,8 @@ MAX_BACKOFF_S = 300.0
 ADDRESS_CAP = 30  # failed sign-ins from one address, any logins, within the window
 WINDOW_S = 900.0
 LOGIN_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,63}$"
+UNSCOPED = Principal(name="patrolnet", role=Role.ADMIN)
+"""A caller whose scope covers every person: the CLI, and finding an assignee (who is then checked)."""
 
 
 class PersonFields(BaseModel):
@@ -148,7 +150,7 @@ async def add_person(conn: AsyncConnection, person: PersonIn) -> tuple[Person, s
     p = person
     row = await (
         await conn.execute(
-            "INSERT INTO people (id, name, login, phone, role, sub_district, community, grid, site, on_duty,"
+            "INSERT INTO people AS p (id, name, login, phone, role, sub_district, community, grid, site, on_duty,"
             " password_hash, totp_secret) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
             f" ON CONFLICT (login) DO NOTHING RETURNING {_PERSON}",
             (
