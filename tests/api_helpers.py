@@ -15,7 +15,6 @@ from typing import Any
 import httpx
 import psycopg
 from conftest import ApiServer, sse_messages
-
 from websockets.sync.client import connect as ws_connect
 
 from alerts.auth import SESSION_COOKIE
@@ -109,8 +108,8 @@ def add_person(api: ApiServer, admin: dict[str, str], login: str, role: str, **f
     return response.json()
 
 
-def sign_in(api: ApiServer, login: str, password: str = PASSWORD, code: str = "", **client) -> httpx.Response:
-    return httpx.post(f"{api.url}/api/v1/session", json={"login": login, "password": password, "code": code}, **client)
+def sign_in(api: ApiServer, login: str, password: str = PASSWORD, code: str = "") -> httpx.Response:
+    return httpx.post(f"{api.url}/api/v1/session", json={"login": login, "password": password, "code": code})
 
 
 def session_headers(response: httpx.Response, csrf: bool = True) -> dict[str, str]:
