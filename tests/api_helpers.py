@@ -88,15 +88,6 @@ CHROMIUM = [
 ]  # fmt: skip
 
 
-def page_dom(url: str) -> str:
-    with tempfile.TemporaryDirectory() as profile:
-        result = subprocess.run(
-            [*CHROMIUM, f"--user-data-dir={profile}", "--virtual-time-budget=8000", "--dump-dom", url],
-            capture_output=True, text=True, timeout=60, check=True,
-        )  # fmt: skip
-    return result.stdout
-
-
 PASSWORD = "correct horse battery"
 
 
