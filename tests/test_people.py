@@ -117,7 +117,7 @@ def _stream_ends_after(api: ApiServer, headers: dict[str, str], end: Callable[[]
     return time.monotonic() - started
 
 
-@pytest.mark.parametrize("how", ["sign-out", "admin", "disabled"])
+@pytest.mark.parametrize("how", ["sign-out", "admin", "disabled", "new role"])
 def test_an_ended_session_ends_its_open_stream_within_2_s(api: ApiServer, how: str) -> None:
     admin = api.key("admin")
     person = add_person(api, admin, "police.desk", "police")["person"]
@@ -130,6 +130,9 @@ def test_an_ended_session_ends_its_open_stream_within_2_s(api: ApiServer, how: s
         ).raise_for_status(),
         "disabled": lambda: httpx.patch(
             f"{api.url}/api/v1/people/{person['id']}", headers=admin, json={"disabled": True}
+        ).raise_for_status(),
+        "new role": lambda: httpx.patch(
+            f"{api.url}/api/v1/people/{person['id']}", headers=admin, json={"role": "operator"}
         ).raise_for_status(),
     }
     took = _stream_ends_after(api, signed, ends[how])

@@ -183,7 +183,7 @@ async def get_person(pool: Pool, person_id: UUID, who: Admin) -> Person:
     return await _person(pool, who, person_id)
 
 
-@router.patch("/people/{person_id}", summary="Change a person: role, scope, on duty, disabled (ends their sessions)")
+@router.patch("/people/{person_id}", summary="Change a person; disabling them or a new role ends their sessions")
 async def change_person(request: Request, pool: Pool, person_id: UUID, who: Admin, body: PersonChange) -> Person:
     current = await _person(pool, who, person_id)
     # An admin may not move someone out of their own scope.
@@ -193,9 +193,9 @@ async def change_person(request: Request, pool: Pool, person_id: UUID, who: Admi
             changed = await people.change_person(conn, person_id, body)
         except ValidationError as exc:
             raise HTTPException(422, "; ".join(e["msg"] for e in exc.errors())) from exc
-    if body.disabled:
+    if body.disabled or body.role is not None:
         _dropped(request)
-        log.info("%s disabled %r", who.name, changed.login)
+    log.info("%s changed %r: %s", who.name, changed.login, ", ".join(sorted(body.model_fields_set)))
     return changed
 
 

@@ -196,7 +196,7 @@ async def find_person(
 
 
 async def change_person(conn: AsyncConnection, person_id: UUID, change: PersonChange) -> Person:
-    """Applies the fields sent; disabling ends the person's sessions at once."""
+    """Applies the fields sent; disabling, or a role sent, ends the person's sessions at once."""
     values: dict[str, Any] = {f: getattr(change, f) for f in change.model_fields_set if f != "disabled"}
     sets = [f"{column} = %s" for column in values]  # column names are PersonChange's fields, never the caller's text
     if change.disabled is not None:
@@ -212,6 +212,8 @@ async def change_person(conn: AsyncConnection, person_id: UUID, change: PersonCh
         PersonFields.model_validate(person.model_dump(include=set(PersonFields.model_fields)))
         if change.disabled:
             await end_sessions(conn, person_id, "disabled")
+        elif change.role is not None:  # a new role signs in afresh: an admin's with a TOTP code
+            await end_sessions(conn, person_id, "role changed")
     return person
 
 
