@@ -1,5 +1,5 @@
-"""The centre's commands: ingest workers, the API, webhooks, the database, API keys, the site registry and broker
-credentials.
+"""The centre's commands: ingest workers, the API, webhooks, the database, people, API keys, the site registry
+and broker credentials.
 
 Connection settings come from the environment: ``PATROLNET_DATABASE_URL`` and ``PATROLNET_MQTT_URL``, or
 ``<NAME>_FILE`` naming a file that holds the value, so secrets stay out of command lines and the repo.
@@ -18,6 +18,7 @@ from contextlib import contextmanager, nullcontext
 from dataclasses import fields
 from uuid import UUID
 
+from alerts.api import people_cli
 from alerts.core.models import Role
 from alerts.core.settings import setting, wait_for_signal
 from alerts.store.timescale import Retention
@@ -355,6 +356,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                 metavar="PERIOD",
                 help=f"e.g. '90 days' (env PATROLNET_RETENTION_{name.upper()})",
             )
+
+    people_cli.add_commands(sub)
 
     apikey = sub.add_parser("apikey", help="API keys").add_subparsers(dest="apikey_command", required=True)
     create = apikey.add_parser("create", help="make a key; it is printed once")

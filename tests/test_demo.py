@@ -29,11 +29,14 @@ def test_the_demo_raises_camera_and_fire_alerts_and_stops_cleanly() -> None:
     assert demo.stdout is not None
     try:
         keys: dict[str, str] = {}
+        logins: list[str] = []
         deadline = time.monotonic() + 120
         while len(keys) < 4 and time.monotonic() < deadline and (line := demo.stdout.readline()):
-            if found := re.match(rf"\s+(\w+)\s+http://127\.0\.0\.1:{port}/#key=(\S+)$", line):
+            logins += re.findall(r"^\s+\w+\s+login (demo-\w+)\s+password \S+", line)
+            if found := re.match(r"\s+(\w+)\s+key (pn_\S+)$", line):
                 keys[found[1]] = found[2]
-        assert set(keys) == {"fire", "police", "operator", "admin"}, "the demo prints a page link per desk"
+        assert set(keys) == {"fire", "police", "operator", "admin"}, "the demo prints a key per desk"
+        assert logins == ["demo-fire", "demo-police", "demo-operator", "demo-admin"], "and a person to sign in as"
         api = f"http://127.0.0.1:{port}/api/v1"
 
         def get(path: str, role: str) -> Any:  # decoded JSON

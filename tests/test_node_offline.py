@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 import paho.mqtt.client as mqtt
 import pytest
-from api_helpers import JPEG, page_dom, raise_alert, write
+from api_helpers import JPEG, raise_alert, signed_in_page, write
 from conftest import ApiServer, SseReader, eventually, mqtt_client
 from fault_helpers import env, ingest, node_yaml
 from fire_helpers import query
@@ -171,8 +171,9 @@ def test_the_fire_desk_page_shows_a_coverage_notice_grey_and_labelled_not_as_an_
     _, silent = raise_alert(
         api.database_url, EventKind.TROUBLE, SITE.with_device("smoke-1"), type="sensor_silent", title="Sensor silent"
     )
-    key = api.key("fire")["Authorization"].split()[1]
-    dom = page_dom(f"{api.url}/#key={key}")
+    with signed_in_page(api, "fire") as page:
+        page.wait(f"document.querySelectorAll('[data-open=\"{silent.id}\"]').length === 1")
+        dom = page.dom()
     rows = {
         alert_id: (classes.split(), html)
         for classes, html, alert_id in re.findall(

@@ -1,7 +1,8 @@
 """The alert API for police desks, fire brigades, operators, admins and citizen reporters (FastAPI).
 
-Every route under ``/api/v1`` and ``/metrics`` needs an API key
-(``Authorization: Bearer <key>`` or ``X-API-Key``) and shows only the kinds and
+Every route under ``/api/v1`` (but signing in) and ``/metrics`` needs an API
+key (``Authorization: Bearer <key>`` or ``X-API-Key``) or a signed-in person's
+session cookie (``alerts.api.routes_people``), and shows only the kinds and
 places the key's role and scope allow. Bad requests get a 4xx with a message,
 never a 500: every 4xx body is an ``ErrorBody`` (``detail``, and for invalid
 parameters ``errors``, one line each), as the OpenAPI document says. The routes
@@ -26,7 +27,16 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 from psycopg_pool import AsyncConnectionPool
 
-from alerts.api import metrics, reports, routes_admin, routes_alerts, routes_cap, routes_sensors, routes_webhooks
+from alerts.api import (
+    metrics,
+    reports,
+    routes_admin,
+    routes_alerts,
+    routes_cap,
+    routes_people,
+    routes_sensors,
+    routes_webhooks,
+)
 from alerts.api.guard import Guard, page_policy
 from alerts.api.http import ApiSettings, ErrorBody, Pool, Who
 from alerts.api.stream import ChangeNotifier
@@ -39,7 +49,8 @@ log = logging.getLogger(__name__)
 
 def create_app(database_url: str, settings: ApiSettings | None = None, pool_size: int = 10) -> FastAPI:
     pool = AsyncConnectionPool(database_url, open=False, min_size=2, max_size=pool_size, kwargs={"autocommit": True})
-    notifier = ChangeNotifier(database_url)
+    session_cache: dict = {}
+    notifier = ChangeNotifier(database_url, sessions_ended=session_cache.clear)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -68,9 +79,12 @@ def create_app(database_url: str, settings: ApiSettings | None = None, pool_size
     if not app.state.settings.public_url:
         log.info("PATROLNET_PUBLIC_URL is not set: links in CAP messages and alert details are relative paths")
     app.state.key_cache = {}
+    app.state.session_cache = session_cache
     app.state.timescale = False
     app.state.metrics = metrics.ApiMetrics()
-    modules = (routes_alerts, routes_cap, routes_sensors, reports, routes_admin, routes_webhooks, metrics)
+    modules = (
+        routes_alerts, routes_cap, routes_sensors, reports, routes_admin, routes_webhooks, routes_people, metrics,
+    )  # fmt: skip
     app.add_middleware(Guard, api=app, routes=[route for module in modules for route in module.router.routes])
     app.state.metrics.install(app)
 
@@ -105,7 +119,7 @@ def create_app(database_url: str, settings: ApiSettings | None = None, pool_size
     async def page() -> HTMLResponse:
         return HTMLResponse(html, headers={"Content-Security-Policy": policy})
 
-    @app.get("/api/v1/whoami", tags=["auth"], summary="The role and places of the calling key")
+    @app.get("/api/v1/whoami", tags=["auth"], summary="The role and places of the calling key or person")
     async def whoami(who: Who) -> Principal:
         return who
 

@@ -4,9 +4,11 @@ On the way in (``Guard``, plain ASGI middleware, in this order):
 
 - a NUL character in the path or the query string: 422 (PostgreSQL cannot store
   one, and a stream would fail only after its 200);
-- a request with a body to ``/api/v1``: its key is looked up from the headers
-  first, and a missing or unknown key gets 401, a role the route refuses 403,
-  before a byte of the body is read (so an anonymous upload is never spooled);
+- a request with a body to ``/api/v1`` (but a sign-in): its key, or its session
+  cookie and CSRF token, is checked from the headers first, and a missing or
+  unknown key or session gets 401, a missing CSRF token or a role the route
+  refuses 403, before a byte of the body is read (so an anonymous upload is
+  never spooled);
 - a ``Content-Length`` over the limit, or a chunked body that grows past it: 413.
   The limit is ``PATROLNET_BODY_MAX_BYTES`` (64 KiB), and for citizen reports
   ``PATROLNET_REPORT_MAX_BYTES`` plus room for the text and the multipart framing.
@@ -38,7 +40,7 @@ from starlette.requests import Request
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from alerts.api.http import ApiSettings, Require, api_key, lookup
+from alerts.api.http import ApiSettings, Require, api_key, identify
 from alerts.auth import Permission
 
 log = logging.getLogger(__name__)
@@ -47,6 +49,7 @@ API_POLICY = "default-src 'none'; frame-ancestors 'none'"
 # Swagger UI and ReDoc load their scripts from a CDN: they only may not be framed.
 DOCS_POLICY = "frame-ancestors 'none'"
 DOCS_PATHS = ("/docs", "/redoc")
+SIGN_IN = ("POST", "/api/v1/session")  # the one request with a body and no caller yet
 FORM_ROOM = 65_536  # a report's text field and the multipart framing around the photo
 SECURITY_HEADERS = {
     "x-content-type-options": "nosniff",
@@ -115,7 +118,8 @@ class Guard:
             await _answer(send, 400, "Content-Length must be a number of bytes")
             return
         has_body = (length is not None and int(length) > 0) or "transfer-encoding" in headers
-        if has_body and path.startswith("/api/v1/") and not await self._allowed(scope, send):
+        signing_in = (scope["method"], path) == SIGN_IN
+        if has_body and path.startswith("/api/v1/") and not signing_in and not await self._allowed(scope, send):
             return
         settings: ApiSettings = self.api.state.settings
         limit = settings.report_max_bytes + FORM_ROOM if path == "/api/v1/reports" else settings.body_max_bytes
@@ -125,13 +129,12 @@ class Guard:
         await self.app(scope, self._capped(receive, limit), send)
 
     async def _allowed(self, scope: Scope, send: Send) -> bool:
-        """Whether the key in the headers may send this request its body; answers 401 or 403 if not."""
+        """Whether the caller the headers name may send this request its body; answers 401 or 403 if not."""
         headers = Headers(scope=scope)
-        key = api_key(headers.get("authorization"), headers.get("x-api-key"))
-        who = await lookup(Request(scope), key) if key else None
-        if who is None:
-            detail = "unknown or revoked API key" if key else "an API key is required: Authorization: Bearer <key>"
-            await _answer(send, 401, detail, {"www-authenticate": "Bearer"})
+        try:
+            who = await identify(Request(scope), api_key(headers.get("authorization"), headers.get("x-api-key")))
+        except HTTPException as exc:
+            await _answer(send, exc.status_code, exc.detail, dict(exc.headers or {}))
             return False
         refused = [p for p in self._needed(scope) if not who.may(p)]
         if refused:

@@ -1,8 +1,17 @@
 """What every API route shares: settings, the database pool, the caller and its permissions.
 
+A machine calls with an API key in a header; a person's browser with the
+session cookie the page got at sign-in (``alerts.api.routes_people``), and a
+change made with the cookie (any method but GET and HEAD) must carry the
+session's CSRF token in ``X-CSRF-Token``: another site's page can make the
+browser send the cookie, but cannot read the token. A request with a key is
+never taken as a session's, so needs no CSRF token.
+
 A key is looked up by its SHA-256 hash and the answer kept for a few seconds
 per API process, so a busy desk costs one lookup per key every few seconds; a
-revoked key stops working within that time.
+revoked key stops working within that time. Sessions are cached likewise, but
+every process drops its cached sessions when any session ends (``NOTIFY
+sessions_ended``), so an ended session stops working at once.
 
 Links in CAP messages, alert details and feeds are absolute only when
 ``PATROLNET_PUBLIC_URL`` says where clients reach the API; without it they are
@@ -33,8 +42,18 @@ from fastapi import Depends, Header, HTTPException, Request
 from psycopg_pool import AsyncConnectionPool
 from pydantic import BaseModel, Field
 
-from alerts.auth import LOOKUP_SQL, Permission, Principal, hash_key, principal_from_row
+from alerts.auth import (
+    CSRF_HEADER,
+    LOOKUP_SQL,
+    SESSION_COOKIE,
+    Permission,
+    Principal,
+    csrf_ok,
+    hash_key,
+    principal_from_row,
+)
 from alerts.core.settings import optional_setting
+from alerts.store.people import session_principal
 from alerts.store.queries import AlertFilter, where
 from alerts.store.rows import ALERT_COLUMNS, StoredAlert, row_to_alert
 
@@ -50,7 +69,9 @@ class ApiSettings:
     report_burst: float = 5.0  # reports a key may send at once ...
     report_per_hour: float = 12.0  # ... and the rate its allowance refills at
     node_stale_s: float = 90.0  # a node silent this long is shown unhealthy
-    key_cache_s: float = 5.0
+    key_cache_s: float = 5.0  # API keys and sessions
+    session_idle_s: float = 1800.0  # a session with no request this long ends (an open page polls every 15 s)
+    session_max_s: float = 43_200.0  # and any session after this long (a shift): sign in again
     metrics_token: str = field(default="", repr=False)  # a scrape token besides operator/admin keys
     webhook_allow: str = ""  # hosts and networks webhooks may reach although not public (see alerts.notify.webhooks)
 
@@ -130,13 +151,46 @@ async def lookup(request: Request, key: str) -> Principal | None:
     return found
 
 
-async def principal(request: Request, key: Annotated[str | None, Depends(api_key)]) -> Principal:
-    if not key:
-        raise _unauthorized("an API key is required: Authorization: Bearer <key>")
-    found = await lookup(request, key)
-    if found is None:
-        raise _unauthorized("unknown or revoked API key")
+async def session_lookup(request: Request, token: str, touch: bool = True) -> Principal | None:
+    """The signed-in person of a session token, from the per-process cache or the database; ``touch``: a request
+    of the person's, which keeps the session from idling out (a stream's checks do not)."""
+    cache: dict[str, tuple[Principal | None, float]] = request.app.state.session_cache
+    hashed = hash_key(token)
+    hit = cache.get(hashed)
+    if hit is not None and hit[1] > time.monotonic():
+        return hit[0]
+    async with get_pool(request).connection() as conn:
+        found = await session_principal(conn, token, get_settings(request).session_idle_s, touch)
+    if len(cache) > 10_000:
+        cache.clear()
+    cache[hashed] = (found, time.monotonic() + get_settings(request).key_cache_s)
     return found
+
+
+SAFE_METHODS = frozenset({"GET", "HEAD"})
+
+
+async def identify(request: Request, key: str | None) -> Principal:
+    """The caller: by its API key, else by its session cookie (with the CSRF token for a change); 401 or 403 if
+    neither is good."""
+    if key:
+        found = await lookup(request, key)
+        if found is None:
+            raise _unauthorized("unknown or revoked API key")
+        return found
+    token = request.cookies.get(SESSION_COOKIE)
+    if not token:
+        raise _unauthorized("an API key is required: Authorization: Bearer <key>; or sign in")
+    found = await session_lookup(request, token)
+    if found is None:
+        raise _unauthorized("the session has ended or expired: sign in again")
+    if request.method not in SAFE_METHODS and not csrf_ok(token, request.headers.get(CSRF_HEADER)):
+        raise HTTPException(403, f"a change made with a session needs the session's {CSRF_HEADER} header")
+    return found
+
+
+async def principal(request: Request, key: Annotated[str | None, Depends(api_key)]) -> Principal:
+    return await identify(request, key)
 
 
 Who = Annotated[Principal, Depends(principal)]
@@ -156,10 +210,14 @@ class Require:
 
 
 def key_check(request: Request, key: str) -> Callable[[], Awaitable[bool]]:
-    """A check whether ``key`` still works (within the key cache time): how a long stream notices a revoke."""
+    """A check whether ``key``, or when "" the request's session, still works (a key within the key cache time, a
+    session at once): how a long stream notices a revoke or a sign-out."""
+    token = request.cookies.get(SESSION_COOKIE, "")
 
     async def valid() -> bool:
-        return await lookup(request, key) is not None
+        if key:
+            return await lookup(request, key) is not None
+        return await session_lookup(request, token, touch=False) is not None
 
     return valid
 
@@ -167,6 +225,7 @@ def key_check(request: Request, key: str) -> Callable[[], Awaitable[bool]]:
 # The caller, as a route parameter type, or 403 when its role lacks the permission. Written out one by one:
 # a type checker reads an alias only from a literal Annotated[...], not from a function that returns one.
 Reader = Annotated[Principal, Depends(Require(Permission.ALERTS))]
+Acknowledger = Annotated[Principal, Depends(Require(Permission.ACKNOWLEDGE))]
 Actor = Annotated[Principal, Depends(Require(Permission.ACT))]
 Admin = Annotated[Principal, Depends(Require(Permission.ADMIN))]
 ReporterKey = Annotated[Principal, Depends(Require(Permission.REPORT))]

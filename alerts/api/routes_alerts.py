@@ -13,8 +13,9 @@ from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request
 from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel, Field
 
-from alerts.api.http import Actor, Pool, Reader, api_key, base_url, key_check, refusal, visible_alert
+from alerts.api.http import Acknowledger, Pool, Reader, api_key, base_url, key_check, refusal, visible_alert
 from alerts.api.stream import latest_seq, sse_events
+from alerts.auth import Permission
 from alerts.core.models import AlertStatus, EventKind, EventState, Place, Severity
 from alerts.coverage import may_change
 from alerts.store.alert_queries import ACTIONS, EventRow, alert_events, alert_history, alerts_page, apply_action
@@ -38,8 +39,9 @@ class StatusChange(BaseModel):
 
 class HistoryEntry(BaseModel):
     at: datetime = Field(description="When.")
-    actor: str = Field(description="Which key's holder.")
-    action: str = Field(description="acknowledge, resolve or false-alarm.")
+    actor: str = Field(description="Who: the person's name, or the name of the key's holder.")
+    person_id: UUID | None = Field(description="The person's id, when a signed-in person acted (null for a key).")
+    action: str = Field(description="acknowledge, resolve, false-alarm or assign.")
     from_status: AlertStatus = Field(description="Status before.")
     to_status: AlertStatus = Field(description="Status after.")
     note: str = Field(description="What the desk wrote.")
@@ -134,21 +136,26 @@ async def get_alert(request: Request, pool: Pool, alert_id: UUID, who: Reader) -
     "/{alert_id}/{action}",
     summary="acknowledge, resolve or false-alarm",
     responses={
-        403: refusal("a coverage notice: only the desk the alert is routed to may act on it"),
+        403: refusal(
+            "a coverage notice: only the desk the alert is routed to may act on it; or a role that may only"
+            " acknowledge (a grid worker)"
+        ),
         409: refusal("the alert's status does not allow the action"),
     },
 )
 async def change_status(
-    pool: Pool, alert_id: UUID, action: str, who: Actor, body: StatusChange | None = None
+    pool: Pool, alert_id: UUID, action: str, who: Acknowledger, body: StatusChange | None = None
 ) -> StoredAlert:
     if action not in ACTIONS:
         raise HTTPException(404, f"unknown action {action!r}; one of {', '.join(ACTIONS)}")
+    if action != "acknowledge" and not who.may(Permission.ACT):
+        raise HTTPException(403, f"role {who.role} may only acknowledge alerts")
     alert = await visible_alert(pool, alert_id, who)
     if (refused := may_change(who, alert)) is not None:
         raise HTTPException(403, refused)
     if alert.status not in ACTIONS[action][0]:
         raise HTTPException(409, f"cannot {action} an alert that is {alert.status}")
-    updated = await apply_action(pool, alert_id, action, who.name, body.note if body else "")
+    updated = await apply_action(pool, alert_id, action, who, body.note if body else "")
     if updated is None:
         raise HTTPException(409, "the alert changed meanwhile; reload it")
     log.info("%s: %s %s", who.name, action, alert_id)

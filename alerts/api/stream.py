@@ -6,9 +6,12 @@ missed. One LISTEN connection per API process wakes every open stream when
 ingest commits a change; a slow poll covers a lost notification. Every API
 replica follows the same log, so a client may reconnect to any of them.
 
-A stream asks at every wake-up whether its key still works (an answer cached
-for the key cache time), and ends when it does not: a revoked key stops
-receiving alerts within a few seconds. A stream whose database goes away ends
+A stream asks at every wake-up whether its key or session still works (an
+answer cached for the key cache time), and ends when it does not: a revoked key
+stops receiving alerts within a few seconds. When a session ends anywhere
+(sign-out, an admin ending it, its person disabled), ``NOTIFY sessions_ended``
+drops every process's cached sessions and wakes every stream, so the stream of
+an ended session closes at once. A stream whose database goes away ends
 too; the client reconnects with its Last-Event-ID and misses nothing.
 """
 
@@ -25,6 +28,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from alerts.auth import Principal
 from alerts.store.database import CHANGES_CHANNEL
+from alerts.store.people import SESSIONS_CHANNEL
 from alerts.store.queries import AlertFilter, where
 from alerts.store.rows import ALERT_COLUMNS, row_to_alert
 
@@ -35,10 +39,12 @@ POLL_S = 2.0
 
 
 class ChangeNotifier:
-    """Wakes waiting streams whenever ``NOTIFY alert_changes`` arrives."""
+    """Wakes waiting streams whenever ``NOTIFY alert_changes`` arrives, and when ``NOTIFY sessions_ended`` does,
+    first calls ``sessions_ended`` (which drops the cached sessions)."""
 
-    def __init__(self, conninfo: str) -> None:
+    def __init__(self, conninfo: str, sessions_ended: Callable[[], None] = lambda: None) -> None:
         self.conninfo = conninfo
+        self.sessions_ended = sessions_ended
         self._changed = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -66,7 +72,11 @@ class ChangeNotifier:
             try:
                 async with await psycopg.AsyncConnection.connect(self.conninfo, autocommit=True) as conn:
                     await conn.execute(f"LISTEN {CHANGES_CHANNEL}")
-                    async for _ in conn.notifies():
+                    await conn.execute(f"LISTEN {SESSIONS_CHANNEL}")
+                    self.sessions_ended()  # sessions may have ended while no one listened
+                    async for notify in conn.notifies():
+                        if notify.channel == SESSIONS_CHANNEL:
+                            self.sessions_ended()
                         self._wake_all()
             except psycopg.OperationalError as exc:
                 log.warning("change listener lost the database, retrying: %s", exc)
@@ -87,7 +97,7 @@ async def sse_events(
     after: int,
     key_valid: Callable[[], Awaitable[bool]],
 ) -> AsyncIterator[str]:
-    """SSE text for every change after ``after`` that the caller may see, until its key stops working."""
+    """SSE text for every change after ``after`` that the caller may see, until its key or session stops working."""
     clause, params = where(flt, who)
     sql = (
         f"SELECT c.seq, c.change, {ALERT_COLUMNS} FROM alert_changes c JOIN alerts a ON a.id = c.alert_id"
@@ -99,8 +109,8 @@ async def sse_events(
     while True:
         try:
             if not await key_valid():
-                log.info("stream of %s closed: its key no longer works", who.name)
-                yield ": key revoked\n\n"
+                log.info("stream of %s closed: its key or session no longer works", who.name)
+                yield ": key revoked or signed out\n\n"
                 return
             async with pool.connection() as conn:
                 rows = await (await conn.execute(sql, [after, *params])).fetchall()

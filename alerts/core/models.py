@@ -82,6 +82,9 @@ class Role(StrEnum):
     ADMIN = "admin"
     EDGE = "edge"
     REPORTER = "reporter"
+    GRID_WORKER = "grid_worker"
+    CITY_MANAGEMENT = "city_management"
+    TRAFFIC_POLICE = "traffic_police"
 
 
 ROUTES: dict[EventKind, Role] = {

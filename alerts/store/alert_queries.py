@@ -53,7 +53,7 @@ class EventRow(NamedTuple):
 
 
 class HistoryRow(NamedTuple):
-    """One desk action on an alert."""
+    """One desk action on an alert: who (a key's or a person's name, and the person's id when a person acted)."""
 
     at: datetime
     actor: str
@@ -61,6 +61,7 @@ class HistoryRow(NamedTuple):
     from_status: AlertStatus
     to_status: AlertStatus
     note: str
+    person_id: UUID | None
 
 
 _EVENT_ROW = EVENTS.of(EventRow._fields[:-1])
@@ -73,7 +74,8 @@ JOIN events e ON e.id = l.event_id
 ORDER BY e.ts, e.id"""
 
 _HISTORY_SQL = """
-SELECT at, actor, action, from_status, to_status, note FROM alert_history WHERE alert_id = %s ORDER BY at, id"""
+SELECT at, actor, action, from_status, to_status, note, person_id FROM alert_history WHERE alert_id = %s
+ORDER BY at, id"""
 
 _SNAPSHOT_HEADS_SQL = """
 SELECT l.alert_id, e.id, substring(e.snapshot FROM 1 FOR 8)
@@ -89,7 +91,11 @@ UPDATE alerts a SET status = %s, status_by = %s, status_at = now(), updated_at =
 WHERE a.id = %s RETURNING {ALERT_COLUMNS}"""
 
 _ADD_HISTORY_SQL = """
-INSERT INTO alert_history (alert_id, actor, action, from_status, to_status, note) VALUES (%s, %s, %s, %s, %s, %s)"""
+INSERT INTO alert_history (alert_id, actor, action, from_status, to_status, note, person_id)
+VALUES (%s, %s, %s, %s, %s, %s, %s)"""
+
+_ASSIGN_SQL = f"""
+UPDATE alerts a SET assignee = %s, assignee_id = %s, updated_at = now() WHERE a.id = %s RETURNING {ALERT_COLUMNS}"""
 
 
 async def alerts_page(
@@ -130,16 +136,35 @@ async def snapshot_heads(pool: AsyncConnectionPool, alert_ids: list[UUID]) -> li
 
 
 async def apply_action(
-    pool: AsyncConnectionPool, alert_id: UUID, action: str, actor: str, note: str
+    pool: AsyncConnectionPool, alert_id: UUID, action: str, who: Principal, note: str
 ) -> StoredAlert | None:
-    """Applies a desk action (one of ``ACTIONS``): the new status, its audit entry and its change for the streams,
-    in one transaction; None when the alert's status (read under the row's lock) does not allow the action."""
+    """Applies a desk action (one of ``ACTIONS``) by ``who``: the new status, its audit entry and its change for the
+    streams, in one transaction; None when the alert's status (read under the row's lock) does not allow it."""
     allowed_from, to_status = ACTIONS[action]
     async with pool.connection() as conn, conn.transaction():
         current = await (await conn.execute(_LOCK_STATUS_SQL, (alert_id,))).fetchone()
         if current is None or current[0] not in allowed_from:
             return None
-        updated = await (await conn.execute(_SET_STATUS_SQL, (to_status, actor, alert_id))).fetchone()
-        await conn.execute(_ADD_HISTORY_SQL, (alert_id, actor, action, current[0], to_status, note))
+        updated = await (await conn.execute(_SET_STATUS_SQL, (to_status, who.name, alert_id))).fetchone()
+        history = (alert_id, who.name, action, current[0], to_status, note, who.person_id)
+        await conn.execute(_ADD_HISTORY_SQL, history)
         await conn.execute(RECORD_CHANGES, ([alert_id], [str(to_status)]))
+    return row_to_alert(updated) if updated is not None else None
+
+
+async def assign(
+    pool: AsyncConnectionPool, alert_id: UUID, assignee: tuple[str, UUID] | None, who: Principal, note: str
+) -> StoredAlert | None:
+    """Assigns an alert to a person (name, id), or to no one: the alert's fields, an ``assign`` entry in its audit
+    trail and an ``assigned`` change for the streams, in one transaction; None when there is no such alert."""
+    name, person_id = assignee or (None, None)
+    async with pool.connection() as conn, conn.transaction():
+        current = await (await conn.execute(_LOCK_STATUS_SQL, (alert_id,))).fetchone()
+        if current is None:
+            return None
+        updated = await (await conn.execute(_ASSIGN_SQL, (name, person_id, alert_id))).fetchone()
+        said = f"to {name}" if name else "to no one"
+        history = (alert_id, who.name, "assign", current[0], current[0], f"{said}. {note}".strip(" ."), who.person_id)
+        await conn.execute(_ADD_HISTORY_SQL, history)
+        await conn.execute(RECORD_CHANGES, ([alert_id], ["assigned"]))
     return row_to_alert(updated) if updated is not None else None

@@ -109,6 +109,9 @@ def where(flt: AlertFilter, who: Principal) -> tuple[str, list[Any]]:
     """The WHERE clause (on alias ``a``) and its parameters for a filter and a caller."""
     clause, params = kind_clause(flt.kind, who)
     clauses = [clause]
+    if who.types:  # a role that reads only the enforcement alerts of its kinds
+        clauses.append("a.type = ANY(%s)")
+        params.append(list(who.types))
     for more, values in (scope_clause(who, "a"), place_clause(flt, "a")):
         clauses += more
         params += values

@@ -51,12 +51,14 @@ _TYPES: dict[type, str] = {
 
 
 class StoredAlert(Alert):
-    """An alert as the store keeps it: the wire alert and the duty rotation's answer."""
+    """An alert as the store keeps it: the wire alert, the duty rotation's answer and the person it is assigned to."""
 
     on_duty: str | None = Field(
         default=None, title="On duty", description="Who was on duty for the grid when the alert was raised."
     )
     on_duty_contact: str | None = Field(default=None, title="On-duty contact", description="How to reach them.")
+    assignee: str | None = Field(default=None, title="Assignee", description="The person it is assigned to.")
+    assignee_id: UUID | None = Field(default=None, title="Assignee id", description="That person's id.")
 
 
 @dataclass(frozen=True)
@@ -215,7 +217,7 @@ ALERTS = Table(
     StoredAlert,
     key=("id",),
     database_only=(Column("updated_at", "timestamp with time zone", nullable=False),),
-    centre_sets=("status", "status_by", "status_at", "on_duty", "on_duty_contact"),
+    centre_sets=("status", "status_by", "status_at", "on_duty", "on_duty_contact", "assignee", "assignee_id"),
 )
 READINGS = Table("readings", Reading, key=("id", "ts"))
 DEAD_LETTERS = Table("dead_letters", DeadLetter, key=("id",), database_only=(_RECEIVED_AT,))
