@@ -38,7 +38,7 @@ from starlette.requests import Request
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from alerts.api.http import ApiSettings, Require, api_key, lookup
+from alerts.api.http import ApiSettings, Require, key_of, lookup
 from alerts.auth import Permission
 
 log = logging.getLogger(__name__)
@@ -127,7 +127,7 @@ class Guard:
     async def _allowed(self, scope: Scope, send: Send) -> bool:
         """Whether the key in the headers may send this request its body; answers 401 or 403 if not."""
         headers = Headers(scope=scope)
-        key = api_key(headers.get("authorization"), headers.get("x-api-key"))
+        key = key_of(headers.get("authorization"), headers.get("x-api-key"))
         who = await lookup(Request(scope), key) if key else None
         if who is None:
             detail = "unknown or revoked API key" if key else "an API key is required: Authorization: Bearer <key>"
