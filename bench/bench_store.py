@@ -1,6 +1,6 @@
 """Store and API benchmark (prints figures; not a test).
 
-    .venv/bin/python bench/bench_store.py [--alerts 1000000] [--sections 1,2,3] [--rate 200] [--api-from DIR]
+    .venv/bin/python bench/bench_store.py [--alerts 1000000] [--sections 1,2,3] [--rate 200] [--api-from DIR,...]
 
 On real PostgreSQL and Mosquitto started in temporary folders, it measures:
 
@@ -12,8 +12,8 @@ On real PostgreSQL and Mosquitto started in temporary folders, it measures:
    generate_series), ``--clients`` concurrent clients paced at ``--rate`` requests/s and flat out,
    with one and two API processes: p50/p99 latency and requests/s, next to the list's SQL run
    directly (the database's share) and ``/healthz`` (the HTTP stack's share). ``--api-from`` runs
-   the API from another checkout (e.g. the commit before a change) against the same bench, so
-   before and after can be run alternately on a shared machine.
+   the API from other checkouts too (e.g. the commit before a change: ``git worktree add``), one
+   after the other against the same database, so before and after are measured alike.
 """
 
 from __future__ import annotations
@@ -380,13 +380,12 @@ def print_line(
     print(f"   {name:<24} {workers:>5}  p50 {p50:6.2f} ms  p99 {p99:6.2f} ms  {served}  {per_request}  {goal}")
 
 
-def bench_api(args: argparse.Namespace, url: str) -> None:
-    keys = api_keys(url)
+def bench_api(args: argparse.Namespace, url: str, keys: dict, source: Path) -> None:
     load_before = os.getloadavg()[0]
     print(f"   {'':<24} {'procs':>5}  {'latency':<31} {'served':<12}  API CPU/req")
     print_line("SQL alone (1 client)", 0, sql_latencies(url, args.limit), None, 0, "the database's share")
     for workers in sorted({load.workers for load in loads(args.rate)}):
-        with api_server(url, workers, Path(args.api_from).resolve()) as (pid, base):
+        with api_server(url, workers, source) as (pid, base):
             for load in loads(args.rate):
                 if load.workers == workers:
                     measure(base, keys, load, args.clients, args.client_procs, 2, args.limit)  # warm pools, caches
@@ -413,7 +412,7 @@ def main() -> int:
     parser.add_argument("--client-procs", type=int, default=2, help="processes the clients are spread over")
     parser.add_argument("--rate", type=float, default=200, help="requests/s of all clients together, when paced")
     parser.add_argument("--sections", default="1,2,3", help="which to run: 1 writes, 2 ingest, 3 API")
-    parser.add_argument("--api-from", default=str(REPO), help="the checkout the API runs from (before/after)")
+    parser.add_argument("--api-from", default=str(REPO), help="checkouts the API runs from, in turn (comma-separated)")
     args = parser.parse_args()
     sections = set(args.sections.split(","))
     logging.basicConfig(level=logging.WARNING)
@@ -438,9 +437,11 @@ def main() -> int:
 
         if "3" in sections:
             print(f"\n3. the API over {args.alerts:,} alerts, {args.clients} clients, {args.limit} per page:")
-            print(f"   API from {args.api_from}")
             print(f"   bulk load: {bulk_load(db.url, args.alerts):.1f} s")
-            bench_api(args, db.url)
+            keys = api_keys(db.url)
+            for source in args.api_from.split(","):
+                print(f"   API from {source}:")
+                bench_api(args, db.url, keys, Path(source).resolve())
     return 0
 
 
