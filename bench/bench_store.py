@@ -1,6 +1,6 @@
 """Store and API benchmark (prints figures; not a test).
 
-    .venv/bin/python bench/bench_store.py [--alerts 1000000] [--messages 20000] [--clients 8] [--seconds 20]
+    .venv/bin/python bench/bench_store.py [--alerts 1000000] [--sections 1,2,3] [--rate 200] [--api-from DIR,...]
 
 On real PostgreSQL and Mosquitto started in temporary folders, it measures:
 
@@ -8,9 +8,12 @@ On real PostgreSQL and Mosquitto started in temporary folders, it measures:
    table then INSERT ... ON CONFLICT, and the store's INSERT ... SELECT FROM unnest(arrays);
 2. ingest end to end: rows/s from MQTT publish to committed rows, one ``patrolnet ingest``
    process, next to the rate a bare paho subscriber receives the same messages;
-3. the alert list route with ``--alerts`` alerts stored (bulk-loaded with generate_series),
-   under ``--clients`` concurrent clients: p50/p99 latency, next to the same SQL run
-   directly (the database's share) and ``/healthz`` (the HTTP stack's share).
+3. the alert list route and the CAP feed with ``--alerts`` alerts stored (bulk-loaded with
+   generate_series), ``--clients`` concurrent clients paced at ``--rate`` requests/s and flat out,
+   with one and two API processes: p50/p99 latency and requests/s, next to the list's SQL run
+   directly (the database's share) and ``/healthz`` (the HTTP stack's share). ``--api-from`` runs
+   the API from other checkouts too (e.g. the commit before a change: ``git worktree add``), one
+   after the other against the same database, so before and after are measured alike.
 """
 
 from __future__ import annotations
@@ -20,14 +23,14 @@ import logging
 import multiprocessing
 import os
 import random
-import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
-from contextlib import ExitStack
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from uuid import uuid4
 
@@ -41,7 +44,9 @@ from alerts.auth import Principal, create_key  # noqa: E402
 from alerts.core.models import Place, Reading, Role  # noqa: E402
 from alerts.core.mqtt import connect, make_client  # noqa: E402
 from alerts.core.protocol import encode, uplink_topic  # noqa: E402
+from alerts.store.alert_queries import page_sql  # noqa: E402
 from alerts.store.database import READING_COLUMNS, copy_insert, migrate, reading_row  # noqa: E402
+from alerts.store.queries import AlertPage  # noqa: E402
 from alerts.store.rows import ALERT_COLUMNS  # noqa: E402
 from alerts.store.sites import register  # noqa: E402
 from deploy.local.services import free_port, start_mosquitto, start_postgres, wait_for_port  # noqa: E402
@@ -256,114 +261,189 @@ def run_clients(
     return latencies
 
 
-def client_process(base: str, keys: dict, threads: int, seconds: float, limit: int, first: int, pace: float) -> dict:
+def client_process(
+    base: str, keys: dict, path: str, threads: int, seconds: float, limit: int, first: int, pace: float
+) -> list[float]:
     """One client process (threads of one Python process would queue on its GIL and add to the latency)."""
     cursors: dict[int, str] = {}
 
-    def list_request(client: httpx.Client, i: int) -> httpx.Response:
+    def request(client: httpx.Client, i: int) -> httpx.Response:
         i += first
         role, scope, params = QUERIES[i % len(QUERIES)]
         # Every third request pages on from the first page of the same query.
         extra = {"cursor": cursors[i % len(QUERIES)]} if i % 3 == 2 and i % len(QUERIES) in cursors else {}
         headers = keys[f"{role} {scope}"]
-        return client.get(f"{base}/api/v1/alerts", headers=headers, params={**params, **extra, "limit": limit})
+        return client.get(f"{base}{path}", headers=headers, params={**params, **extra, "limit": limit})
 
     def keep_cursor(response: httpx.Response, i: int) -> None:
         if (i + first) % len(QUERIES) not in cursors and (cursor := response.json()["next_cursor"]):
             cursors[(i + first) % len(QUERIES)] = cursor
 
-    run_clients(threads, 2, list_request, keep_cursor)  # warm up the pools and caches
-    return {
-        "list route": run_clients(threads, seconds, list_request, keep_cursor, pace),
-        "/healthz": run_clients(threads, seconds / 2, lambda c, i: c.get(f"{base}/healthz"), pace=pace),
-    }
+    after = keep_cursor if path == LIST else None  # the CAP feed has no cursor of its own: first pages only
+    if path == "/healthz":
+        return run_clients(threads, seconds, lambda c, i: c.get(f"{base}/healthz"), pace=pace)
+    return run_clients(threads, seconds, request, after, pace)
 
 
-def bench_list(
-    url: str, clients: int, procs: int, seconds: float, limit: int, workers: int, rate: float
-) -> dict[str, list[float]]:
+LIST, CAP = "/api/v1/alerts", "/api/v1/alerts.cap"
+
+
+@dataclass(frozen=True)
+class Load:
+    """One measurement: a route, API worker processes, and the requests/s of all clients (0: flat out)."""
+
+    name: str
+    path: str
+    workers: int
+    rate: float
+
+
+def loads(rate: float) -> list[Load]:
+    """What section 3 measures, grouped by the API processes serving it."""
+    return [
+        Load("/healthz (HTTP stack)", "/healthz", 1, rate),
+        Load(f"list route, {rate:.0f}/s", LIST, 1, rate),
+        Load("list route, flat out", LIST, 1, 0),
+        Load(f"CAP feed, {rate:.0f}/s", CAP, 1, rate),
+        Load("CAP feed, flat out", CAP, 1, 0),
+        Load("list route, flat out", LIST, 2, 0),
+        Load("CAP feed, flat out", CAP, 2, 0),
+    ]
+
+
+def api_keys(url: str) -> dict[str, dict[str, str]]:
     keys = {}
     for role, scope, _ in QUERIES:
         name = f"{role} {scope}"
         if name not in keys:
             keys[name] = {"Authorization": f"Bearer {create_key(url, Principal(name=name, role=Role(role), **scope))}"}
+    return keys
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user and system) of a process and its children still running, from /proc."""
+    total = 0.0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # gone meanwhile
+            continue
+        if stat.parent.name == str(pid) or fields[1] == str(pid):
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
+@contextmanager
+def api_server(url: str, workers: int, source: Path) -> Iterator[tuple[int, str]]:
+    """``patrolnet api`` from the checkout ``source`` with ``workers`` processes; its process id and base URL."""
     port = free_port()
-    env = {**os.environ, "PATROLNET_DATABASE_URL": url}
-    command = ["api", "--port", str(port), "--workers", str(workers), "--no-access-log"]
-    api = subprocess.Popen([sys.executable, "-m", "deploy.cli", *command], cwd=REPO, env=env, stderr=subprocess.DEVNULL)
-    base = f"http://127.0.0.1:{port}"
-    results: dict[str, list[float]] = {"list route": [], "/healthz": []}
+    env = {**os.environ, "PATROLNET_DATABASE_URL": url, "PYTHONPATH": str(source)}
+    command = [sys.executable, "-m", "deploy.cli", "api", "--port", str(port), "--workers", str(workers)]
+    command.append("--no-access-log")
+    api = subprocess.Popen(command, cwd=source, env=env, stderr=subprocess.DEVNULL)
     try:
         wait_for_port(port, 60, api)
-        time.sleep(1)
-        pace = clients / rate if rate else 0.0
-        jobs = [(base, keys, clients // procs, seconds, limit, n, pace) for n in range(procs)]
-        with multiprocessing.get_context("fork").Pool(procs) as pool:
-            for got in pool.starmap(client_process, jobs):
-                for name, values in got.items():
-                    results[name] += values
+        time.sleep(1 + workers)  # every worker has started
+        yield api.pid, f"http://127.0.0.1:{port}"
     finally:
         api.terminate()
         api.wait(10)
-    results["SQL alone (1 client)"] = sql_latencies(url, limit)
-    return results
+
+
+def measure(base: str, keys: dict, load: Load, clients: int, procs: int, seconds: float, limit: int) -> list[float]:
+    pace = clients / load.rate if load.rate else 0.0
+    jobs = [(base, keys, load.path, clients // procs, seconds, limit, n, pace) for n in range(procs)]
+    with multiprocessing.get_context("fork").Pool(procs) as pool:
+        return [latency for got in pool.starmap(client_process, jobs) for latency in got]
 
 
 def sql_latencies(url: str, limit: int, rounds: int = 300) -> list[float]:
-    """The list route's queries run directly, to tell the database's share of the latency."""
-    from alerts.store.queries import AlertPage, where
-
+    """The list route's query run directly (as its model reader selects it), to tell the database's share."""
     latencies = []
     with psycopg.connect(url, autocommit=True) as conn:
         for i in range(rounds):
             role, scope, params = QUERIES[i % len(QUERIES)]
-            clause, args = where(AlertPage(**params, limit=limit), Principal(name="b", role=Role(role), **scope))
-            sql = f"SELECT {ALERT_COLUMNS} FROM alerts a WHERE {clause} ORDER BY a.ts DESC, a.id DESC LIMIT %s"
+            who = Principal(name="b", role=Role(role), **scope)
+            sql, args = page_sql(ALERT_COLUMNS, AlertPage(**params, limit=limit), who, None)
             start = time.perf_counter()
-            conn.execute(sql, [*args, limit + 1]).fetchall()
+            conn.execute(sql, args).fetchall()
             latencies.append(time.perf_counter() - start)
     return latencies
 
 
+def print_line(
+    name: str, workers: int, values: list[float], seconds: float | None, cpu: float = 0, goal: str = ""
+) -> None:
+    """p50, p99, requests/s and the API's CPU per request: that one does not grow when others share the machine."""
+    p50, p99 = percentile(values, 0.5) * 1000, percentile(values, 0.99) * 1000
+    served = f"{len(values) / seconds:>6,.0f} req/s" if seconds else " " * 12
+    per_request = f"{cpu / len(values) * 1000:5.2f} ms" if cpu else " " * 8
+    print(f"   {name:<24} {workers:>5}  p50 {p50:6.2f} ms  p99 {p99:6.2f} ms  {served}  {per_request}  {goal}")
+
+
+def bench_api(args: argparse.Namespace, url: str, keys: dict, source: Path) -> None:
+    load_before = os.getloadavg()[0]
+    print(f"   {'':<24} {'procs':>5}  {'latency':<31} {'served':<12}  API CPU/req")
+    print_line("SQL alone (1 client)", 0, sql_latencies(url, args.limit), None, 0, "the database's share")
+    for workers in sorted({load.workers for load in loads(args.rate)}):
+        with api_server(url, workers, source) as (pid, base):
+            for load in loads(args.rate):
+                if load.workers == workers:
+                    measure(base, keys, load, args.clients, args.client_procs, 2, args.limit)  # warm pools, caches
+                    cpu = cpu_seconds(pid)
+                    latencies = measure(base, keys, load, args.clients, args.client_procs, args.seconds, args.limit)
+                    cpu = cpu_seconds(pid) - cpu
+                    goal = GOALS.get((load.path, workers, load.rate > 0), "")
+                    print_line(load.name, workers, latencies, args.seconds, cpu, goal)
+    after = os.getloadavg()[0]
+    print(f"   load average (1 min) before / after: {load_before:.1f} / {after:.1f} on {os.cpu_count()} cores")
+
+
+GOALS = {(LIST, 1, True): "goal: p99 <= 20 ms", (LIST, 2, False): "goal: >= 500 req/s"}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--alerts", type=int, default=1_000_000, help="alerts stored for the list benchmark")
+    parser.add_argument("--alerts", type=int, default=1_000_000, help="alerts stored for the API benchmark")
     parser.add_argument("--messages", type=int, default=20_000, help="MQTT messages for the ingest benchmark")
     parser.add_argument("--per-message", type=int, default=5, help="readings per message")
     parser.add_argument("--clients", type=int, default=8, help="concurrent API clients")
-    parser.add_argument("--seconds", type=float, default=20, help="how long the clients run")
+    parser.add_argument("--seconds", type=float, default=15, help="how long the clients run, per line")
     parser.add_argument("--limit", type=int, default=50, help="alerts per page")
-    parser.add_argument("--workers", type=int, default=1, help="API worker processes")
     parser.add_argument("--client-procs", type=int, default=2, help="processes the clients are spread over")
-    parser.add_argument("--rate", type=float, default=0, help="requests/s of all clients together (0: flat out)")
+    parser.add_argument("--rate", type=float, default=200, help="requests/s of all clients together, when paced")
+    parser.add_argument("--sections", default="1,2,3", help="which to run: 1 writes, 2 ingest, 3 API")
+    parser.add_argument("--api-from", default=str(REPO), help="checkouts the API runs from, in turn (comma-separated)")
     args = parser.parse_args()
+    sections = set(args.sections.split(","))
     logging.basicConfig(level=logging.WARNING)
     random.seed(1)
     with ExitStack() as stack:
         db = stack.enter_context(start_postgres(folder("bench-pg-")))
-        broker = stack.enter_context(start_mosquitto(folder("bench-mqtt-")))
         migrate(db.url)
         register(db.url, PLACE)  # ingest takes only what a registered site sends
         print(f"cores: {os.cpu_count()}; PostgreSQL and Mosquitto on loopback, fsync off\n")
 
-        print("1. writing batches of 500 readings (rows/s):")
-        for name, rate in bench_write_strategies(db.url).items():
-            print(f"   {name:<22} {rate:>10,.0f}")
+        if "1" in sections:
+            print("1. writing batches of 500 readings (rows/s):")
+            for name, rate in bench_write_strategies(db.url).items():
+                print(f"   {name:<22} {rate:>10,.0f}")
 
-        print(f"\n2. ingest end to end, {args.messages:,} MQTT messages of {args.per_message} readings:")
-        rate, bare = bench_ingest(db.url, broker.url, args.messages, args.per_message)
-        print(f"   MQTT -> patrolnet ingest -> PostgreSQL  {rate:>10,.0f} rows/s")
-        print(f"   bare paho subscriber, same messages     {bare:>10,.0f} rows/s   (ingest at {rate / bare:.2f} of it)")
+        if "2" in sections:
+            broker = stack.enter_context(start_mosquitto(folder("bench-mqtt-")))
+            print(f"\n2. ingest end to end, {args.messages:,} MQTT messages of {args.per_message} readings:")
+            rate, bare = bench_ingest(db.url, broker.url, args.messages, args.per_message)
+            print(f"   MQTT -> patrolnet ingest -> PostgreSQL  {rate:>10,.0f} rows/s")
+            share = f"(ingest at {rate / bare:.2f} of it)"
+            print(f"   bare paho subscriber, same messages     {bare:>10,.0f} rows/s   {share}")
 
-        load = f"{args.rate:.0f} requests/s" if args.rate else "flat out"
-        print(f"\n3. list route, {args.alerts:,} alerts, {args.clients} clients {load}, {args.limit} per page:")
-        print(f"   bulk load: {bulk_load(db.url, args.alerts):.1f} s")
-        results = bench_list(db.url, args.clients, args.client_procs, args.seconds, args.limit, args.workers, args.rate)
-        base = statistics.median(results["SQL alone (1 client)"])
-        for name, values in results.items():
-            p50, p99 = percentile(values, 0.5) * 1000, percentile(values, 0.99) * 1000
-            served = f"{len(values) / args.seconds:>6,.0f} req/s" if name == "list route" else " " * 12
-            print(f"   {name:<22} p50 {p50:6.2f} ms  p99 {p99:6.2f} ms  {served}  p50 = {p50 / base / 1000:5.1f} x SQL")
+        if "3" in sections:
+            print(f"\n3. the API over {args.alerts:,} alerts, {args.clients} clients, {args.limit} per page:")
+            print(f"   bulk load: {bulk_load(db.url, args.alerts):.1f} s")
+            keys = api_keys(db.url)
+            for source in args.api_from.split(","):
+                print(f"   API from {source}:")
+                bench_api(args, db.url, keys, Path(source).resolve())
     return 0
 
 

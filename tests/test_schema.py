@@ -7,16 +7,17 @@ round trips.
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
-from uuid import uuid4
+from uuid import UUID, uuid4
 
 import psycopg
 import pytest
 
 from alerts.core.models import Alert, Event, EventKind, EventState, Place, Reading, Role, Severity
 from alerts.store.database import WriteBatch, write_batch
-from alerts.store.rows import ALERT_COLUMNS, row_to_alert
+from alerts.store.rows import ALERT_COLUMNS, ALERT_JSON, row_to_alert
 from alerts.store.schema import ALERTS, EVENTS, READINGS, TABLES, Column, Table, select_list
 
 PLACE = Place(sub_district="sd", community="c", grid="g", site="s", device="smoke-1")
@@ -160,3 +161,41 @@ def test_a_newer_copy_changes_all_but_what_the_alert_is(database_url: str) -> No
     assert stored.model_dump(include=identity) == first.model_dump(include=identity)
     changed = set(Alert.model_fields) - identity - set(ALERTS.centre_sets)
     assert stored.model_dump(include=changed) == newer.model_dump(include=changed)
+
+
+def _keys(value: Any) -> Any:
+    """The keys of every object in a JSON value, in their order."""
+    if isinstance(value, dict):
+        return [(key, _keys(item)) for key, item in value.items()]
+    return [_keys(item) for item in value] if isinstance(value, list) else None
+
+
+def test_the_database_writes_an_alert_as_its_model_does(database_url: str) -> None:
+    event = _event()
+    whole = _alert(event)  # times with microseconds, every field set
+    sparse = _alert(  # times on the second, nulls, text JSON must escape
+        event,
+        ts=datetime(2024, 5, 1, 3, 4, 5, tzinfo=UTC),
+        title='Quote " backslash \\ newline \n tab \t bell \x07 café 火',
+        cleared_at=None,
+        last_event_id=None,
+        confirmed=None,
+        place=Place(sub_district="sd", community="c", grid="g", site="s"),
+        attributes={"nested": {"list": [1, "two", None, True]}, "empty": {}},
+    )
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        write_batch(conn, WriteBatch(alerts=[whole, sparse]))
+        conn.execute(
+            "UPDATE alerts SET status = 'acknowledged', status_by = 'desk', status_at = '2024-05-01T04:00:00Z',"
+            " on_duty = 'Li Wei', on_duty_contact = '+86 1' WHERE id = %s",
+            (sparse.id,),
+        )
+        stored = {a.id: a for a in map(row_to_alert, conn.execute(f"SELECT {ALERT_COLUMNS} FROM alerts a"))}
+        conn.execute("SET TIME ZONE 'Asia/Shanghai'")  # the JSON's times are UTC whatever the session's zone
+        written: dict[UUID, str] = dict(conn.execute(f"SELECT a.id, {ALERT_JSON} FROM alerts a").fetchall())
+    assert stored[sparse.id].status_at == datetime(2024, 5, 1, 4, tzinfo=UTC)
+    for alert_id, model in stored.items():
+        expected, got = json.loads(model.model_dump_json()), json.loads(written[alert_id])
+        assert got == expected
+        assert _keys(got) == _keys(expected)  # the same keys in the same order, the place's too
+        assert {k: type(v) for k, v in got.items()} == {k: type(v) for k, v in expected.items()}

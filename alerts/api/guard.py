@@ -40,7 +40,7 @@ from starlette.requests import Request
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from alerts.api.http import ApiSettings, Require, api_key, identify
+from alerts.api.http import ApiSettings, Require, identify, key_of
 from alerts.auth import Permission
 
 log = logging.getLogger(__name__)
@@ -132,7 +132,7 @@ class Guard:
         """Whether the caller the headers name may send this request its body; answers 401 or 403 if not."""
         headers = Headers(scope=scope)
         try:
-            who = await identify(Request(scope), api_key(headers.get("authorization"), headers.get("x-api-key")))
+            who = await identify(Request(scope), key_of(headers.get("authorization"), headers.get("x-api-key")))
         except HTTPException as exc:
             await _answer(send, exc.status_code, exc.detail, dict(exc.headers or {}))
             return False

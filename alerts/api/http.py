@@ -113,15 +113,26 @@ def get_settings(request: Request) -> ApiSettings:
     return request.app.state.settings
 
 
-Pool = Annotated[AsyncConnectionPool, Depends(get_pool)]
-Settings = Annotated[ApiSettings, Depends(get_settings)]
+# The dependencies are coroutines: FastAPI runs a plain function dependency in a worker thread, two thread hand-offs
+# per request for what is an attribute read.
+async def _pool(request: Request) -> AsyncConnectionPool:
+    return get_pool(request)
 
 
-def api_key(
-    authorization: Annotated[str | None, Header(description="Bearer <API key>")] = None,
-    x_api_key: Annotated[str | None, Header(description="The API key, instead of Authorization")] = None,
-) -> str | None:
-    """The key a request carries, if any."""
+async def _settings(request: Request) -> ApiSettings:
+    return get_settings(request)
+
+
+Pool = Annotated[AsyncConnectionPool, Depends(_pool)]
+Settings = Annotated[ApiSettings, Depends(_settings)]
+
+
+def key_of(authorization: str | None, x_api_key: str | None) -> str | None:
+    """The key in these headers' values, if any.
+
+    >>> key_of("Bearer k1 ", None), key_of("Basic k1", None), key_of("Bearer k1", "k2")
+    ('k1', None, 'k2')
+    """
     if x_api_key:
         return x_api_key
     if authorization is not None:
@@ -129,6 +140,14 @@ def api_key(
         if scheme.lower() == "bearer" and token.strip():
             return token.strip()
     return None
+
+
+async def api_key(
+    authorization: Annotated[str | None, Header(description="Bearer <API key>")] = None,
+    x_api_key: Annotated[str | None, Header(description="The API key, instead of Authorization")] = None,
+) -> str | None:
+    """The key a request carries, if any."""
+    return key_of(authorization, x_api_key)
 
 
 def _unauthorized(message: str) -> HTTPException:

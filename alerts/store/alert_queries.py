@@ -22,7 +22,7 @@ from alerts.auth import Principal
 from alerts.core.models import AlertStatus, EventKind, EventState, Place, Severity
 from alerts.store.database import RECORD_CHANGES
 from alerts.store.queries import AlertPage, where
-from alerts.store.rows import ALERT_COLUMNS, StoredAlert, row_to_alert
+from alerts.store.rows import ALERT_COLUMNS, ALERT_JSON, StoredAlert, row_to_alert
 from alerts.store.schema import EVENTS, Column, select_list
 
 log = logging.getLogger(__name__)
@@ -98,19 +98,43 @@ _ASSIGN_SQL = f"""
 UPDATE alerts a SET assignee = %s, assignee_id = %s, updated_at = now() WHERE a.id = %s RETURNING {ALERT_COLUMNS}"""
 
 
+def page_sql(
+    columns: str, page: AlertPage, who: Principal, before: tuple[datetime, UUID] | None
+) -> tuple[str, list[Any]]:
+    """The SELECT of ``columns`` (on alias ``a``) for a page of alerts, one more than ``page.limit``."""
+    clause, params = where(page, who)
+    if before is not None:
+        clause += " AND (a.ts, a.id) < (%s, %s)"
+        params += list(before)
+    # The page is chosen first and only its rows are selected (as JSON too) once: never a row the LIMIT drops.
+    sql = (
+        f"SELECT {columns} FROM (SELECT * FROM alerts a WHERE {clause} ORDER BY a.ts DESC, a.id DESC LIMIT %s) a"
+        " ORDER BY a.ts DESC, a.id DESC"
+    )
+    return sql, [*params, page.limit + 1]
+
+
 async def alerts_page(
     pool: AsyncConnectionPool, who: Principal, page: AlertPage, before: tuple[datetime, UUID] | None
 ) -> tuple[list[StoredAlert], bool]:
     """Up to ``page.limit`` alerts the caller may see, newest first, older than ``before`` (time, id) when given;
     and whether more follow."""
-    clause, params = where(page, who)
-    if before is not None:
-        clause += " AND (a.ts, a.id) < (%s, %s)"
-        params += list(before)
-    sql = f"SELECT {ALERT_COLUMNS} FROM alerts a WHERE {clause} ORDER BY a.ts DESC, a.id DESC LIMIT %s"
+    sql, params = page_sql(ALERT_COLUMNS, page, who, before)
     async with pool.connection() as conn:
-        rows = await (await conn.execute(sql, [*params, page.limit + 1])).fetchall()
+        rows = await (await conn.execute(sql, params)).fetchall()
     return [row_to_alert(r) for r in rows[: page.limit]], len(rows) > page.limit
+
+
+async def alerts_page_json(
+    pool: AsyncConnectionPool, who: Principal, page: AlertPage, before: tuple[datetime, UUID] | None
+) -> tuple[list[str], tuple[datetime, UUID] | None]:
+    """The page of ``alerts_page`` as each alert's JSON (``ALERT_JSON``), the database writing it; and the
+    (time, id) of its last alert when more follow, else None."""
+    sql, params = page_sql(f"{ALERT_JSON}, a.ts, a.id", page, who, before)
+    async with pool.connection() as conn:
+        rows = await (await conn.execute(sql, params)).fetchall()
+    items = rows[: page.limit]
+    return [row[0] for row in items], (items[-1][1], items[-1][2]) if len(rows) > page.limit else None
 
 
 async def alert_events(pool: AsyncConnectionPool, alert_id: UUID, newest: int = 200) -> list[EventRow]:
