@@ -191,7 +191,7 @@ def _turn(
         found = offline_batch(place, node, now, why, trouble)
     elif why is None and open_alert is not None:
         log.info("node %s: %s over", node, trouble.type)
-        stored = Alert.model_validate(open_alert.model_dump(exclude={"on_duty", "on_duty_contact"}))
+        stored = Alert.model_validate(open_alert.model_dump(include=set(Alert.model_fields)))
         found = back_online_batch(stored, node, now, trouble)
     else:
         return 0

@@ -26,8 +26,8 @@ from alerts.auth import Principal, create_key
 from alerts.core.models import Role
 from alerts.core.settings import wait_for_signal
 from alerts.store.database import migrate
-from alerts.store.sites import register
 from alerts.store.people import PersonIn, add_person
+from alerts.store.sites import register
 from deploy.local.services import spawn, start_mosquitto, start_postgres, start_rtsp, wait_for_port
 from deploy.local.simulator import SensorSimulator
 from edge.config import load_config
