@@ -82,6 +82,7 @@ UNKNOWN_DEVICE_EVERY_S = 3600.0
 """A zigbee light bulb on the sensors' network reports every few seconds: one dead letter an hour per topic
 says it is there without filling the table; every message is still counted."""
 REASON_CHARS = 500
+MQTT_PACKET_IDS = 65_535
 
 Acknowledge = Callable[[], None]
 
@@ -104,8 +105,11 @@ class SensorPipeline:
         for sensor in config.sensors:
             self.rules.watch(self._places[sensor.id], sensor, sensor.name, since=since)
         self.rules.restore(state.load("sensors"))
-        # Twice the broker's in-flight window: no older delivery can still be unacknowledged.
-        self.deliveries = Deliveries(state, size=2 * config.broker.max_inflight)
+        # Twice the broker's in-flight window (no older delivery can still be unacknowledged), and short of the
+        # 65,535 packet ids by that window: an id noted in it cannot be one the broker has handed out again since
+        # (a window so wide that the two cannot both hold misses a message sent again rather than drop a new one).
+        window = config.broker.max_inflight
+        self.deliveries = Deliveries(state, size=max(1, min(2 * window, MQTT_PACKET_IDS - window)))
         self.downsampler = Downsampler({s.id: s.downsample for s in config.sensors})
         self._lock = threading.Lock()
         self._order = threading.Lock()

@@ -253,9 +253,8 @@ class EventSink:
         if readings:
             self.counts["readings"] += len(readings)
             self._readings = []
-        self._acks = acks
+        self._acks = [] if release else acks
         if release:
-            self._acks = []
             for each in acks:
                 each()
 
