@@ -113,9 +113,9 @@ class SensorPipeline:
         self.downsampler = Downsampler({s.id: s.downsample for s in config.sensors})
         self._lock = threading.Lock()
         self._order = threading.Lock()
+        """Held from the rules' move to the sink's queue: batches reach the sink in the order the rules made them."""
         self._session = 0
         """Counts the broker sessions this process had: an acknowledgement belongs to the one it came in."""
-        """Held from the rules' move to the sink's queue: batches reach the sink in the order the rules made them."""
         self._stopping = threading.Event()
         self._subscribed = threading.Event()
         self._client, self._address, self._props = make_client(
