@@ -198,7 +198,8 @@ class SensorRules:
         sensor = self._sensors.get(device)
         if sensor is None:
             return None
-        return {"on": sorted(sensor.on), "values": sensor.values}
+        # A copy: the sink writes it later, on its own thread, while the next messages move the sensor on.
+        return {"on": sorted(sensor.on), "values": dict(sensor.values)}
 
     def restore(self, states: dict[str, dict[str, Any]]) -> None:
         """Takes back what ``export`` gave, for the sensors watched (or met) by now."""

@@ -19,10 +19,16 @@ subscription is a persistent MQTT v5 session (a stable client id,
 flight when it was killed, are delivered when it is back. Retained device
 states arrive at every subscription and rebuild what the sensors say now;
 what the rules knew is restored from the node's SQLite (``edge.state``, part
-``sensors``), which the sink writes with the events that changed it.
+``sensors``), which the sink writes with the events that changed it. A
+message the broker sends again that the node had handled and stored before
+(its acknowledgement lost with the connection or the process) is
+acknowledged and not handled again (``edge.state.Deliveries``): the rules
+restored are already past it.
 
 The rules and the downsampler are moved on by paho's thread and by the
 node's timer (``check_silence``, ``devices``), under one lock; in memory only.
+Each hands the sink what the rules made in the order the rules made it, so
+the sink never saves a sensor's state over a later one.
 
 Example (``handle`` is what paho's callback calls):
     >>> import tempfile, pathlib
@@ -63,8 +69,8 @@ from alerts.core.mqtt import make_client
 from detectors.sensor_rules import SensorRules
 from edge.config import NodeConfig
 from edge.letters import DeadLetters
-from edge.sink import Batch, EventSink
-from edge.state import EdgeState
+from edge.sink import Ack, Batch, EventSink
+from edge.state import Change, Deliveries, EdgeState
 from edge.supervisor import Liveness, Supervisor
 from ingest.adapters import ADAPTERS, Route, SensorRoutes
 from ingest.downsample import Downsampler
@@ -76,8 +82,9 @@ UNKNOWN_DEVICE_EVERY_S = 3600.0
 """A zigbee light bulb on the sensors' network reports every few seconds: one dead letter an hour per topic
 says it is there without filling the table; every message is still counted."""
 REASON_CHARS = 500
+MQTT_PACKET_IDS = 65_535
 
-Ack = Callable[[], None]
+Acknowledge = Callable[[], None]
 
 
 class SensorPipeline:
@@ -98,8 +105,17 @@ class SensorPipeline:
         for sensor in config.sensors:
             self.rules.watch(self._places[sensor.id], sensor, sensor.name, since=since)
         self.rules.restore(state.load("sensors"))
+        # Twice the broker's in-flight window (no older delivery can still be unacknowledged), and short of the
+        # 65,535 packet ids by that window: an id noted in it cannot be one the broker has handed out again since
+        # (a window so wide that the two cannot both hold misses a message sent again rather than drop a new one).
+        window = config.broker.max_inflight
+        self.deliveries = Deliveries(state, size=max(1, min(2 * window, MQTT_PACKET_IDS - window)))
         self.downsampler = Downsampler({s.id: s.downsample for s in config.sensors})
         self._lock = threading.Lock()
+        self._order = threading.Lock()
+        """Held from the rules' move to the sink's queue: batches reach the sink in the order the rules made them."""
+        self._session = 0
+        """Counts the broker sessions this process had: an acknowledgement belongs to the one it came in."""
         self._stopping = threading.Event()
         self._subscribed = threading.Event()
         self._client, self._address, self._props = make_client(
@@ -161,6 +177,11 @@ class SensorPipeline:
             log.warning("local broker refused the connection: %s", reason_code)
             return
         log.info("local broker connected; session %s", "resumed" if flags.session_present else "new")
+        if not flags.session_present:
+            # The broker sends nothing again, and its packet ids start over: what the node noted of the session
+            # before is void (saved before any message of this one), and so are the acknowledgements still waiting.
+            self._session += 1
+            self.sink.put(Batch(changes=[self.deliveries.new_session()]))
         filters = self.routes.subscriptions()
         if filters:
             # Again on a resumed session too: the broker then sends each device's retained state.
@@ -177,17 +198,31 @@ class SensorPipeline:
         self._subscribed.set()
 
     def _on_message(self, client: mqtt.Client, userdata, message: mqtt.MQTTMessage) -> None:
-        self.handle(message.topic, bytes(message.payload), self._ack(message))
+        payload = bytes(message.payload)
+        if message.qos == 0:
+            self.handle(message.topic, payload, self._ack(message))
+        elif message.dup and self.deliveries.handled(message.mid, message.topic, payload):
+            # Stored before, its acknowledgement lost: acknowledged in turn, after what the sink holds before it.
+            self.counts["redelivered"] += 1
+            log.info("message %d on %s sent again, already handled: acknowledged", message.mid, message.topic)
+            self.sink.put(Batch(ack=self._ack(message)))
+        else:
+            delivery = self.deliveries.note(message.mid, message.topic, payload)
+            self.handle(message.topic, payload, self._ack(message, [delivery]))
 
-    def _ack(self, message: mqtt.MQTTMessage) -> Ack:
+    def _ack(self, message: mqtt.MQTTMessage, changes: list[Change] | None = None) -> Ack:
+        session = self._session
+
         def ack() -> None:
-            self._client.ack(message.mid, message.qos)
+            # The same packet id names another message in a new session.
+            if session == self._session:
+                self._client.ack(message.mid, message.qos)
 
-        return ack
+        return Ack(ack, changes or [])
 
     # The message path.
 
-    def handle(self, topic: str, payload: bytes, ack: Ack) -> None:
+    def handle(self, topic: str, payload: bytes, ack: Acknowledge) -> None:
         """Hands what one message says to the sink, with ``ack`` to run once it is stored.
 
         Never raises: paho's thread would die with it, and the node would hear no sensor again.
@@ -199,7 +234,7 @@ class SensorPipeline:
                 log.exception("sensor message on %s failed", topic)
                 self.letters.send(topic, payload, f"{type(exc).__name__}: {exc}"[:REASON_CHARS], ack)
 
-    def _handle(self, topic: str, payload: bytes, ack: Ack) -> None:
+    def _handle(self, topic: str, payload: bytes, ack: Acknowledge) -> None:
         self.counts["messages"] += 1
         route = self.routes.route(topic)
         if route is None:
@@ -213,15 +248,16 @@ class SensorPipeline:
             return
         if decoded.problems:
             self.letters.send(topic, payload, "; ".join(decoded.problems))
-        with self._lock:
-            if decoded.online is not None:
-                events = self.rules.availability(route.device, decoded.online, now)
-            else:
-                events = self.rules.seen(route.device, now) + self.rules.apply(decoded.readings)
-            readings = self.downsampler.filter(decoded.readings, keep_all=bool(events))
-            sensors = {route.device: self.rules.export(route.device)} if events else {}
-        self.counts["readings_dropped"] += len(decoded.readings) - len(readings)
-        self.sink.put(Batch(events=events, readings=readings, sensors=sensors, ack=ack))
+        with self._order:
+            with self._lock:
+                if decoded.online is not None:
+                    events = self.rules.availability(route.device, decoded.online, now)
+                else:
+                    events = self.rules.seen(route.device, now) + self.rules.apply(decoded.readings)
+                readings = self.downsampler.filter(decoded.readings, keep_all=bool(events))
+                changes = self._changes([route.device] if events else [])
+            self.counts["readings_dropped"] += len(decoded.readings) - len(readings)
+            self.sink.put(Batch(events=events, readings=readings, changes=changes, ack=ack))
 
     def _decode(self, route: Route, payload: bytes, now: datetime) -> Decoded:
         cap = self._max_bytes[route.device]
@@ -231,7 +267,7 @@ class SensorPipeline:
             return parse_availability(payload)
         return ADAPTERS[route.adapter].parse(payload, self._places[route.device], now)
 
-    def _unrouted(self, topic: str, payload: bytes, ack: Ack) -> None:
+    def _unrouted(self, topic: str, payload: bytes, ack: Acknowledge) -> None:
         if not self.routes.is_unknown_device(topic):
             self.counts["ignored"] += 1
             self.sink.put(Batch(ack=ack))
@@ -246,11 +282,16 @@ class SensorPipeline:
 
     def check_silence(self, now: datetime) -> None:
         """Raises trouble for sensors silent past their heartbeat."""
-        with self._lock:
-            events = self.rules.check_silence(now)
-            sensors = {e.place.device or "": self.rules.export(e.place.device or "") for e in events}
-        if events:
-            self.sink.put(Batch(events=events, sensors=sensors))
+        with self._order:
+            with self._lock:
+                events = self.rules.check_silence(now)
+                changes = self._changes(list(dict.fromkeys(e.place.device or "" for e in events)))
+            if events:
+                self.sink.put(Batch(events=events, changes=changes))
+
+    def _changes(self, devices: list[str]) -> list[Change]:
+        """The rules' state of ``devices``, to save with the events that changed it. Under self._lock."""
+        return [("sensors", device, self.rules.export(device)) for device in devices]
 
     def devices(self) -> list[DeviceStatus]:
         """Each sensor heard from since the start: online, last seen, battery, link quality, conditions on."""

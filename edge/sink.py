@@ -4,20 +4,22 @@ Sensor messages, camera events, dead letters and heartbeats reach it through
 one bounded FIFO queue. For each batch of events it runs, in order, the
 camera picture of a linked sensor's fire alarm, alarm verification and the
 alert policy (all in memory, once), then writes what must survive in one
-transaction (``Spool.transaction``): the messages for the uplink spool and
-the changed state (``EdgeState``), so a node killed at any moment has both
-or neither, and never raises a second alert for one alarm after its restart.
-It finally acknowledges the sensor message that carried them, in the order
-they came, once its readings are spooled too: the local broker forgets a
-sensor message only once all it said is on disk, and a node killed before
-that hears it again after its restart. A write that fails because the disk
-is busy (``sqlite3.OperationalError``) is rolled back and retried whole; a
-batch that cannot be processed at all becomes a dead letter with the
-reason.
+transaction (``Spool.transaction``): the messages for the uplink spool, the
+changed state (``EdgeState``), the readings waiting, and the deliveries of
+the sensor messages it is about to acknowledge (``Ack.changes``,
+``edge.state.Deliveries``), so a node killed at any moment has all or
+none, and never raises a second alert for one alarm after its restart.
+It then acknowledges those sensor messages, in the order they came: the
+local broker forgets a sensor message only once all it said is on disk, a
+node killed before that hears it again after its restart, and one whose
+acknowledgement was lost with the node is known for handled. A write that
+fails because the disk is busy (``sqlite3.OperationalError``) is rolled
+back and retried whole; a batch that cannot be processed at all becomes a
+dead letter with the reason.
 
 Readings wait up to ``FLUSH_S`` to go upstream together, one spooled message
 for many: each spooled message costs a disk sync. The readings of a message
-that raised an event go with it at once.
+that raised an event go with it at once, in its transaction.
 
 When the queue is full: a sensor message blocks the MQTT callback until
 there is room (the broker holds the messages behind it, and nothing is
@@ -53,7 +55,6 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 from alerts.core.models import DeadLetter, Event, Reading
 from alerts.core.policy import AlertPolicy
@@ -82,9 +83,22 @@ class Batch:
 
     events: list[Event] = field(default_factory=list)
     readings: list[Reading] = field(default_factory=list)
-    sensors: dict[str, dict[str, Any] | None] = field(default_factory=dict)
-    """The sensor rules' state of each sensor the events changed, as ``SensorRules.export`` gives it."""
+    changes: list[Change] = field(default_factory=list)
+    """State to save with them: the sensor rules' state of each sensor the events changed, as
+    ``SensorRules.export`` gives it."""
     ack: Callable[[], None] | None = None
+
+
+@dataclass(frozen=True)
+class Ack:
+    """Acknowledges one message (``send``), once what it produced is stored and, in the same transaction,
+    ``changes``: what the node must remember of the message itself (its delivery, ``edge.state.Deliveries``)."""
+
+    send: Callable[[], None]
+    changes: list[Change] = field(default_factory=list)
+
+    def __call__(self) -> None:
+        self.send()
 
 
 @dataclass(frozen=True)
@@ -173,7 +187,7 @@ class EventSink:
             except queue.Empty:
                 item = Batch()
             if item is None:
-                self._durably(self._flush_readings)
+                self._commit([], [], None, flush=True)
                 return
             with self.liveness.working():
                 self._handle(item)
@@ -181,9 +195,7 @@ class EventSink:
     def _handle(self, item: Item) -> None:
         try:
             if isinstance(item, Outgoing):
-                payload = item.payload()
-                self._durably(lambda: self.send(item.channel, payload))
-                self._acknowledge(item.ack)
+                self._commit([(item.channel, item.payload())], [], item.ack, flush=False)
                 return
             self._batch(item)
         except Exception as exc:
@@ -193,7 +205,7 @@ class EventSink:
 
     def _batch(self, batch: Batch) -> None:
         outgoing: list[tuple[str, bytes]] = []
-        changes: list[Change] = [("sensors", device, data) for device, data in batch.sensors.items()]
+        changes = list(batch.changes)
         for raw in batch.events:
             for event in self.verification.apply(self._pictured(raw)):
                 outgoing.append(("events", encode("events", event)))
@@ -205,17 +217,9 @@ class EventSink:
         if batch.readings and not self._readings:
             self._readings_since = time.monotonic()
         self._readings += batch.readings
-        self._durably(lambda: self._store(outgoing, changes))
+        self._commit(outgoing, changes, batch.ack, flush=bool(batch.events))
         self.counts["events"] += sum(1 for channel, _ in outgoing if channel == "events")
         self.counts["alerts"] += sum(1 for channel, _ in outgoing if channel == "alerts")
-        if batch.ack is not None:
-            self._acks.append(batch.ack)
-        due = self._readings and time.monotonic() - self._readings_since >= FLUSH_S
-        full = len(self._readings) >= FLUSH_READINGS or len(self._acks) >= self.max_unacked
-        if batch.events or due or full:
-            self._durably(self._flush_readings)
-        elif not self._readings:
-            self._run_acks()
 
     def _pictured(self, event: Event) -> Event:
         """The event with its camera picture; without one when making it fails, for the alarm must still go."""
@@ -226,31 +230,42 @@ class EventSink:
             self.counts["picture_failed"] += 1
             return event
 
-    def _acknowledge(self, ack: Callable[[], None] | None) -> None:
-        """Acknowledges now, or after the readings waiting to be spooled (acknowledgements keep their order)."""
-        if ack is not None:
-            self._acks.append(ack)
-        if not self._readings:
-            self._run_acks()
+    def _commit(
+        self, outgoing: list[tuple[str, bytes]], changes: list[Change], ack: Callable[[], None] | None, flush: bool
+    ) -> None:
+        """Stores the messages and the state they changed, then acknowledges what that lets go, in order.
 
-    def _run_acks(self) -> None:
-        acks, self._acks = self._acks, []
-        for ack in acks:
-            ack()
+        The readings waiting go in too when ``flush``, when they are due or many, or when too many messages
+        wait for them. Every acknowledgement waits for the readings spooled before it (they keep their order);
+        those it lets go have their deliveries saved in the same transaction.
+        """
+        acks = [*self._acks, ack] if ack is not None else self._acks
+        waited = time.monotonic() - self._readings_since
+        flush = bool(self._readings) and (
+            flush or waited >= FLUSH_S or len(self._readings) >= FLUSH_READINGS or len(acks) >= self.max_unacked
+        )
+        release = flush or not self._readings
+        if release:
+            changes = changes + [change for a in acks if isinstance(a, Ack) for change in a.changes]
+        readings = self._readings if flush else []
+        if outgoing or readings or changes:
+            self._durably(lambda: self._store(outgoing, readings, changes))
+        if readings:
+            self.counts["readings"] += len(readings)
+            self._readings = []
+        self._acks = [] if release else acks
+        if release:
+            for each in acks:
+                each()
 
-    def _store(self, outgoing: list[tuple[str, bytes]], changes: list[Change]) -> None:
-        """Spools the messages and saves the state they changed in one transaction, synced once."""
+    def _store(self, outgoing: list[tuple[str, bytes]], readings: list[Reading], changes: list[Change]) -> None:
+        """Spools the messages and the readings, and saves the state, in one transaction synced once."""
         with self.state.spool.transaction():
             for channel, payload in outgoing:
                 self.send(channel, payload)
+            if readings:
+                self.send("readings", encode("readings", readings))
             self.state.save(changes)
-
-    def _flush_readings(self) -> None:
-        if self._readings:
-            self.send("readings", encode("readings", self._readings))
-            self.counts["readings"] += len(self._readings)
-            self._readings = []
-        self._run_acks()
 
     def _durably(self, write: Callable[[], None]) -> None:
         """Runs ``write`` until the disk takes it; a busy or locked SQLite file is waited out."""
@@ -270,5 +285,4 @@ class EventSink:
             payload = item.channel.encode()
         letter = DeadLetter(topic=SINK_TOPIC, payload=payload, reason=reason, source=self.source)
         self.counts["dead_letters"] += 1
-        self._durably(lambda: self.send("deadletters", encode("deadletters", letter)))
-        self._acknowledge(item.ack)
+        self._commit([("deadletters", encode("deadletters", letter))], [], item.ack, flush=False)

@@ -4,6 +4,8 @@
   an alarm that cleared meanwhile is cleared, what the sensors sent meanwhile is delivered; its last will says
   it went offline;
 - the node SIGKILLed right after its alarms toggle, again and again: one alert per alarm, each transition once;
+- sensor messages the broker sends again because the node's acknowledgements were lost (the node stored what
+  they said, then died): acknowledged, not replayed on the restored rules, so no transition twice;
 - a worker that dies is restarted with backoff and reported; a node that cannot recover exits non-zero;
 - a locked disk does not stop the MQTT callback or the cameras.
 
@@ -12,10 +14,12 @@ Each counts by id or by sequence number and prints ``sent / stored / lost / dupl
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import queue
 import random
+import socket
 import sqlite3
 import subprocess
 import threading
@@ -324,6 +328,98 @@ def test_a_node_sigkilled_right_after_its_alarms_toggle_raises_one_alert_per_ala
     assert kills >= 8
     assert per_detector == {"smoke-a": 1, "smoke-b": 1}, "one alert per detector, never a second"
     assert stored == sent
+
+
+class Relay:
+    """A TCP relay to a local port, for the node's side of its broker: ``deafen()`` drops what the node sends
+    from then on (its acknowledgements lost on the way), and a connection the node closes is cut on the broker's
+    side too, with no DISCONNECT: what a node killed mid-stream leaves the broker."""
+
+    def __init__(self, port: int) -> None:
+        self.port_to = port
+        self.deaf = threading.Event()
+        self._server = socket.create_server(("127.0.0.1", 0))
+        self.url = f"mqtt://127.0.0.1:{self._server.getsockname()[1]}"
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def deafen(self) -> None:
+        self.deaf.set()
+
+    def close(self) -> None:
+        self._server.close()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                node, _ = self._server.accept()
+            except OSError:
+                return
+            broker = socket.create_connection(("127.0.0.1", self.port_to))
+            threading.Thread(target=self._pipe, args=(node, broker, True), daemon=True).start()
+            threading.Thread(target=self._pipe, args=(broker, node, False), daemon=True).start()
+
+    def _pipe(self, source: socket.socket, sink: socket.socket, from_node: bool) -> None:
+        try:
+            while data := source.recv(65536):
+                if not (from_node and self.deaf.is_set()):
+                    sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for end in (source, sink):
+                with contextlib.suppress(OSError):
+                    end.shutdown(socket.SHUT_RDWR)
+                end.close()
+
+
+def spooled_transitions(spool: Path, device: str) -> list[str]:
+    """The states of the start and end events of ``device`` in the node's spool, in order."""
+    states = []
+    for _, topic, payload in Spool(spool).after(0, 1_000_000):
+        if topic.endswith("/events"):
+            body = json.loads(payload)
+            for event in body if isinstance(body, list) else [body]:
+                if event["place"]["device"] == device and event["state"] in ("start", "end"):
+                    states.append(event["state"])
+    return states
+
+
+def test_messages_sent_again_after_the_node_stored_them_make_no_transition_twice(
+    broker: Service, tmp_path: Path
+) -> None:
+    """The node stores a detector's alarm after a "smoke: false" that changed nothing, and dies before the broker
+    reads either acknowledgement: the broker sends both again. Replayed on the restored rules (alarm on), the
+    first would end the alarm and the second start it again; they are acknowledged and nothing more."""
+    relay = Relay(broker.port)
+    spool = tmp_path / "outbox.sqlite3"
+    config = parse_config(node_yaml(relay.url, spool, uplink=broker.url))
+    with mqtt_client(broker, "test-sensors") as sensors:
+        node = EdgeNode(config)
+        node.start()
+        try:
+            assert node.wait_ready(30)
+            relay.deafen()
+            publish(sensors, SMOKE_A, {"smoke": False})
+            publish(sensors, SMOKE_A, {"smoke": True})
+            eventually(lambda: spooled_transitions(spool, "smoke-a") == ["start"], timeout=20)
+        finally:
+            node.stop()
+        relay.deaf.clear()
+        restarted = EdgeNode(config)
+        restarted.start()
+        try:
+            assert restarted.wait_ready(30)
+            publish(sensors, PROBE, {"linkquality": 1})
+            # Heard after what the broker sends again, which comes first.
+            eventually(lambda: (probe := restarted.sensors.rules.state("probe")) and probe.last_seen, timeout=20)
+            redelivered = restarted.sensors.counts["redelivered"]
+        finally:
+            restarted.stop()
+            relay.close()
+    transitions = spooled_transitions(spool, "smoke-a")
+    print(f"sent again and known: {redelivered}; transitions of smoke-a: {transitions}")
+    assert transitions == ["start"], "each transition once"
+    assert redelivered == 2
 
 
 def test_a_retained_alarm_at_start_raises_it(broker: Service, database_url: str, tmp_path: Path) -> None:
