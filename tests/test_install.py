@@ -61,6 +61,7 @@ ROLES = {
     ),
 }
 
+
 def role_commands(module: str) -> set[str]:
     """The commands ``module`` adds, as this (full) environment's parser has them."""
     sub = argparse.ArgumentParser().add_subparsers()
