@@ -10,14 +10,19 @@ Example:
 from __future__ import annotations
 
 import logging
+import socket
 import ssl
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+
+if TYPE_CHECKING:  # paho declares it for type checkers only
+    from paho.mqtt.client import SocketLike
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +51,14 @@ def parse_url(url: str) -> BrokerAddress:
     )
 
 
+def _no_delay(client: mqtt.Client, userdata: Any, sock: SocketLike) -> None:
+    """Turns Nagle's algorithm off, which paho leaves on: a small packet (a PUBACK, ingest's confirmation, the
+    node's next alarm) then waits for the broker's delayed ACK of the one before it, about 40 ms on Linux.
+    Measured with bench/bench_sensors.py: the alarm leaving the node, p50 37.7 ms with it on, 7.0 ms off."""
+    if isinstance(sock, socket.socket) and sock.family in (socket.AF_INET, socket.AF_INET6):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
 def make_client(
     url: str,
     client_id: str,
@@ -67,6 +80,7 @@ def make_client(
     if address.tls:
         client.tls_set(cert_reqs=ssl.CERT_REQUIRED)
     client.reconnect_delay_set(min_delay=1, max_delay=30)
+    client.on_socket_open = _no_delay
     props = Properties(PacketTypes.CONNECT)
     if persistent:
         props.SessionExpiryInterval = session_expiry_s
