@@ -330,7 +330,7 @@ class Uplink:
         self._wake = threading.Condition()
         self._stopping = False
         self._connected = False
-        self._client, self._address, self._props = make_client(url, client_id)
+        self._client, self._address, self._props = make_client(url, client_id, no_delay=True)
         self._client.max_inflight_messages_set(max_inflight)
         self._client.suppress_exceptions = True
         self._status = (status_topic, online) if status_topic else None

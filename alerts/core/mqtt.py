@@ -66,12 +66,14 @@ def make_client(
     persistent: bool = False,
     manual_ack: bool = False,
     session_expiry_s: int = 3600,
+    no_delay: bool = False,
 ) -> tuple[mqtt.Client, BrokerAddress, Properties]:
     """An MQTT v5 client for ``url``, not yet connected, with the CONNECT properties to use.
 
     A persistent session keeps the subscriptions and the unacknowledged QoS 1
     messages across reconnects; it needs a session expiry, or the broker drops
-    it at the first disconnect.
+    it at the first disconnect. ``no_delay`` turns Nagle's algorithm off (see ``_no_delay``): for the uplink's
+    two ends, where publishes and confirmations cross on one connection.
     """
     address = parse_url(url)
     client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5, manual_ack=manual_ack)
@@ -80,7 +82,8 @@ def make_client(
     if address.tls:
         client.tls_set(cert_reqs=ssl.CERT_REQUIRED)
     client.reconnect_delay_set(min_delay=1, max_delay=30)
-    client.on_socket_open = _no_delay
+    if no_delay:
+        client.on_socket_open = _no_delay
     props = Properties(PacketTypes.CONNECT)
     if persistent:
         props.SessionExpiryInterval = session_expiry_s

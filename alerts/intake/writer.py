@@ -253,6 +253,7 @@ class IngestWorker:
             persistent=True,
             manual_ack=True,
             session_expiry_s=session_expiry_s,
+            no_delay=True,
         )
         self._client.suppress_exceptions = True  # a callback's error is logged; it never ends paho's thread
         self._client.on_connect = self._on_connect
