@@ -48,8 +48,6 @@ from alerts.core.models import Alert, Event, Heartbeat, NodeStatus, Place
 
 log = logging.getLogger(__name__)
 
-NAME_PATTERN = r"^[A-Za-z0-9._-]{1,64}$"
-"""A site's or a node's id: safe in a topic and a broker username (no ``+``, ``#``, ``/``)."""
 REGISTERED_LEVELS = ("sub_district", "community", "grid")
 """The levels of a place the registry gives a site (the site is the topic's)."""
 

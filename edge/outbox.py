@@ -416,8 +416,14 @@ class Uplink:
             log.warning("uplink: unreadable confirmation on %s: %s", message.topic, exc)
             return
         prefix = f"{self.spool.token}/"
-        seqs = [int(i[len(prefix) :]) for i in ids if i.startswith(prefix) and i[len(prefix) :].isdigit()]
-        deleted = self.spool.delete_many(seqs)
+        # ASCII digits only: str.isdigit() also takes '²', which int() refuses, and a raise here ends paho's thread.
+        seqs = [int(n) for i in ids if i.startswith(prefix) and (n := i[len(prefix) :]).isascii() and n.isdigit()]
+        try:
+            deleted = self.spool.delete_many(seqs)
+        except sqlite3.Error:
+            # Kept on disk, so sent again after the timeout; paho's thread must live to hear the next confirmation.
+            log.exception("uplink: could not delete %d confirmed messages", len(seqs))
+            return
         with self._wake:
             self.confirmed += deleted
             for seq in seqs:

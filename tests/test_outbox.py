@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import paho.mqtt.client as mqtt
 import psycopg
 import pytest
 from conftest import REPO, _service_folder, eventually, mqtt_client
@@ -192,3 +193,24 @@ def test_a_message_and_its_state_survive_a_sigkill_together_or_not_at_all(tmp_pa
               f"{len(spooled) - len(set(spooled))}")  # fmt: skip
         assert spooled == list(range(1, counted + 1)), f"spool and state disagree after kill {kills}"
     assert kills >= 10
+
+
+def mqtt_message(payload: bytes) -> mqtt.MQTTMessage:
+    message = mqtt.MQTTMessage(topic=confirm_topic("s", "n1").encode())
+    message.payload = payload
+    return message
+
+
+def test_a_confirmation_deletes_only_what_it_names_and_survives_any_payload(tmp_path: Path) -> None:
+    """The confirmation callback runs on paho's thread: whatever arrives, it returns, and only entries of this
+    spool named with ASCII digits are deleted."""
+    spool = Spool(tmp_path / "outbox.sqlite3")
+    seqs = [spool.put(uplink_topic("s", "events"), b"{}") for _ in range(3)]
+    uplink = Uplink(spool, "mqtt://127.0.0.1:1", "test-uplink", confirm_topic=confirm_topic("s", "n1"))
+    token = spool.token
+    for payload in (b"not json", b'{"ids": 7}', f'{{"ids": ["{token}/\\u00b2", "other/{seqs[0]}"]}}'.encode()):
+        uplink._on_confirmation(None, None, mqtt_message(payload))
+    assert spool.pending() == 3
+    uplink._on_confirmation(None, None, mqtt_message(f'{{"ids": ["{token}/{seqs[1]}"]}}'.encode()))
+    assert [seq for seq, _, _ in spool.after(0, 10)] == [seqs[0], seqs[2]]
+    assert uplink.confirmed == 1

@@ -16,7 +16,7 @@ from pydantic import BaseModel, Field
 
 from alerts.api.http import Admin, Pool
 from alerts.auth import Principal
-from alerts.identity import NAME_PATTERN
+from alerts.core.protocol import NAME_PATTERN
 from alerts.store import duty, reporters, sites
 from alerts.store.duty import DutyShift, StoredShift
 from alerts.store.queries import GridFilter, PlaceFilter

@@ -63,7 +63,9 @@ UPLINK_FILTER = f"{TOPIC_PREFIX}/+/+"
 
 COMMANDS = "commands"
 CONFIRM = "confirm"
-_NAME = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+NAME_PATTERN = r"^[A-Za-z0-9._-]{1,64}$"
+"""A site or node id as it may stand in a topic: what the broker's roles, the registry and ingest all accept."""
+_NAME = re.compile(NAME_PATTERN)
 MAX_CORRELATION_BYTES = 64
 """The longest correlation data ingest echoes back; a node's spool entries need a few dozen bytes."""
 
@@ -151,7 +153,7 @@ def commands_filter(site: str) -> str:
 def confirm_topic(site: str, node_id: str) -> str:
     """The topic where ``node_id`` of ``site`` hears what ingest stored; ValueError for a name unsafe in a topic."""
     for kind, name in (("site", site), ("node", node_id)):
-        if not _NAME.match(name):
+        if not _NAME.fullmatch(name):
             raise ValueError(f"{kind} {name!r} must be letters, digits, '.', '_' or '-'")
     return f"{TOPIC_PREFIX}/{site}/{COMMANDS}/{CONFIRM}/{node_id}"
 
@@ -169,7 +171,7 @@ def parse_confirm_topic(topic: str) -> tuple[str, str]:
         len(parts) != 6
         or "/".join(parts[:2]) != TOPIC_PREFIX
         or parts[3:5] != [COMMANDS, CONFIRM]
-        or not (_NAME.match(parts[2]) and _NAME.match(parts[5]))
+        or not (_NAME.fullmatch(parts[2]) and _NAME.fullmatch(parts[5]))
     ):
         raise ValueError(f"not a confirmation topic: {topic!r}")
     return parts[2], parts[5]

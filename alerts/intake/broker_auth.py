@@ -52,8 +52,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.reasoncodes import ReasonCode
 
 from alerts.core.mqtt import connect, make_client
-from alerts.core.protocol import CHANNELS, UPLINK_FILTER, commands_filter, uplink_topic
-from alerts.identity import NAME_PATTERN
+from alerts.core.protocol import CHANNELS, NAME_PATTERN, UPLINK_FILTER, commands_filter, uplink_topic
 from alerts.intake.writer import SHARE_GROUP
 
 log = logging.getLogger(__name__)
@@ -73,7 +72,7 @@ class BrokerAdminError(RuntimeError):
 
 def checked_name(kind: str, name: str) -> str:
     """``name`` when it is safe in a topic and a username (no ``+``, ``#``, ``/``); ValueError otherwise."""
-    if not _NAME.match(name):
+    if not _NAME.fullmatch(name):
         raise ValueError(f"{kind} {name!r} must be letters, digits, '.', '_' or '-'")
     return name
 

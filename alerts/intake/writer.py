@@ -406,8 +406,12 @@ class IngestWorker:
             if answer is not None:
                 stored.setdefault(answer[0], []).append(answer[1])
         for topic, ids in stored.items():
-            # QoS 1 while the node listens; one lost with its connection is made good by the node sending again.
-            self._client.publish(topic, Confirmation(ids=ids).model_dump_json(), qos=1)
+            # QoS 1 while the node listens; one lost with its connection is made good by the node sending again,
+            # and so is one paho refuses: what a node put in its ResponseTopic must not end the writer.
+            try:
+                self._client.publish(topic, Confirmation(ids=ids).model_dump_json(), qos=1)
+            except ValueError as exc:
+                log.warning("%s: no confirmation on %r: %s", self.name, topic, exc)
         self.counts["confirmed"] += sum(map(len, stored.values()))
 
     def _write(self, batch: WriteBatch, messages: list[mqtt.MQTTMessage]) -> bool:

@@ -38,7 +38,8 @@ from pydantic import Field
 
 from alerts.auth import Principal
 from alerts.core.models import Place
-from alerts.identity import NAME_PATTERN, RegisteredSite
+from alerts.core.protocol import NAME_PATTERN
+from alerts.identity import RegisteredSite
 from alerts.store.duty import GridPlace
 from alerts.store.queries import PlaceFilter, scoped_where
 
