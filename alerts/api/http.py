@@ -39,6 +39,7 @@ from urllib.parse import urlsplit
 from uuid import UUID
 
 from fastapi import Depends, Header, HTTPException, Request
+from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 from pydantic import BaseModel, Field
 
@@ -154,36 +155,44 @@ def _unauthorized(message: str) -> HTTPException:
     return HTTPException(401, message, {"WWW-Authenticate": "Bearer"})
 
 
-async def lookup(request: Request, key: str) -> Principal | None:
-    """The principal of a key, from the per-process cache or the database."""
-    cache: dict[str, tuple[Principal | None, float]] = request.app.state.key_cache
-    hashed = hash_key(key)
+async def _cached(
+    request: Request,
+    cache: dict[str, tuple[Principal | None, float]],
+    secret: str,
+    fetch: Callable[[AsyncConnection], Awaitable[Principal | None]],
+) -> Principal | None:
+    """Who ``secret`` (a key or a session token) names, from this process's ``cache`` (for ``key_cache_s``) or,
+    on a miss, ``fetch`` on a pooled connection; a refusal is cached too."""
+    hashed = hash_key(secret)
     hit = cache.get(hashed)
     if hit is not None and hit[1] > time.monotonic():
         return hit[0]
     async with get_pool(request).connection() as conn:
-        row = await (await conn.execute(LOOKUP_SQL, (hashed,))).fetchone()
-    found = principal_from_row(row) if row else None
-    if len(cache) > 10_000:  # keys seen once (guesses) must not grow it without bound
+        found = await fetch(conn)
+    if len(cache) > 10_000:  # secrets seen once (guesses) must not grow it without bound
         cache.clear()
     cache[hashed] = (found, time.monotonic() + get_settings(request).key_cache_s)
     return found
+
+
+async def lookup(request: Request, key: str) -> Principal | None:
+    """The principal of a key, from the per-process cache or the database."""
+
+    async def fetch(conn: AsyncConnection) -> Principal | None:
+        row = await (await conn.execute(LOOKUP_SQL, (hash_key(key),))).fetchone()
+        return principal_from_row(row) if row else None
+
+    return await _cached(request, request.app.state.key_cache, key, fetch)
 
 
 async def session_lookup(request: Request, token: str, touch: bool = True) -> Principal | None:
     """The signed-in person of a session token, from the per-process cache or the database; ``touch``: a request
     of the person's, which keeps the session from idling out (a stream's checks do not)."""
-    cache: dict[str, tuple[Principal | None, float]] = request.app.state.session_cache
-    hashed = hash_key(token)
-    hit = cache.get(hashed)
-    if hit is not None and hit[1] > time.monotonic():
-        return hit[0]
-    async with get_pool(request).connection() as conn:
-        found = await session_principal(conn, token, get_settings(request).session_idle_s, touch)
-    if len(cache) > 10_000:
-        cache.clear()
-    cache[hashed] = (found, time.monotonic() + get_settings(request).key_cache_s)
-    return found
+
+    async def fetch(conn: AsyncConnection) -> Principal | None:
+        return await session_principal(conn, token, get_settings(request).session_idle_s, touch)
+
+    return await _cached(request, request.app.state.session_cache, token, fetch)
 
 
 SAFE_METHODS = frozenset({"GET", "HEAD"})
