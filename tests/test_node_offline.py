@@ -18,6 +18,7 @@ from typing import Any
 
 import httpx
 import paho.mqtt.client as mqtt
+import psycopg
 import pytest
 from api_helpers import JPEG, raise_alert, signed_in_page, write
 from conftest import ApiServer, SseReader, eventually, mqtt_client
@@ -29,6 +30,7 @@ from alerts.auth import Principal
 from alerts.core.models import Alert, DeviceStatus, EventKind, Heartbeat, NodeStatus, Place, Role, Severity
 from alerts.core.protocol import uplink_topic
 from alerts.coverage import may_change
+from alerts.intake.watchdog import WatchdogSettings, check_nodes
 from alerts.store.database import WriteBatch
 from deploy.local.services import Service, spawn
 
@@ -320,3 +322,22 @@ def test_a_coverage_notices_camera_snapshot_is_seen_by_the_desks_it_notifies(api
         ("police", "stairs"): 200, ("police", "gate"): 200,
         ("fire elsewhere", "stairs"): 404, ("fire elsewhere", "gate"): 404,
     }  # fmt: skip
+
+
+def test_a_node_whose_oldest_message_waits_unconfirmed_raises_trouble_to_the_operator(database_url: str) -> None:
+    """The heartbeat's ``oldest_unconfirmed_s`` past ``unconfirmed_after_s`` is ``uplink_unconfirmed`` trouble for
+    the operators (not a coverage notice: the node still sees and sends); the next heartbeat under it clears it."""
+    place = Place(sub_district="n", community="c", grid="g", site="unconfirmed-yard")
+    settings = WatchdogSettings(unconfirmed_after_s=120)
+
+    def beat(oldest_s: float | None) -> list[tuple[Any, ...]]:
+        sent = Heartbeat(node_id="late-node", place=place, started_at=datetime(2026, 1, 1, tzinfo=UTC),
+                         unconfirmed=5 if oldest_s else 0, oldest_unconfirmed_s=oldest_s)  # fmt: skip
+        write(database_url, WriteBatch(heartbeats=[sent]))
+        with psycopg.connect(database_url) as conn:
+            check_nodes(conn, settings)
+        return query(database_url, "SELECT route, notify, active FROM alerts WHERE type = 'uplink_unconfirmed'")
+
+    assert beat(60.0) == []
+    assert beat(300.0) == [("operator", [], True)]
+    assert beat(None) == [("operator", [], False)]
