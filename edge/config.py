@@ -66,8 +66,9 @@ from ingest.sensors import MAX_PAYLOAD_BYTES
 
 log = logging.getLogger(__name__)
 
-_ID = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
-"""Ids end up in MQTT topics and URLs, so no slashes, wildcards or spaces."""
+_ID = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+"""Ids end up in MQTT topics, broker usernames and URLs, so no slashes, wildcards or spaces, and at most 64
+characters: within ``alerts.core.protocol.NAME_PATTERN``, which the broker's roles and the site registry take."""
 
 
 class SiteConfig(ConfigModel):
