@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import itertools
 import json
+import os
+import signal
 import subprocess
 import tempfile
 import time
@@ -121,7 +123,7 @@ class Browser:
         self._stack = contextlib.ExitStack()
         self._process = subprocess.Popen(
             [*CHROMIUM, f"--user-data-dir={self._profile.name}", f"--remote-debugging-port={self.port}", "about:blank"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
         )  # fmt: skip
 
     def __enter__(self) -> Browser:
@@ -140,6 +142,10 @@ class Browser:
         self._stack.close()
         self._process.terminate()
         self._process.wait(10)
+        # Chromium's helper processes outlive the browser's for a moment and still write into the profile,
+        # which then cannot be removed ("Directory not empty"): end its whole process group first.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self._process.pid, signal.SIGKILL)
         self._profile.cleanup()
 
     def send(self, method: str, **params: Any) -> dict:
@@ -188,5 +194,5 @@ def signed_in_page(api: ApiServer, role: str, path: str = "/", **scope: str) -> 
     with Browser() as browser:
         browser.open(f"{api.url}{path}")
         browser.sign_in(login)
-        browser.wait("document.getElementById('status').textContent === 'live'")
+        browser.wait("document.getElementById('status')?.textContent === 'live'")
         yield browser

@@ -86,9 +86,9 @@ def test_a_person_signs_in_acknowledges_an_alert_and_finds_their_name_in_its_tra
 
         # A reload keeps the session (the page asks for its CSRF token again); signing out ends it.
         page.send("Page.reload")
-        page.wait("document.getElementById('status').textContent === 'live'")
+        page.wait("document.getElementById('status')?.textContent === 'live'")
         page.js("document.getElementById('signout').click()")
-        page.wait("document.getElementById('status').textContent === 'not signed in'")
+        page.wait("document.getElementById('status')?.textContent === 'not signed in'")
         assert page.js("fetch('/api/v1/alerts').then(r => r.status)") == 401
     history = httpx.get(f"{api.url}/api/v1/alerts/{fire.id}", headers=api.key("admin")).json()["history"]
     assert [(h["actor"], h["action"], h["person_id"] is not None) for h in history] == [
