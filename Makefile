@@ -81,11 +81,13 @@ test: setup $(BIN)/.installed-dev
 unit: setup $(BIN)/.installed-dev
 	YOLO_CONFIG_DIR=$(CURDIR)/$(CACHE)/ultralytics $(BIN)/pytest -m "not services and not slow"
 
-# Figures, not tests: each prints what it measured next to a baseline measured in the same run.
+# Figures, not tests: each prints what it measured next to a baseline measured in the same run, and issue 18's
+# goals beside theirs. BENCH_FROM=<checkout of the commit before>,. runs the sensor path and the API from both.
+BENCH_FROM ?= .
 bench: setup $(BIN)/.installed-dev
 	$(BIN)/python bench/bench_video.py
-	$(BIN)/python bench/bench_sensors.py
-	$(BIN)/python bench/bench_store.py
+	$(BIN)/python bench/bench_sensors.py --from $(BENCH_FROM)
+	$(BIN)/python bench/bench_store.py --api-from $(BENCH_FROM)
 
 lint: $(BIN)/.installed-dev
 	$(BIN)/ruff check .

@@ -11,8 +11,9 @@ of sub-district > community > grid > site), which limits where.
 The roles of people besides the desks: a grid worker reads every kind of alert
 within the grid of its scope and may acknowledge them (seen, someone is on it)
 but not resolve or dismiss them; city management reads the enforcement alerts
-(illegal parking, a zone occupied by stalls or goods) and traffic police the
-illegal parking alerts, and both may act on what they read.
+(illegal parking, stalls and goods on the road, illegal building; the police no
+longer get them) and traffic police the illegal parking ones, and both may act
+on what they read and work their cases (``alerts.store.cases``).
 
 A police or fire key also reads, as coverage notices, the trouble alerts that
 name its role in ``notify`` (a device feeding its alarms is blind), and no
@@ -65,16 +66,15 @@ ROLE_KINDS: dict[Role, tuple[EventKind, ...]] = {
     Role.EDGE: (),
     Role.REPORTER: (),
     Role.GRID_WORKER: tuple(EventKind),
-    Role.CITY_MANAGEMENT: (EventKind.SECURITY,),
-    Role.TRAFFIC_POLICE: (EventKind.SECURITY,),
+    Role.CITY_MANAGEMENT: (EventKind.ENFORCEMENT,),
+    Role.TRAFFIC_POLICE: (EventKind.ENFORCEMENT,),
 }
 """The alert kinds each role may read."""
 
 ROLE_TYPES: dict[Role, tuple[str, ...]] = {
-    Role.CITY_MANAGEMENT: ("illegal_parking", "zone_occupied"),
     Role.TRAFFIC_POLICE: ("illegal_parking",),
 }
-"""Roles that read only these types of their kinds: the enforcement alerts."""
+"""Roles that read only these types of their kinds: traffic police, the parking among the enforcement alerts."""
 
 COVERAGE_ROLES: frozenset[Role] = frozenset({Role.POLICE, Role.FIRE})
 """Roles that also read the trouble alerts naming them in ``notify``: coverage notices (alerts.coverage)."""
@@ -91,6 +91,7 @@ class Permission(StrEnum):
     REPORT = "report"  # post citizen reports
     ADMIN = "admin"  # duty rotation, reporters, webhooks
     METRICS = "metrics"  # Prometheus metrics
+    CLIPS = "clips"  # upload the video clips of alerts within the key's places (an edge node)
 
 
 _DESK = {Permission.ALERTS, Permission.ACKNOWLEDGE, Permission.ACT, Permission.DEVICES}
@@ -98,8 +99,8 @@ ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
     Role.POLICE: frozenset(_DESK),
     Role.FIRE: frozenset({*_DESK, Permission.READINGS}),
     Role.OPERATOR: frozenset({*_DESK, Permission.READINGS, Permission.METRICS}),
-    Role.ADMIN: frozenset(Permission) - {Permission.REPORT},
-    Role.EDGE: frozenset(),  # nodes publish over MQTT; the key only answers whoami
+    Role.ADMIN: frozenset(Permission) - {Permission.REPORT, Permission.CLIPS},
+    Role.EDGE: frozenset({Permission.CLIPS}),  # nodes publish over MQTT; the key uploads clips
     Role.REPORTER: frozenset({Permission.REPORT}),
     Role.GRID_WORKER: frozenset({Permission.ALERTS, Permission.ACKNOWLEDGE, Permission.DEVICES}),
     Role.CITY_MANAGEMENT: frozenset({Permission.ALERTS, Permission.ACKNOWLEDGE, Permission.ACT}),
@@ -173,10 +174,16 @@ def create_key(conninfo: str, principal: Principal) -> str:
     return key
 
 
-LOOKUP_SQL = (
-    "SELECT name, role, sub_district, community, grid, site, id FROM api_keys"
-    " WHERE key_hash = %s AND revoked_at IS NULL"
-)
+# A key, or a reporter's phone link (alerts.store.phone_reports), which speaks as the reporter's key until either
+# is revoked.
+LOOKUP_SQL = """
+WITH h AS (SELECT %s::text AS hash)
+SELECT k.name, k.role, k.sub_district, k.community, k.grid, k.site, k.id FROM h JOIN api_keys k ON k.key_hash = h.hash
+WHERE k.revoked_at IS NULL
+UNION ALL
+SELECT k.name, k.role, k.sub_district, k.community, k.grid, k.site, k.id FROM h
+JOIN reporter_links l ON l.token_hash = h.hash JOIN reporters r ON r.id = l.reporter_id
+JOIN api_keys k ON k.id = r.key_id WHERE l.revoked_at IS NULL AND k.revoked_at IS NULL"""
 
 
 def principal_from_row(row: tuple) -> Principal:

@@ -16,11 +16,12 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import fields
+from pathlib import Path
 from uuid import UUID
 
-from alerts.api import people_cli
+from alerts.api import grids_cli, people_cli, report_links
 from alerts.core.models import Role
-from alerts.core.settings import setting, wait_for_signal
+from alerts.core.settings import optional_setting, setting, wait_for_signal
 from alerts.store.timescale import Retention
 
 log = logging.getLogger(__name__)
@@ -106,6 +107,20 @@ def cmd_webhooks(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_shops_remind(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from alerts.notify.reminders import ReminderSender, due, remind_all
+    from alerts.notify.webhooks import TargetPolicy
+
+    database_url = setting("PATROLNET_DATABASE_URL")
+    sender = ReminderSender(TargetPolicy.from_env(), setting("PATROLNET_PUBLIC_URL", ""))
+    sent = remind_all(database_url, sender, asyncio.run(due(database_url, args.community)))
+    for s in sent:
+        print(f"{s.format} webhook {s.webhook_id}: {s.error or 'taken'}")
+    return 1 if any(s.error for s in sent) else 0
+
+
 def _retention(args: argparse.Namespace):
     from dataclasses import fields
 
@@ -128,8 +143,11 @@ def cmd_db_migrate(args: argparse.Namespace) -> int:
 def cmd_db_prune(args: argparse.Namespace) -> int:
     import psycopg
 
-    from alerts.store import timescale
+    from alerts.api.http import ApiSettings
+    from alerts.store import clips, timescale
 
+    days = clips.retention_days(optional_setting("PATROLNET_CLIP_RETENTION") or "")
+    print(f"clips: {clips.prune_clips(setting('PATROLNET_DATABASE_URL'), Path(ApiSettings.from_env().clip_dir), days)}")
     with psycopg.connect(setting("PATROLNET_DATABASE_URL"), autocommit=True) as conn:
         if timescale.enabled(conn):
             print("TimescaleDB's retention policies drop old chunks; nothing to do")
@@ -289,6 +307,10 @@ def cmd_broker(args: argparse.Namespace) -> int:
             elif args.broker_command == "remove":
                 admin.remove(args.username)
                 return 0
+            elif args.broker_command == "sync-roles":
+                for site, added in admin.sync_roles().items():
+                    print(f"{site}: {', '.join(added) if added else 'up to date'}")
+                return 0
             else:
                 print("\n".join(admin.clients()))
                 return 0
@@ -344,6 +366,11 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     hooks.add_argument("--name", default=f"webhooks-{os.getpid()}", help="dispatcher name, for the logs")
     hooks.set_defaults(func=cmd_webhooks)
 
+    shops = sub.add_parser("shops", help="shops on duty").add_subparsers(dest="shops_command", required=True)
+    remind = shops.add_parser("remind", help="remind this week's shops on duty (hooks that took it are skipped)")
+    remind.add_argument("--community", help="only this community")
+    remind.set_defaults(func=cmd_shops_remind)
+
     db = sub.add_parser("db", help="the store").add_subparsers(dest="db_command", required=True)
     migrate = db.add_parser("migrate", help="apply the migrations, and the TimescaleDB plan where available")
     migrate.set_defaults(func=cmd_db_migrate)
@@ -358,6 +385,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
             )
 
     people_cli.add_commands(sub)
+    grids_cli.add_commands(sub)
+    report_links.add_commands(sub)
 
     apikey = sub.add_parser("apikey", help="API keys").add_subparsers(dest="apikey_command", required=True)
     create = apikey.add_parser("create", help="make a key; it is printed once")
@@ -401,7 +430,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     for command in (add_node, add_ingest, rotate):
         command.add_argument("--password-file", help="write the new password here (mode 0600) instead of printing it")
     listing = broker.add_parser("list", help="the broker's clients")
-    for command in (init, add_node, add_ingest, rotate, remove, listing):
+    sync = broker.add_parser("sync-roles", help="give every site's role the uplink channels of this release")
+    for command in (init, add_node, add_ingest, rotate, remove, listing, sync):
         command.set_defaults(func=cmd_broker)
 
     site = sub.add_parser(

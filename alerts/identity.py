@@ -44,7 +44,7 @@ import logging
 from dataclasses import dataclass
 from typing import Protocol
 
-from alerts.core.models import Alert, Event, Heartbeat, NodeStatus, Place
+from alerts.core.models import Alert, Event, Heartbeat, NodeStatus, Place, Snapshot
 
 log = logging.getLogger(__name__)
 
@@ -67,14 +67,14 @@ class RegisteredSite:
 
 
 def node_of(sent: object) -> str | None:
-    """The node id ``sent`` speaks for: a heartbeat's or status's node, an event's or alert's source; None for
-    what names no node (readings, a node's dead letters).
+    """The node id ``sent`` speaks for: a heartbeat's, status's or snapshot's node, an event's or alert's source;
+    None for what names no node (readings, a node's dead letters).
 
     >>> node_of(NodeStatus(node_id="n1", place=Place(sub_district="s", community="c", grid="g", site="x"),
     ...                    online=True))
     'n1'
     """
-    if isinstance(sent, Heartbeat | NodeStatus):
+    if isinstance(sent, Heartbeat | NodeStatus | Snapshot):
         return sent.node_id
     if isinstance(sent, Event | Alert):
         return sent.source

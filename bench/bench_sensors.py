@@ -1,6 +1,6 @@
 """Sensor benchmark: readings per second into the database, and alarm latency to the fire desk's stream.
 
-    .venv/bin/python bench/bench_sensors.py [--messages 20000] [--alarms 200]
+    .venv/bin/python bench/bench_sensors.py [--messages 20000] [--alarms 200] [--from DIR,...]
 
 Starts its own PostgreSQL and Mosquitto, then measures, on the same broker:
 
@@ -9,8 +9,15 @@ Starts its own PostgreSQL and Mosquitto, then measures, on the same broker:
     subscriber, then through an edge node and an ingest worker (each its own
     process, as deployed) until every reading is a row; nothing may be lost;
 (b) alarm latency: from a detector's publish of ``smoke: true`` until the
-    alert arrives on the fire desk's SSE stream (the alert API in a thread of
-    this process), while 1,000 readings per second of background load flow.
+    alert arrives on the fire desk's SSE stream (``patrolnet api``, its own
+    process, as deployed), while 1,000 readings per second of background load
+    flow, with where the time goes: the alert leaving the node (a tap on the
+    uplink), ingest's commit (its confirmation to the node) and the stream.
+
+``--from`` runs the node, ingest and the API from other checkouts too (e.g. the
+commit before a change: ``git worktree add``), one after the other against the
+same broker and database, each beside a bare subscriber measured just before
+it, so before and after are measured alike in one run.
 
 It also prints the CPU time each process spent on the throughput run, which
 tells where the pipeline's cost goes. For where inside a process, profile
@@ -28,24 +35,29 @@ import os
 import queue
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
 import time
 from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import paho.mqtt.client as mqtt
 import psycopg
 
-from alerts.auth import Principal, create_key
-from alerts.core.models import Place, Role
-from alerts.core.mqtt import connect, make_client
-from alerts.core.protocol import uplink_topic
-from alerts.store.database import migrate
-from alerts.store.sites import register
-from deploy.local.services import ApiThread, spawn, start_mosquitto, start_postgres
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))  # this checkout's code, not an installed one
+
+from alerts.auth import Principal, create_key  # noqa: E402
+from alerts.core.models import Place, Role  # noqa: E402
+from alerts.core.mqtt import connect, make_client  # noqa: E402
+from alerts.core.protocol import confirm_topic, uplink_topic  # noqa: E402
+from alerts.store.database import migrate  # noqa: E402
+from alerts.store.sites import register  # noqa: E402
+from deploy.local.services import free_port, start_mosquitto, start_postgres, wait_for_port  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +65,8 @@ BENCH_SITE = Place(sub_district="sd", community="c", grid="g", site="bench-court
 SENSORS = 50
 READINGS_PER_MESSAGE = 5
 ALARM_TOPIC = "zigbee2mqtt/bench-alarm"
-REPO = Path(__file__).resolve().parent.parent
+GOAL_SHARE = 0.8
+GOAL_P99_MS = 20.0
 
 
 def folder(parent: Path, name: str) -> Path:
@@ -71,11 +84,11 @@ def state(i: int, smoke: bool = False) -> bytes:
     ).encode()
 
 
-def node_yaml(broker_url: str, spool: Path) -> str:
+def node_yaml(node_id: str, broker_url: str, spool: Path) -> str:
     sensors = "".join(
         f"  - {{id: s{i:03d}, adapter: zigbee2mqtt, topic: zigbee2mqtt/s{i:03d}}}\n" for i in range(SENSORS)
     )
-    return f"""node_id: bench-node
+    return f"""node_id: {node_id}
 site: {{id: {BENCH_SITE.site}, sub_district: {BENCH_SITE.sub_district}, community: {BENCH_SITE.community}, \
 grid: {BENCH_SITE.grid}}}
 broker: {{url: "{broker_url}", max_inflight: 1000}}
@@ -220,13 +233,14 @@ class AlarmStream:
                         change = line[7:]
                     elif line.startswith("data: "):
                         alert = json.loads(line[6:])
-                        if alert["place"]["device"] == self._device:
+                        # Its smoke alarm only: the changing temperatures can raise a rate-of-rise alert too.
+                        if alert["place"]["device"] == self._device and alert["type"] == "smoke":
                             self.changes.put((time.perf_counter(), change, alert))
         except httpx.HTTPError as exc:
             # Closing the client, or the server going away at the end, ends the stream.
             log.info("SSE stream ended: %s", exc)
 
-    def wait(self, active: bool, timeout: float = 10.0) -> float:
+    def wait(self, active: bool, timeout: float = 60.0) -> float:
         """Arrival time of the next change of the device's alert to ``active``."""
         while True:
             arrived, _, alert = self.changes.get(timeout=timeout)
@@ -250,24 +264,50 @@ def background_load(url: str, readings_per_s: float, stop: threading.Event) -> N
     publisher.loop_stop()
 
 
-def uplink_tap(url: str, raised: queue.Queue[float]) -> mqtt.Client:
-    """Notes when each raised alarm leaves the node: its alert on the uplink topic, beside ingest's subscription."""
+class Taps:
+    """When each raised alarm leaves the node (its alert on the uplink, beside ingest's subscription) and when
+    ingest committed it (its confirmation to the node, published after the commit), by the alert's spool entry."""
 
-    def on_message(client, userdata, message) -> None:
-        if json.loads(message.payload)["active"]:
-            raised.put(time.perf_counter())
+    def __init__(self, url: str, node_id: str) -> None:
+        self.left: queue.Queue[tuple[float, str]] = queue.Queue()
+        self.committed: dict[str, float] = {}
+        self._lock = threading.Lock()
+        self._client = client(url, "bench-taps")
+        self._client.on_message = self._on_message
+        self._alerts, self._confirms = uplink_topic(BENCH_SITE.site, "alerts"), confirm_topic(BENCH_SITE.site, node_id)
+        self._client.subscribe([(self._alerts, 1), (self._confirms, 1)])
 
-    tap = client(url, "bench-uplink-tap")
-    tap.on_message = on_message
-    tap.subscribe(uplink_topic(BENCH_SITE.site, "alerts"), qos=1)
-    return tap
+    def _on_message(self, client, userdata, message) -> None:
+        now = time.perf_counter()
+        if message.topic == self._confirms:
+            with self._lock:
+                self.committed.update(dict.fromkeys(json.loads(message.payload)["ids"], now))
+        elif (alert := json.loads(message.payload))["active"] and alert["type"] == "smoke":
+            self.left.put((now, message.properties.CorrelationData.decode()))
+
+    def commit_time(self, entry: str, timeout: float = 60.0) -> float:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self._lock:
+                if entry in self.committed:
+                    return self.committed.pop(entry)
+            time.sleep(0.005)
+        raise TimeoutError(f"no confirmation of {entry}")
+
+    def close(self) -> None:
+        self._client.disconnect()
+        self._client.loop_stop()
 
 
-def alarm_latencies(url: str, api_url: str, key: str, alarms: int, background: float) -> list[tuple[float, float]]:
-    """(seconds to the node's uplink, seconds to the SSE stream) from the detector's publish, one per alarm."""
+STAGES = ("the alert leaving the edge node", "ingest's commit (confirmed)", "the alert on the fire SSE stream")
+
+
+def alarm_latencies(
+    url: str, api_url: str, key: str, node_id: str, alarms: int, background: float
+) -> list[tuple[float, float, float]]:
+    """Seconds from the detector's publish to each of STAGES, one triple per alarm."""
     stream = AlarmStream(f"{api_url}/api/v1/alerts/stream", key, "bench-alarm")
-    left_node: queue.Queue[float] = queue.Queue()
-    tap = uplink_tap(url, left_node)
+    taps = Taps(url, node_id)
     stop = threading.Event()
     load = threading.Thread(target=background_load, args=(url, background, stop), daemon=True)
     load.start()
@@ -279,16 +319,17 @@ def alarm_latencies(url: str, api_url: str, key: str, alarms: int, background: f
             sent = time.perf_counter()
             detector.publish(ALARM_TOPIC, state(i, smoke=True), qos=1)
             arrived = stream.wait(active=True)
-            latencies.append((left_node.get(timeout=10) - sent, arrived - sent))
+            left, entry = taps.left.get(timeout=60)
+            latencies.append((left - sent, taps.commit_time(entry) - sent, arrived - sent))
             detector.publish(ALARM_TOPIC, state(i, smoke=False), qos=1)
             stream.wait(active=False)
             time.sleep(0.05)
     finally:
         stop.set()
         load.join(timeout=5)
-        for c in (detector, tap):
-            c.disconnect()
-            c.loop_stop()
+        detector.disconnect()
+        detector.loop_stop()
+        taps.close()
         stream.close()
     return latencies
 
@@ -297,62 +338,115 @@ def percentile(values: list[float], q: int) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[q - 1] if len(values) > 1 else values[0]
 
 
+def spawn(args: list[str], env: dict[str, str], source: Path, stack: ExitStack) -> subprocess.Popen:
+    """``patrolnet <args>`` from the checkout ``source``, terminated and waited for when ``stack`` closes."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "deploy.cli", *args], cwd=source, env={**env, "PYTHONPATH": str(source)}
+    )
+    stack.callback(proc.wait, 30)
+    stack.callback(proc.terminate)
+    return proc
+
+
+@dataclass
+class Run:
+    """What one checkout measured."""
+
+    source: Path
+    bare: float
+    rate: float
+    rows: int
+    wall: float
+    cpu: dict[str, float]
+    latencies: list[tuple[float, float, float]]
+
+
+def run_checkout(args: argparse.Namespace, source: Path, work: Path) -> Run:
+    """The throughput and latency runs with the node, ingest and the API of ``source``, on a broker and a
+    database of their own (no session or table left by a run before)."""
+    node_id = "bench-node"
+    with ExitStack() as pipeline:
+        db = pipeline.enter_context(start_postgres(folder(work, "postgres")))
+        broker = pipeline.enter_context(start_mosquitto(folder(work, "mosquitto")))
+        migrate(db.url)
+        register(db.url, BENCH_SITE, node_id)
+        bare = bare_rate(broker.url, args.messages)
+        config = work / "node.yaml"
+        config.write_text(node_yaml(node_id, broker.url, work / "outbox.sqlite3"))
+        env = {**os.environ, "PATROLNET_DATABASE_URL": db.url, "PATROLNET_MQTT_URL": broker.url}
+        assert broker.proc is not None
+        parts = {
+            "edge node": spawn(["edge", "run", "--config", str(config)], env, source, pipeline).pid,
+            "ingest": spawn(["ingest", "--name", "bench-ingest"], env, source, pipeline).pid,
+            "mosquitto": broker.proc.pid,
+            "publisher (this process)": os.getpid(),
+        }
+        wait_for_pipeline(broker.url, db.url)
+        before = cpu_by_part(parts, db.folder / "pgdata")
+        wall = time.perf_counter()
+        rate, rows = pipeline_rate(broker.url, db.url, args.messages)
+        wall = time.perf_counter() - wall
+        cpu = {name: s - before[name] for name, s in cpu_by_part(parts, db.folder / "pgdata").items()}
+        key = create_key(db.url, Principal(name="bench fire desk", role=Role.FIRE))
+        port = free_port()
+        api = spawn(["api", "--port", str(port), "--no-access-log"], env, source, pipeline)
+        wait_for_port(port, 60, api)
+        latencies = alarm_latencies(broker.url, f"http://127.0.0.1:{port}", key, node_id, args.alarms, args.background)
+    return Run(source, bare * READINGS_PER_MESSAGE, rate, rows, wall, cpu, latencies)
+
+
+def report(run: Run, args: argparse.Namespace) -> None:
+    expected = args.messages * READINGS_PER_MESSAGE
+    print(f"\n{run.source}:")
+    print(f"  throughput, {args.messages} messages of {READINGS_PER_MESSAGE} readings from {SENSORS} sensors:")
+    print(f"    bare paho subscriber                     {run.bare:9.0f} readings/s")
+    print(f"    broker -> node -> ingest -> PostgreSQL {run.rate:9.0f} readings/s ({run.rate / run.bare:.2f} of bare)")
+    lost = "nothing lost" if run.rows == expected else f"LOST {expected - run.rows}"
+    print(f"    rows {run.rows} of {expected}: {lost}")
+    print(f"    CPU in the {run.wall:.1f} s of that run, on {os.cpu_count()} cores:")
+    for name, seconds in sorted(run.cpu.items(), key=lambda item: -item[1]):
+        share, per_reading = seconds / run.wall, seconds / max(1, run.rows) * 1e6
+        print(f"      {name:<26} {seconds:6.2f} s  {share:4.0%} of a core  {per_reading:5.1f} us/reading")
+    load = f"{len(run.latencies)} alarms, {args.background:.0f} readings/s"
+    print(f"  alarm latency from the detector's publish ({load}):")
+    for i, to in enumerate(STAGES):
+        ms = [triple[i] * 1000 for triple in run.latencies]
+        p50, p99 = percentile(ms, 50), percentile(ms, 99)
+        print(f"    to {to:<34} p50 {p50:5.1f} ms  p99 {p99:5.1f} ms  max {max(ms):5.1f} ms")
+
+
+def summary(runs: list[Run]) -> None:
+    """The two figures issue 18 sets goals for, one column per checkout."""
+    print("\nsummary" + "".join(f"  {run.source.name[-24:]:>24}" for run in runs) + "  goal")
+    shares = "".join(f"  {run.rate / run.bare:>24.2f}" for run in runs)
+    print(f"  readings, share of bare{shares}  >= {GOAL_SHARE}")
+    for q, goal in ((50, ""), (99, f"<= {GOAL_P99_MS:g}")):
+        cells = "".join(f"  {percentile([t[2] * 1000 for t in run.latencies], q):>24.1f}" for run in runs)
+        print(f"  alarm -> fire desk p{q} ms{cells}  {goal}")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--messages", type=int, default=20_000, help="state messages for the throughput run")
     parser.add_argument("--alarms", type=int, default=200, help="alarms for the latency run")
     parser.add_argument("--background", type=float, default=1000.0, help="readings/s of load during the alarms")
+    parser.add_argument("--from", dest="sources", default=str(REPO), help="checkouts to run, in turn (comma-separated)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    sources = [Path(source).resolve() for source in args.sources.split(",")]
 
-    work = Path(tempfile.mkdtemp(prefix="patrolnet-bench-"))
-    os.chmod(work, 0o755)
-    with ExitStack() as stack:
-        stack.callback(shutil.rmtree, work, ignore_errors=True)
-        db = stack.enter_context(start_postgres(folder(work, "postgres")))
-        broker = stack.enter_context(start_mosquitto(folder(work, "mosquitto")))
-        migrate(db.url)
-        register(db.url, BENCH_SITE, "bench-node")
-        assert broker.proc is not None
-        broker_pid = broker.proc.pid
-        bare = bare_rate(broker.url, args.messages)
-
-        config = work / "node.yaml"
-        config.write_text(node_yaml(broker.url, work / "outbox.sqlite3"))
-        env = {**os.environ, "PATROLNET_DATABASE_URL": db.url, "PATROLNET_MQTT_URL": broker.url}
-        with ExitStack() as pipeline:
-            parts = {
-                "edge node": spawn(["edge", "run", "--config", str(config)], env, pipeline).pid,
-                "ingest": spawn(["ingest", "--name", "bench-ingest"], env, pipeline).pid,
-                "mosquitto": broker_pid,
-                "publisher (this process)": os.getpid(),
-            }
-            wait_for_pipeline(broker.url, db.url)
-            before = cpu_by_part(parts, db.folder / "pgdata")
-            wall = time.perf_counter()
-            rate, rows = pipeline_rate(broker.url, db.url, args.messages)
-            wall = time.perf_counter() - wall
-            cpu = {name: s - before[name] for name, s in cpu_by_part(parts, db.folder / "pgdata").items()}
-            key = create_key(db.url, Principal(name="bench fire desk", role=Role.FIRE))
-            with ApiThread(db.url) as api:
-                latencies = alarm_latencies(broker.url, api.url, key, args.alarms, args.background)
-
-        expected = args.messages * READINGS_PER_MESSAGE
-        bare_readings = bare * READINGS_PER_MESSAGE
-        print(f"\nthroughput, {args.messages} messages of {READINGS_PER_MESSAGE} readings from {SENSORS} sensors:")
-        print(f"  bare paho subscriber      {bare:9.0f} msg/s = {bare_readings:9.0f} readings/s")
-        print(f"  broker -> node -> ingest -> PostgreSQL  {rate:9.0f} readings/s  ({rate / bare_readings:.2f} of bare)")
-        print(f"  rows {rows} of {expected}: {'nothing lost' if rows == expected else 'LOST ' + str(expected - rows)}")
-        print(f"  CPU in the {wall:.1f} s of that run, on {os.cpu_count()} cores:")
-        for name, seconds in sorted(cpu.items(), key=lambda item: -item[1]):
-            share, per_reading = seconds / wall, seconds / rows * 1e6
-            print(f"    {name:<26} {seconds:6.2f} s  {share:4.0%} of a core  {per_reading:5.1f} us/reading")
-        print(f"alarm latency from the detector's publish ({len(latencies)} alarms, {args.background:.0f} readings/s):")
-        for i, to in enumerate(("the alert leaving the edge node", "the alert on the fire SSE stream")):
-            ms = [pair[i] * 1000 for pair in latencies]
-            p50, p99 = percentile(ms, 50), percentile(ms, 99)
-            print(f"  to {to:<34} p50 {p50:5.1f} ms  p99 {p99:5.1f} ms  max {max(ms):5.1f} ms")
-        return 0 if rows == expected else 1
+    runs = []
+    for source in sources:
+        work = Path(tempfile.mkdtemp(prefix="patrolnet-bench-"))
+        os.chmod(work, 0o755)
+        try:
+            runs.append(run_checkout(args, source, work))
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+    for run in runs:
+        report(run, args)
+    summary(runs)
+    return 0 if all(run.rows == args.messages * READINGS_PER_MESSAGE for run in runs) else 1
 
 
 if __name__ == "__main__":

@@ -7,7 +7,12 @@ Prints, on this machine:
    RTSP stream);
 2. the full pipeline's CPU per frame against bare decode + bare inference of the same frames (a ratio);
 3. how many 640x480 10 fps RTSP streams one node sustains in real time with motion gating;
-4. frame-to-event latency (p50, p95) of intrusion events on the walkway.
+4. frame-to-event latency (p50, p95) of intrusion events on the walkway;
+5. 16 cameras, 4 busy (the footage) and 12 quiet (a still view with sensor noise), looked at in whole frames
+   (the baseline) and in regions around motion, on OpenCV DNN and ONNX Runtime: detector looks a second per
+   busy camera, node CPU, read fps of every stream, frame-to-event p95;
+6. agreement of region detection with full-frame detection on the footage, offline: the share of the full-frame
+   look's person boxes that the region pipeline also finds (IoU >= 0.5).
 Figures, not a test: the machine is shared and noisy, so each figure is measured against its baseline
 in the same run.
 """
@@ -25,11 +30,15 @@ import time
 from pathlib import Path
 
 import cv2
+import numpy as np
 
 from alerts.core.models import Place
 from deploy.local.services import start_rtsp
-from detectors.backend import offline_default
+from detectors.backend import BackendConfig, offline_default
+from detectors.detections import Detections
 from detectors.load import load_backend
+from detectors.motion import MotionGate
+from detectors.regions import RegionConfig, matched, region_detector
 from edge.cameras import CameraConfig, DetectorConfig
 from edge.video import VideoPipeline
 from ingest.capture import FFMPEG_OPTIONS
@@ -62,6 +71,23 @@ def footage_640(work: Path) -> Path:
         check=True,
     )  # fmt: skip
     return out
+
+
+def quiet_640(work: Path, seconds: int = 30) -> Path:
+    """A still 640x480 view of the footage's first frame with fresh sensor noise in every frame, 10 fps."""
+    still, out = work / "still.png", work / "quiet640.h264"
+    subprocess.run(["ffmpeg", "-loglevel", "error", "-y", "-i", str(FOOTAGE), "-frames:v", "1", str(still)], check=True)
+    subprocess.run(
+        ["ffmpeg", "-loglevel", "error", "-y", "-loop", "1", "-i", str(still), "-t", str(seconds), "-r", "10",
+         "-vf", "scale=640:480,noise=alls=12:allf=t", "-c:v", "libx264", "-preset", "veryfast", "-bf", "0",
+         "-g", "10", "-pix_fmt", "yuv420p", "-f", "h264", str(out)],
+        check=True,
+    )  # fmt: skip
+    return out
+
+
+def load() -> str:
+    return "load average " + ", ".join(f"{x:.1f}" for x in os.getloadavg())
 
 
 def decode_only(frames: int) -> tuple[float, float]:
@@ -154,10 +180,97 @@ def streams(url: str, count: int, seconds: float, threads: int | None = None) ->
     }
 
 
+def busy_and_quiet(busy_url: str, quiet_url: str, detector: DetectorConfig, seconds: float) -> dict[str, float]:
+    """4 busy + 12 quiet cameras: looks a second per busy camera, CPU, read fps, p95 frame-to-event."""
+    busy = [camera(f"busy{i}", busy_url) for i in range(4)]
+    quiet = [camera(f"quiet{i}", quiet_url) for i in range(12)]
+    pipeline = VideoPipeline(busy + quiet, detector, SITE, "bench", "UTC", lambda e: None)
+    pipeline.start()
+    time.sleep(3)  # connect and warm up
+    start = pipeline.stats()
+    for c in pipeline.cameras.values():
+        c.counts.latencies_s.clear()
+    regions = pipeline.worker.regions
+    looks0 = dict(regions.looks) if regions else {}
+    totals0 = (pipeline.worker.totals.frames, pipeline.worker.totals.busy_s)
+    cpu = cpu_s()
+    time.sleep(seconds)
+    cpu = cpu_s() - cpu
+    end = pipeline.stats()
+    looks = {k: v - looks0[k] for k, v in regions.looks.items()} if regions else {}
+    totals = (pipeline.worker.totals.frames - totals0[0], pipeline.worker.totals.busy_s - totals0[1])
+    latencies = sorted(x for cid, c in pipeline.cameras.items() if cid.startswith("busy") for x in c.counts.latencies_s)
+    pipeline.stop()
+    rate = {c: {k: (end[c][k] - start[c][k]) / seconds for k in ("frames_read", "detected")} for c in end}
+    busy_looks = [rate[c.id]["detected"] for c in busy]
+    return {
+        "busy_min": min(busy_looks),
+        "busy_mean": statistics.mean(busy_looks),
+        "quiet_looks": sum(rate[c.id]["detected"] for c in quiet),
+        "cpu": cpu / seconds,
+        "fps_busy": min(rate[c.id]["frames_read"] for c in busy),
+        "fps_quiet": min(rate[c.id]["frames_read"] for c in quiet),
+        "p95": latencies[int(len(latencies) * 0.95)] if latencies else float("nan"),
+        "detector_looks": totals[0],
+        "busy_share": totals[1] / seconds,
+        "in_regions": looks.get("regions", 0) / max(1, looks.get("regions", 0) + looks.get("full", 0)),
+    }
+
+
+def persons(found: Detections) -> np.ndarray:
+    return found.xyxy[(found.class_name == "person") & (found.confidence >= PERSON_SCORE)]
+
+
+PERSON_SCORE = 0.35
+"""The cameras' default filter: boxes under it never reach the tracker or the rules."""
+
+
+def agreement(cfg: BackendConfig, stride: int = 2) -> dict[str, float]:
+    """Full-frame looks at the default input against the region pipeline, on every ``stride``-th frame of the
+    footage at 640x480 (the gate sees every frame): people found of those the full look finds, overall and in the
+    frames looked at in regions, and the CPU seconds of each kind of look (the same frames, back to back)."""
+    full = load_backend(cfg)
+    regions = region_detector(full, cfg, RegionConfig())
+    assert regions is not None
+    gate, capture = MotionGate(), cv2.VideoCapture(str(FOOTAGE), cv2.CAP_FFMPEG)
+    totals = dict.fromkeys(["found", "of", "found_in_regions", "of_in_regions", "region_frames", "looks"], 0.0)
+    totals |= {"full_cpu": 0.0, "regions_cpu": 0.0}
+    index = 0
+    while True:
+        ok, image = capture.read()
+        if not ok:
+            break
+        frame = cv2.resize(image, (640, 480))
+        ts = index / 10
+        gate.check(frame, ts)
+        if index % stride == 0:
+            cpu = cpu_s()
+            plan = regions.plan("cam", frame.shape, gate.motion_boxes if gate.motion else None, ts)
+            seen = persons(regions.run([frame], [plan])[0])
+            cpu, totals["regions_cpu"] = cpu_s(), totals["regions_cpu"] + cpu_s() - cpu
+            reference = persons(full.detect([frame])[0])
+            totals["full_cpu"] += cpu_s() - cpu
+            found = matched(reference, seen)
+            totals["looks"] += 1
+            totals["found"] += found
+            totals["of"] += len(reference)
+            if plan.regions is not None:
+                totals["found_in_regions"] += found
+                totals["of_in_regions"] += len(reference)
+                totals["region_frames"] += 1
+        index += 1
+    capture.release()
+    return totals
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=20.0, help="measuring time per stream count")
     parser.add_argument("--max-streams", type=int, default=16)
+    parser.add_argument("--no-agreement", action="store_true", help="skip section 6 (offline, several minutes)")
+    parser.add_argument(
+        "--only-busy-quiet", action="store_true", help="run sections 5 and 6 only (16 cameras, regions, agreement)"
+    )
     parser.add_argument(
         "--detector-threads",
         type=int,
@@ -170,9 +283,57 @@ def main() -> None:
     work = folder("patrolnet-bench-")
     print(f"machine: {os.cpu_count()} cores; footage {FOOTAGE.name}")
 
+    clip = footage_640(work)
+    if not args.only_busy_quiet:
+        many_streams(clip, work, args)
+    busy_quiet(clip, work, args.seconds)
+    if not args.no_agreement:
+        agreements()
+
+
+def busy_quiet(clip: Path, work: Path, seconds: float) -> None:
+    print(f"5. 16 cameras at 640x480 10 fps, 4 busy (the footage) + 12 quiet (still view, sensor noise); {load()}")
+    print("   looks         backend      busy looks/s min (mean)  quiet looks/s all  in regions  CPU cores"
+          "  min fps busy / quiet  p95 event s")  # fmt: skip
+    ort = offline_default(kind="darknet-ort")
+    runs = [
+        ("whole frames", "darknet", DetectorConfig(regions=RegionConfig(mode="full"))),
+        ("regions", "darknet", DetectorConfig()),
+        ("whole frames", "darknet-ort", DetectorConfig(backend=ort, regions=RegionConfig(mode="full"))),
+        ("regions", "darknet-ort", DetectorConfig(backend=ort)),
+    ]
+    with start_rtsp(clip, work / "busy") as busy, start_rtsp(quiet_640(work), work / "quiet") as quiet:
+        for looks, kind, detector in runs:
+            r = busy_and_quiet(busy.url, quiet.url, detector, seconds)
+            print(
+                f"   {looks:<12}  {kind:<11}  {r['busy_min']:>14.1f} ({r['busy_mean']:.1f})  {r['quiet_looks']:>17.1f}"
+                f"  {r['in_regions']:>10.0%}  {r['cpu']:>9.2f}  {r['fps_busy']:>11.1f} / {r['fps_quiet']:.1f}"
+                f"  {r['p95']:>11.3f}  {r['detector_looks']:.0f} looks, model busy {r['busy_share']:.0%}"
+            )
+    print(f"   {load()}")
+
+
+def agreements() -> None:
+    print(
+        f"6. offline, every 2nd frame of the footage at 640x480, against full-frame looks at 416: persons scored "
+        f">= {PERSON_SCORE} the region pipeline also finds (IoU >= 0.5), and detector CPU a look; {load()}"
+    )
+    for kind in ("darknet", "darknet-ort"):
+        a = agreement(offline_default(kind=kind))
+        full_ms, region_ms = (1000 * a[k] / a["looks"] for k in ("full_cpu", "regions_cpu"))
+        in_regions = a["found_in_regions"] / max(a["of_in_regions"], 1)
+        print(
+            f"   {kind:<11}  agreement {a['found']:.0f}/{a['of']:.0f} = {a['found'] / max(a['of'], 1):.1%}; "
+            f"in the {a['region_frames']:.0f} of {a['looks']:.0f} frames looked at in regions "
+            f"{a['found_in_regions']:.0f}/{a['of_in_regions']:.0f} = {in_regions:.1%}"
+            f"; CPU a look: full {full_ms:.0f} ms, regions {region_ms:.0f} ms ({full_ms / region_ms:.2f}x)"
+        )
+    print(f"   {load()}")
+
+
+def many_streams(clip: Path, work: Path, args: argparse.Namespace) -> None:
     fps, ms = decode_only(795)
     print(f"1. decode only, 768x576 file: {fps:.0f} frames/s, {ms:.2f} ms CPU/frame")
-    clip = footage_640(work)
     with start_rtsp(clip, work / "rtsp") as rtsp:
         print(f"   live RTSP 640x480 10 fps: {live_decode(rtsp.url, 10):.2f} ms CPU/frame")
 

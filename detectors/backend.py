@@ -122,16 +122,19 @@ class DetectionFilterConfig(ConfigModel):
 class BackendConfig(ConfigModel):
     """Which model runs the detector and how: the part of a node's configuration that picks a backend."""
 
-    kind: Literal["darknet", "onnx", "ultralytics"] = Field(
+    kind: Literal["darknet", "darknet-ort", "onnx", "ultralytics"] = Field(
         title="Kind",
-        description="darknet (OpenCV DNN, .weights + .cfg), onnx (OpenCV DNN, an ultralytics ONNX export, no torch) "
+        description="darknet (OpenCV DNN, .weights + .cfg), darknet-ort (the same files on ONNX Runtime, faster on a "
+        "small CPU; needs the ort extra), onnx (OpenCV DNN, an ultralytics ONNX export, no torch) "
         "or ultralytics (any model ultralytics loads; needs the ultralytics extra).",
     )
     model: Path = Field(
         title="Model", description="Weights file: .weights (darknet), .onnx (onnx), .pt/.onnx/OpenVINO (ultralytics)."
     )
     config: Path | None = Field(
-        default=None, title="Network config", description="Darknet .cfg file; required by darknet, unused otherwise."
+        default=None,
+        title="Network config",
+        description="Darknet .cfg file; required by darknet and darknet-ort, unused otherwise.",
     )
     names: Path | None = Field(
         default=None,

@@ -20,6 +20,10 @@ def load_backend(cfg: BackendConfig) -> Backend:
         from detectors.darknet import DarknetBackend
 
         return DarknetBackend(cfg)
+    if cfg.kind == "darknet-ort":
+        from detectors.darknet_ort import DarknetOrtBackend
+
+        return DarknetOrtBackend(cfg)
     if cfg.kind == "onnx":
         from detectors.onnx import OnnxBackend
 

@@ -144,6 +144,8 @@ RuleConfig = Annotated[
     Field(discriminator="type"),
 ]
 SEVERITY = {"intrusion": Severity.MAJOR, "crowd": Severity.MAJOR, "line_crossing": Severity.INFO}
+ENFORCEMENT_RULES = frozenset({"illegal_parking", "zone_occupied"})
+"""Rules whose events are for the enforcement desks (city management, traffic police), not the police."""
 
 
 class SceneConfig(ConfigModel):
@@ -418,7 +420,7 @@ class RuleEngine:
             )
         return Event(
             ts=datetime.fromtimestamp(ts, UTC),
-            kind=EventKind.SECURITY,
+            kind=EventKind.ENFORCEMENT if config.type in ENFORCEMENT_RULES else EventKind.SECURITY,
             type=config.type,
             state=emit.state,
             severity=config.severity or SEVERITY.get(config.type, Severity.MINOR),

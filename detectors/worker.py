@@ -6,6 +6,10 @@ never delays another camera. The worker takes the oldest waiting frame of up
 to ``max_batch`` different cameras and runs them through the model in one call,
 so a node with many cameras pays for fewer, larger forward passes.
 
+Given a :class:`~detectors.regions.RegionDetector`, frames submitted with
+their motion boxes are looked at in regions around the motion (the crops of
+every camera of a batch in one call) where that is cheaper than the whole frame.
+
 A batch that raises (a model or rule failure) is counted, handed to
 ``on_error`` with the cameras it held, and the worker goes on with the next.
 ``busy_s(now)`` and ``idle_s(now)`` tell a supervisor whether the worker is
@@ -42,6 +46,7 @@ import numpy as np
 
 from detectors.backend import Backend
 from detectors.detections import Detections
+from detectors.regions import RegionDetector
 
 log = logging.getLogger(__name__)
 
@@ -77,15 +82,17 @@ class DetectorWorker:
         max_batch: int = 4,
         queue_depth: int = 2,
         on_error: ErrorCallback | None = None,
+        regions: RegionDetector | None = None,
     ) -> None:
         self.backend = backend
+        self.regions = regions
         self.on_result = on_result
         self.on_error = on_error
         self.max_batch = max_batch
         self.queue_depth = queue_depth
         self.stats: dict[str, CameraStats] = {}
         self.totals = WorkerStats()
-        self._queues: dict[str, deque[tuple[float, Any, np.ndarray]]] = {}
+        self._queues: dict[str, deque[tuple[float, Any, np.ndarray, np.ndarray | None]]] = {}
         self._cond = threading.Condition()
         self._stopping = False
         self._busy_since: float | None = None
@@ -93,15 +100,18 @@ class DetectorWorker:
         self._last_batch = time.monotonic()
         self._thread = threading.Thread(target=self._run, name="detector", daemon=True)
 
-    def submit(self, camera_id: str, item: Any, image: np.ndarray) -> None:
-        """Queues a frame for detection; never blocks. A full queue loses its oldest frame."""
+    def submit(self, camera_id: str, item: Any, image: np.ndarray, motion: np.ndarray | None = None) -> None:
+        """Queues a frame for detection; never blocks. A full queue loses its oldest frame.
+
+        ``motion``: the frame's motion boxes, for a worker that detects on regions; None looks at the whole frame.
+        """
         with self._cond:
             waiting = self._queues.setdefault(camera_id, deque())
             stats = self.stats.setdefault(camera_id, CameraStats())
             if len(waiting) >= self.queue_depth:
                 waiting.popleft()
                 stats.dropped += 1
-            waiting.append((time.monotonic(), item, image))
+            waiting.append((time.monotonic(), item, image, motion))
             self._cond.notify()
 
     def start(self) -> None:
@@ -130,28 +140,36 @@ class DetectorWorker:
             self._cond.notify_all()
         self._thread.join(timeout=10)
 
-    def _take_batch(self) -> list[tuple[str, Any, np.ndarray]]:
+    def _take_batch(self) -> list[tuple[str, Any, np.ndarray, np.ndarray | None]]:
         """The oldest waiting frame of each of up to max_batch cameras, longest-waiting cameras first."""
         heads = sorted((q[0][0], cam) for cam, q in self._queues.items() if q)
         batch = []
         for _, cam in heads[: self.max_batch]:
-            _, item, image = self._queues[cam].popleft()
-            batch.append((cam, item, image))
+            _, item, image, motion = self._queues[cam].popleft()
+            batch.append((cam, item, image, motion))
         return batch
+
+    def _detect(self, batch: list[tuple[str, Any, np.ndarray, np.ndarray | None]]) -> list[Detections]:
+        images = [image for _, _, image, _ in batch]
+        if self.regions is None:
+            return self.backend.detect(images)
+        now = time.monotonic()
+        plans = [self.regions.plan(cam, image.shape, motion, now) for cam, _, image, motion in batch]
+        return self.regions.run(images, plans)
 
     def run_once(self) -> int:
         """Detects one batch if frames wait; returns how many frames it handled."""
         with self._cond:
             batch = self._take_batch()
-        self._in_hand = {cam for cam, _, _ in batch}
+        self._in_hand = {cam for cam, _, _, _ in batch}
         if not batch:
             return 0
         started = time.perf_counter()
-        results = self.backend.detect([image for _, _, image in batch])
+        results = self._detect(batch)
         self.totals.busy_s += time.perf_counter() - started
         self.totals.batches += 1
         self.totals.frames += len(batch)
-        for (cam, item, _), detections in zip(batch, results, strict=True):
+        for (cam, item, _, _), detections in zip(batch, results, strict=True):
             self.stats[cam].detected += 1
             self.on_result(cam, item, detections)
         return len(batch)

@@ -28,6 +28,7 @@ from pydantic import Field
 from alerts.core.config import ConfigModel
 from detectors.backend import BackendConfig, DetectionFilterConfig, offline_default
 from detectors.motion import MotionConfig
+from detectors.regions import RegionConfig
 from detectors.rules import SceneConfig
 from detectors.tamper import TamperConfig
 from detectors.tracking import TrackerConfig
@@ -56,6 +57,11 @@ class DetectorConfig(ConfigModel):
         le=32,
         title="Queue depth",
         description="Frames a camera may have waiting; the oldest is dropped (and counted) beyond it.",
+    )
+    regions: RegionConfig = Field(
+        default_factory=RegionConfig,
+        title="Regions",
+        description="Whether the detector looks at regions around motion (cheaper) or at whole frames.",
     )
 
 

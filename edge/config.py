@@ -13,6 +13,7 @@ configures, since ``ingest`` and ``detectors`` may not import ``edge``::
       broker: BrokerConfig              edge/config.py             the local broker the sensors publish to
       uplink: UplinkConfig              edge/config.py             where events go; outbox spool; heartbeats
       supervision: SupervisionConfig    edge/config.py             when workers are restarted, when to give up
+      clips: ClipsConfig                edge/clips.py              video clips of security alerts, their upload
       verification: VerificationConfig  detectors/verification.py  how fire alarms confirm each other
       sensors[]: SensorConfig           edge/config.py             device id, adapter, topic, linked cameras,
                                                                    and the fields of SensorRuleConfig:
@@ -21,6 +22,7 @@ configures, since ``ingest`` and ``detectors`` may not import ``edge``::
         downsample: DownsampleConfig    ingest/downsample.py       how many readings go upstream
       detector: DetectorConfig          edge/cameras.py            the one detector worker all cameras share
         backend: BackendConfig          detectors/backend.py       which model runs, and on what
+        regions: RegionConfig           detectors/regions.py       whole frames or regions around motion
       cameras[]: CameraConfig           edge/cameras.py            one camera, analysed frames per second
         capture: CaptureConfig          ingest/capture.py          stream URL, timeouts, reconnects
         motion: MotionConfig            detectors/motion.py        the motion gate in front of the detector
@@ -60,6 +62,7 @@ from alerts.core.protocol import TOPIC_PREFIX
 from detectors.sensor_rules import SensorRuleConfig
 from detectors.verification import VerificationConfig
 from edge.cameras import CameraConfig, DetectorConfig
+from edge.clips import ClipsConfig
 from ingest.adapters import ADAPTERS, AdapterName
 from ingest.downsample import DownsampleConfig
 from ingest.sensors import MAX_PAYLOAD_BYTES
@@ -242,6 +245,11 @@ class NodeConfig(ConfigModel):
         default_factory=SupervisionConfig,
         title="Supervision",
         description="When a failing worker of the node is restarted, and when the node gives up.",
+    )
+    clips: ClipsConfig | None = Field(
+        default=None,
+        title="Clips",
+        description="Video clips of the cameras' security alerts, kept on the node and uploaded; none if unset.",
     )
 
     @field_validator("sensors")

@@ -3,6 +3,8 @@
     sensor --MQTT--> SensorPipeline (edge.sensors) --Batch--> EventSink (edge.sink): AlarmVerification
         --> AlertPolicy --> Uplink (edge.outbox: spool, QoS 1) on patrolnet/v1/<site>/{readings,events,alerts,...}
     camera --RTSP--> VideoPipeline (edge.video) --Event--> (the same sink)
+    camera --RTSP--> ClipRecorder (edge.clips): packets kept; a security alert stored --> MP4 clip --> clip spool
+        --> ClipUploader (edge.clip_upload) --HTTP, resumable--> the alert API
 
 A camera that sees smoke or flame confirms a detector's alarm like a second
 detector would, and a fire alarm of a sensor linked to cameras carries one
@@ -22,6 +24,9 @@ restart). What the policy and verification knew is restored from the node's
 SQLite (``edge.state``), so an alarm still on after a restart updates its
 alert and one that cleared meanwhile ends at the detector's next message.
 
+The centre may ask for a camera's picture now (a snapshot command on the node's commands topic): the answer
+goes up through the sink and the spool (``edge.snapshots``).
+
 A supervisor (``edge.supervisor``) watches every worker and restarts one
 that died; when it cannot recover it sets ``failed`` (and ``failure``, the
 reason), and ``patrolnet edge run`` stops the node and exits non-zero. The uplink's last will says the
@@ -36,15 +41,17 @@ import threading
 from collections import Counter
 from datetime import datetime, timedelta
 
-from alerts.core.models import DeviceStatus, Event, EventKind, EventState, Heartbeat, NodeStatus, utc_now
+from alerts.core.models import Alert, DeviceStatus, Event, EventKind, EventState, Heartbeat, NodeStatus, utc_now
 from alerts.core.policy import AlertPolicy
-from alerts.core.protocol import confirm_topic, encode, uplink_topic
+from alerts.core.protocol import confirm_topic, encode, snapshot_topic, uplink_topic
 from detectors.verification import AlarmVerification
+from edge.clip_upload import NodeClips
 from edge.config import NodeConfig
 from edge.letters import DeadLetters
 from edge.outbox import Spool, Uplink
 from edge.sensors import SensorPipeline
 from edge.sink import Batch, EventSink, Outgoing
+from edge.snapshots import SnapshotAnswers
 from edge.state import EdgeState
 from edge.supervisor import Liveness, Supervisor
 from edge.video import VideoPipeline
@@ -79,6 +86,7 @@ class EdgeNode:
             online=encode("status", NodeStatus(node_id=config.node_id, place=site, online=True)),
             offline=encode("status", NodeStatus(node_id=config.node_id, place=site, online=False)),
             confirm_topic=confirm_topic(config.site.id, config.node_id),
+            commands={snapshot_topic(config.site.id, config.node_id): self._snapshot_command},
         )
         self.sink = EventSink(
             self.verification,
@@ -88,7 +96,10 @@ class EdgeNode:
             self._with_camera_picture,
             config.node_id,
             max_unacked=config.broker.max_inflight // 2,
+            stored=self._clip,
         )
+        cameras = [(c.id, c.capture) for c in config.cameras]
+        self.clips = NodeClips(config.clips, cameras) if config.clips and cameras else None
         self.letters = DeadLetters(self.sink, config.node_id)
         self.sensors = SensorPipeline(config, self.sink, self.letters, self.state, since=self.started_at)
         self._linked = {s.id: s.cameras for s in config.sensors if s.cameras}
@@ -105,6 +116,8 @@ class EdgeNode:
             if config.cameras
             else None
         )
+        latest = self.video.latest if self.video else None
+        self.snapshots = SnapshotAnswers(config.node_id, site, latest, self.sink, self.letters)
         self._next_heartbeat = self.started_at + timedelta(seconds=config.uplink.heartbeat_s)
         self._stopping = threading.Event()
         self.failed = threading.Event()
@@ -124,7 +137,7 @@ class EdgeNode:
     @property
     def counts(self) -> Counter[str]:
         # Copied first: dict() of a Counter is one step for the interpreter, so a thread adding a key cannot break it.
-        parts = (self._counts, self.sensors.counts, self.letters.counts, self.sink.counts)
+        parts = (self._counts, self.sensors.counts, self.letters.counts, self.sink.counts, self.snapshots.counts)
         return sum((Counter(dict(part)) for part in parts), Counter())
 
     @property
@@ -139,6 +152,8 @@ class EdgeNode:
         self._timer.start()
         if self.video:
             self.video.start()
+        if self.clips:
+            self.clips.start()
         self.supervisor.start()
 
     def wait_ready(self, timeout: float = 10.0) -> bool:
@@ -149,6 +164,8 @@ class EdgeNode:
         self.supervisor.stop()
         if self.video:
             self.video.stop()
+        if self.clips:
+            self.clips.stop()
         self._stopping.set()
         self._timer.join(timeout=5)
         self.sensors.stop()
@@ -228,9 +245,12 @@ class EdgeNode:
                 "uplink_confirmed": self.uplink.confirmed,
                 "uplink_resent": self.uplink.resent,
                 "uplink_refused": self.uplink.refused,
+                "uplink_rejected": self.uplink.rejected,
+                "uplink_dropped": self.uplink.dropped,
                 "sink_queue": self.sink.pending(),
                 **self._worker_counters(),
                 **(self.video.detector_counters() if self.video else {}),
+                **(self.clips.counters() if self.clips else {}),
             },
         )
 
@@ -254,6 +274,13 @@ class EdgeNode:
         Never blocks a camera: with the sink's queue full the event is dropped and counted (``sink_dropped``).
         """
         self.sink.put(Batch(events=[event]), block=False)
+
+    def _snapshot_command(self, topic: str, payload: bytes) -> None:
+        self.snapshots.handle(topic, payload)
+
+    def _clip(self, alert: Alert) -> None:
+        if self.clips:
+            self.clips.mark(alert)
 
     def _with_camera_picture(self, event: Event) -> Event:
         cameras = self._linked.get(event.place.device or "")

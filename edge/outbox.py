@@ -18,12 +18,18 @@ is idempotent by UUID. An Uplink without a confirmation topic deletes at the
 PUBACK, as a plain MQTT publisher would. Mosquitto
 answers reason 16 ("no matching subscribers") when no ingest worker is
 subscribed, a success code under which it drops the message: that, and every
-failure code, keeps the message, and the uplink sends it again from there
-after a backoff (1 s doubling to 30 s; a delivered message resets it).
+failure code that may pass later (``refused_for_good``), keeps the message, and
+the uplink sends it again from there after a backoff (1 s doubling to 30 s; a
+delivered message resets it). A message the broker refuses for good (not
+authorized, an invalid topic or payload, too large) would be refused again at
+every retry and hold everything behind it through each backoff: it is replaced
+in the spool by a dead letter saying why, sent at once, with no backoff.
 
 Nothing a message holds stops the uplink: one paho refuses to publish (a bad
-topic, an oversized payload) is replaced in the spool by a dead letter saying
-why, and an error in a callback is logged, not raised into paho's thread. The number of
+topic, an oversized payload) or the broker refuses for good is replaced in the
+spool by a dead letter saying why; a dead letter that cannot go either is
+dropped, logged and counted (``Uplink.dropped``), so nothing loops. An error
+in a callback is logged, not raised into paho's thread. The number of
 unacknowledged messages is bounded, since paho runs out of message ids at
 65,535 and an unbounded window only fills the broker's queue.
 
@@ -94,8 +100,9 @@ class SpoolBounds:
     """Readings and heartbeats older than this are history nobody acts on; alarms are kept regardless."""
 
 
-EXPENDABLE = ("readings", "heartbeats")
-"""The channels evicted first, and the only ones evicted for their age."""
+EXPENDABLE = ("readings", "heartbeats", "snapshot")
+"""The channels evicted first, and the only ones evicted for their age (a snapshot answer outlives its request's
+wait at the centre by far)."""
 _EXPENDABLE_SQL = " OR ".join(f"topic GLOB '*/{channel}'" for channel in EXPENDABLE)
 
 
@@ -270,6 +277,24 @@ def delivered(reason_code: ReasonCode | int) -> bool:
     return code == DELIVERED
 
 
+REFUSED_FOR_GOOD = frozenset({0x87, 0x90, 0x95, 0x99})
+"""PUBACK reason codes the same message gets again however often it is sent: Not authorized (a site role made
+before its channel existed), Topic Name invalid, Packet too large, Payload format invalid. The others may pass later
+and are retried after the backoff: 16 No matching subscribers (no ingest worker yet), 0x97 Quota exceeded, 0x83
+Implementation specific error (a broker plugin's, often a passing fault), 0x80 Unspecified error, 0x91 Packet
+identifier in use; retrying costs a delay, while dead-lettering a message that would have passed costs the message."""
+
+
+def refused_for_good(reason_code: ReasonCode | int) -> bool:
+    """Whether a PUBACK's reason code refuses the message whatever the retry.
+
+    >>> [refused_for_good(ReasonCode(PacketTypes.PUBACK, identifier=code)) for code in (0, 16, 0x80, 0x87, 0x97)]
+    [False, False, False, True, False]
+    """
+    code = reason_code.value if isinstance(reason_code, ReasonCode) else reason_code
+    return code in REFUSED_FOR_GOOD
+
+
 STATUS_SEQ = 0
 """The in-flight entry of the online status: spool sequence numbers start at 1."""
 
@@ -301,17 +326,23 @@ class Uplink:
         confirm_topic: str | None = None,
         confirm_timeout_s: float = CONFIRM_TIMEOUT_S,
         max_unconfirmed: int = MAX_UNCONFIRMED,
+        commands: dict[str, Callable[[str, bytes], None]] | None = None,
     ) -> None:
         """With ``status_topic``, ``offline`` is the client's last will (retained, QoS 1) and ``online`` is
         published there, retained, on every (re)connect. With ``confirm_topic`` (``alerts.core.protocol``'s
-        ``confirm_topic`` of the node), a message leaves the spool only when ingest confirms it stored it."""
+        ``confirm_topic`` of the node), a message leaves the spool only when ingest confirms it stored it.
+        ``commands`` maps other command topics of the node to a handler of (topic, payload), run on paho's
+        thread: it must not wait, and what it raises is logged."""
         self.spool = spool
         self.max_inflight = max_inflight
         self.acked = 0
         self.refused = 0
+        self.rejected = 0
+        self.dropped = 0
         self.confirmed = 0
         self.resent = 0
         self.confirm_topic = confirm_topic
+        self.commands = commands or {}
         self.confirm_timeout_s = confirm_timeout_s
         self.max_unconfirmed = max_unconfirmed
         self._inflight: dict[int, int] = {}
@@ -319,6 +350,8 @@ class Uplink:
         self._cursor = 0
         # The oldest refused message, sent again once the backoff has passed.
         self._retry_from: int | None = None
+        # Refused for good by the broker, to be replaced by their dead letters on the sending thread: seq -> why.
+        self._rejected: dict[int, str] = {}
         self._backoff_s = 0.0
         self._resume_at = 0.0
         # Acknowledged by the broker, not yet confirmed: seq -> when the broker acknowledged it; a heap of when to
@@ -328,6 +361,9 @@ class Uplink:
         self._passed_at = 0.0
         self._bounds_at = 0.0
         self._wake = threading.Condition()
+        self._spooled = False
+        """Set by ``notify``, cleared before each look at the spool: a commit that comes while the uplink reads the
+        spool is not slept through (it would wait a whole second)."""
         self._stopping = False
         self._connected = False
         self._client, self._address, self._props = make_client(url, client_id, no_delay=True)
@@ -339,7 +375,7 @@ class Uplink:
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
         self._client.on_publish = self._on_publish
-        self._client.on_message = self._on_confirmation
+        self._client.on_message = self._on_message
         self._thread = threading.Thread(target=self._run, name="uplink", daemon=True)
         spool.on_put(self.notify)
 
@@ -365,6 +401,7 @@ class Uplink:
     def notify(self) -> None:
         """Wakes the uplink to look at the spool: something was committed to it."""
         with self._wake:
+            self._spooled = True
             self._wake.notify_all()
 
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
@@ -376,6 +413,8 @@ class Uplink:
             # Before any publish of this connection: the broker takes packets in order, so no confirmation of
             # what is sent next can miss the subscription.
             client.subscribe(self.confirm_topic, qos=1)
+        for topic in self.commands:
+            client.subscribe(topic, qos=1)
         if self._status:
             info = client.publish(*self._status, qos=1, retain=True)
             with self._wake:
@@ -407,6 +446,16 @@ class Uplink:
                 self._settle(seq, reason_code)
             self._wake.notify_all()
 
+    def _on_message(self, client, userdata, message: mqtt.MQTTMessage) -> None:
+        handler = self.commands.get(message.topic)
+        if handler is None:
+            self._on_confirmation(client, userdata, message)
+            return
+        try:
+            handler(message.topic, bytes(message.payload))
+        except Exception:
+            log.exception("uplink: the handler of %s failed", message.topic)
+
     def _on_confirmation(self, client, userdata, message: mqtt.MQTTMessage) -> None:
         """Deletes what ingest confirms it stored. An unreadable confirmation is logged and otherwise ignored:
         what it would have confirmed is sent again after the timeout."""
@@ -433,7 +482,7 @@ class Uplink:
 
     def _settle(self, seq: int, reason_code: ReasonCode) -> None:
         """Deletes a delivered message, or awaits its confirmation; keeps a refused one for a retry after the
-        backoff. Under self._wake."""
+        backoff, or for its dead letter when refused for good. Under self._wake."""
         if seq == STATUS_SEQ:
             # The online status is no spooled message, and the broker retains it whether anyone listens or not.
             return
@@ -448,6 +497,10 @@ class Uplink:
             self._backoff_s = 0.0
             return
         self.refused += 1
+        if refused_for_good(reason_code):
+            # Not on paho's thread: the spool may wait on the disk, and what the spool raises the sender retries.
+            self._rejected[seq] = f"the broker refused it: {reason_code}"
+            return
         if self._retry_from is None or seq < self._retry_from:
             self._retry_from = seq
         if time.monotonic() >= self._resume_at:
@@ -508,9 +561,28 @@ class Uplink:
             self._bounds_at = time.monotonic() + BOUNDS_EVERY_S
             self.spool.enforce_bounds()
 
-    def _send_batch(self, room: int) -> None:
+    def _dead_letter_rejected(self) -> list[int]:
+        """Replaces each message the broker refused for good by its dead letter; the entries to send now."""
         with self._wake:
-            due = self._due(room)
+            rejected = dict(self._rejected)
+        if not rejected:
+            return []
+        again = [
+            seq
+            for seq, topic, payload in self.spool.get(rejected)
+            if self._replace_with_dead_letter(seq, topic, payload, rejected[seq])
+        ]
+        with self._wake:
+            self.rejected += len(rejected)
+            for seq in rejected:
+                del self._rejected[seq]
+        return again
+
+    def _send_batch(self, room: int) -> None:
+        again = self._dead_letter_rejected()
+        with self._wake:
+            self._spooled = False
+            due = again + self._due(room - len(again))
             skip = set(self._inflight.values()).union(due)
             # Bounded like the in-flight window, so that an ingest outage leaves the backlog on the node's disk,
             # not in this process's memory and the broker's queue.
@@ -520,7 +592,8 @@ class Uplink:
             batch += [m for m in self.spool.after(self._cursor, fresh) if m[0] not in skip]
         if not batch:
             with self._wake:
-                self._wake.wait(timeout=1.0)
+                if not self._spooled:
+                    self._wake.wait(timeout=1.0)
             return
         for seq, topic, payload in batch:
             # Not under self._wake: paho calls on_publish holding its own lock, which publish() needs too.
@@ -551,8 +624,10 @@ class Uplink:
         props.CorrelationData = f"{self.spool.token}/{seq}".encode()
         return props
 
-    def _replace_with_dead_letter(self, seq: int, topic: str, payload: bytes, reason: str) -> None:
-        """A message paho will never publish becomes, in its place in the spool, a dead letter saying why."""
+    def _replace_with_dead_letter(self, seq: int, topic: str, payload: bytes, reason: str) -> bool:
+        """A message that will never be published becomes, in its place in the spool, a dead letter saying why
+        (True). A dead letter, or a message on no uplink topic, is deleted, counted in ``dropped`` (False): its
+        own dead letter would be refused the same way, and again."""
         log.warning("uplink: cannot publish message %d on %r (%s); sending a dead letter instead", seq, topic, reason)
         try:
             site, channel = parse_uplink_topic(topic)
@@ -561,7 +636,10 @@ class Uplink:
         if channel in ("", "deadletters"):
             log.error("uplink: message %d on %r can be neither sent nor dead-lettered; dropped", seq, topic)
             self.spool.delete(seq)
-            return
+            with self._wake:
+                self.dropped += 1
+            return False
         kept = payload[:DEAD_LETTER_KEEPS]
         letter = DeadLetter(topic=topic, payload=kept, reason=f"uplink: {reason}", source="uplink")
         self.spool.replace(seq, uplink_topic(site, "deadletters"), encode("deadletters", letter))
+        return True

@@ -19,7 +19,9 @@ dead letter with the reason.
 
 Readings wait up to ``FLUSH_S`` to go upstream together, one spooled message
 for many: each spooled message costs a disk sync. The readings of a message
-that raised an event go with it at once, in its transaction.
+that raised an event go at once too, in a transaction right after the
+event's own: the alarm is spooled, and on its way, without waiting for the
+readings to be encoded and synced; the messages are acknowledged after both.
 
 When the queue is full: a sensor message blocks the MQTT callback until
 there is room (the broker holds the messages behind it, and nothing is
@@ -56,7 +58,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from alerts.core.models import DeadLetter, Event, Reading
+from alerts.core.models import Alert, DeadLetter, Event, Reading
 from alerts.core.policy import AlertPolicy
 from alerts.core.protocol import encode
 from detectors.verification import AlarmVerification
@@ -127,6 +129,7 @@ class EventSink:
         source: str = "",
         depth: int = QUEUE_DEPTH,
         max_unacked: int = MAX_UNACKED,
+        stored: Callable[[Alert], None] = lambda alert: None,
     ) -> None:
         self.verification = verification
         self.policy = policy
@@ -135,6 +138,7 @@ class EventSink:
         self.picture = picture
         self.source = source
         self.max_unacked = max_unacked
+        self.stored = stored
         self.counts: Counter[str] = Counter()
         self.liveness = Liveness()
         self._queue: queue.Queue[Item | None] = queue.Queue(depth)
@@ -205,6 +209,7 @@ class EventSink:
 
     def _batch(self, batch: Batch) -> None:
         outgoing: list[tuple[str, bytes]] = []
+        alerts: list[Alert] = []
         changes = list(batch.changes)
         for raw in batch.events:
             for event in self.verification.apply(self._pictured(raw)):
@@ -213,6 +218,7 @@ class EventSink:
                 alert = self.policy.apply(event)
                 if alert is not None:
                     outgoing.append(("alerts", encode("alerts", alert)))
+                    alerts.append(alert)
                     changes.append(("policy", alert.dedup_key, self.policy.export(alert.dedup_key)))
         if batch.readings and not self._readings:
             self._readings_since = time.monotonic()
@@ -220,6 +226,16 @@ class EventSink:
         self._commit(outgoing, changes, batch.ack, flush=bool(batch.events))
         self.counts["events"] += sum(1 for channel, _ in outgoing if channel == "events")
         self.counts["alerts"] += sum(1 for channel, _ in outgoing if channel == "alerts")
+        for alert in alerts:
+            self._tell_stored(alert)
+
+    def _tell_stored(self, alert: Alert) -> None:
+        """Tells ``stored`` (the clip recorders) of an alert spooled; its failure costs the clip, not the alert."""
+        try:
+            self.stored(alert)
+        except Exception:
+            log.exception("event sink: the stored-alert hook failed on %s", alert.id)
+            self.counts["stored_hook_failed"] += 1
 
     def _pictured(self, event: Event) -> Event:
         """The event with its camera picture; without one when making it fails, for the alarm must still go."""
@@ -245,11 +261,16 @@ class EventSink:
             flush or waited >= FLUSH_S or len(self._readings) >= FLUSH_READINGS or len(acks) >= self.max_unacked
         )
         release = flush or not self._readings
-        if release:
-            changes = changes + [change for a in acks if isinstance(a, Ack) for change in a.changes]
+        delivered = [change for a in acks if isinstance(a, Ack) for change in a.changes] if release else []
         readings = self._readings if flush else []
-        if outgoing or readings or changes:
-            self._durably(lambda: self._store(outgoing, readings, changes))
+        if outgoing and readings:
+            # The alarm in a transaction of its own, first: the uplink sends it while the readings are encoded and
+            # synced. Killed in between, the node has the alarm and the rules' state; the messages are not yet
+            # acknowledged, so the broker sends them again and the rules restored are past the alarm.
+            self._durably(lambda: self._store(outgoing, [], changes))
+            outgoing, changes = [], []
+        if outgoing or readings or changes or delivered:
+            self._durably(lambda: self._store(outgoing, readings, changes + delivered))
         if readings:
             self.counts["readings"] += len(readings)
             self._readings = []

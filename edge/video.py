@@ -32,6 +32,7 @@ from alerts.core.models import Event, Place
 from detectors.detections import Detections
 from detectors.load import load_backend
 from detectors.motion import MotionGate
+from detectors.regions import region_detector
 from detectors.rules import RuleEngine
 from detectors.snapshot import mosaic
 from detectors.tamper import TamperDetector
@@ -131,12 +132,14 @@ class VideoPipeline:
     ) -> None:
         self.cameras = {c.id: CameraPipeline(c, site_place.with_device(c.id), node_id, timezone, emit) for c in cameras}
         self.letter = letter
+        backend = load_backend(detector.backend)
         self.worker = DetectorWorker(
-            load_backend(detector.backend),
+            backend,
             self._on_result,
             max_batch=detector.max_batch,
             queue_depth=detector.queue_depth,
             on_error=self._on_batch_error,
+            regions=region_detector(backend, detector.backend, detector.regions),
         )
         self._stopping = threading.Event()
         self._threads = {cid: self._feed_thread(camera) for cid, camera in self.cameras.items()}
@@ -196,7 +199,8 @@ class VideoPipeline:
             with camera.liveness.working():
                 try:
                     if camera.wants(frame):
-                        self.worker.submit(frame.camera_id, frame, frame.image)
+                        motion = camera.gate.motion_boxes if self.worker.regions and camera.gate.motion else None
+                        self.worker.submit(frame.camera_id, frame, frame.image, motion)
                 except Exception as exc:
                     log.exception("camera %s: frame %d failed", camera.config.id, frame.seq)
                     self._frame_failed(camera, exc)
@@ -219,16 +223,21 @@ class VideoPipeline:
             log.exception("camera %s: tracking or rules failed on frame %d", camera_id, frame.seq)
             self._frame_failed(camera, exc)
 
+    def latest(self, camera_id: str) -> tuple[Frame, str] | None:
+        """The newest frame of a camera and a label for it (its name and time); None for no camera or no frame."""
+        camera = self.cameras.get(camera_id)
+        frame = camera.source.latest() if camera else None
+        if camera is None or frame is None:
+            return None
+        return frame, f"{camera.config.name or camera_id} {frame.ts:%H:%M:%S} UTC"
+
     def snapshot(self, camera_ids: list[str]) -> bytes | None:
         """One JPEG of the newest frame of each of these cameras, side by side; None if none has a frame."""
         tiles = []
         for cid in camera_ids:
-            camera = self.cameras.get(cid)
-            if camera is None:
-                continue
-            frame = camera.source.latest()
-            if frame is not None:
-                tiles.append((frame.image, f"{camera.config.name or cid} {frame.ts:%H:%M:%S} UTC"))
+            found = self.latest(cid)
+            if found is not None:
+                tiles.append((found[0].image, found[1]))
         return mosaic(tiles) if tiles else None
 
     def detector_counters(self) -> dict[str, float]:

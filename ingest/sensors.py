@@ -167,6 +167,18 @@ def readings_from(fields: dict[str, Any], place: Place, ts: datetime) -> Decoded
     return Decoded(readings=readings, problems=problems)
 
 
+def _too_deep(payload: bytes) -> bool:
+    """Whether objects and arrays nest deeper than MAX_DEPTH, brackets inside strings not counted. Nesting is at
+    most the number of opening brackets, which is all a sensor's small message costs to check.
+
+    >>> _too_deep(b'{"a": [1, {"b": "[[["}]}'), _too_deep(b"[" * 33), _too_deep(b'["' + b"[" * 40 + b'"]')
+    (False, True, False)
+    """
+    if payload.count(b"{") + payload.count(b"[") <= MAX_DEPTH:
+        return False
+    return _depth(payload) > MAX_DEPTH
+
+
 def _depth(payload: bytes) -> int:
     """How deep objects and arrays nest, brackets inside strings not counted."""
     brackets = _STRING.sub(b"", payload).translate(None, _NOT_BRACKETS)
@@ -190,16 +202,18 @@ def _number(text: str, kind: type[int] | type[float]) -> int | float | Unreadabl
     return kind(text)
 
 
+_DECODER = json.JSONDecoder(parse_int=lambda text: _number(text, int), parse_float=lambda text: _number(text, float))
+"""Made once: ``json.loads`` with hooks builds a decoder for every message."""
+
+
 def decode_json(payload: bytes, max_bytes: int = MAX_PAYLOAD_BYTES) -> Any:
     """The JSON value of ``payload``; PayloadError for anything unreadable or out of bounds."""
     if len(payload) > max_bytes:
         raise PayloadError(f"payload of {len(payload)} bytes is over the cap of {max_bytes}")
-    if _depth(payload) > MAX_DEPTH:
+    if _too_deep(payload):
         raise PayloadError(f"not JSON: nested deeper than {MAX_DEPTH}")
     try:
-        return json.loads(
-            payload, parse_int=lambda text: _number(text, int), parse_float=lambda text: _number(text, float)
-        )
+        return _DECODER.decode(payload.decode(json.detect_encoding(payload)))
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise PayloadError(f"not JSON: {exc}") from exc
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import itertools
 import json
 import os
@@ -17,6 +18,7 @@ from typing import Any
 import httpx
 import psycopg
 from conftest import ApiServer, sse_messages
+from PIL import Image
 from websockets.sync.client import connect as ws_connect
 
 from alerts.auth import SESSION_COOKIE
@@ -28,6 +30,14 @@ from deploy.local.services import free_port
 EAST = Place(sub_district="riverside", community="east-gate", grid="g07", site="willow-court", device="smoke-1")
 WEST = Place(sub_district="lakeside", community="west-lake", grid="g02", site="pine-yard", device="cam-2")
 JPEG = b"\xff\xd8\xff\xe0" + b"\x00" * 64
+
+
+def image_bytes(kind: str = "JPEG", size: tuple[int, int] = (64, 48), **save: Any) -> bytes:
+    """A real picture (a colour gradient) encoded as ``kind`` by Pillow, ``save`` its options (``exif=`` ...)."""
+    image = Image.linear_gradient("L").resize(size).convert("RGB")
+    out = io.BytesIO()
+    image.save(out, kind, **save)
+    return out.getvalue()
 
 
 def write(database_url: str, batch: WriteBatch) -> None:
@@ -87,6 +97,7 @@ def sse_take(
 CHROMIUM = [
     "chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--autoplay-policy=no-user-gesture-required",  # the page's alarm sound starts without a click
 ]  # fmt: skip
 
 

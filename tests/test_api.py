@@ -15,7 +15,7 @@ from uuid import uuid4
 
 import httpx
 import pytest
-from api_helpers import EAST, JPEG, WEST, get, raise_alert, sse_take, write
+from api_helpers import EAST, JPEG, WEST, get, image_bytes, raise_alert, sse_take, write
 from conftest import ApiServer, eventually
 
 from alerts.core.models import DeviceStatus, Event, EventKind, EventState, Heartbeat, Reading
@@ -23,7 +23,7 @@ from alerts.core.policy import AlertPolicy
 from alerts.notify.webhooks import WebhookDispatcher
 from alerts.store.database import WriteBatch
 
-PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 64
+PNG = image_bytes("PNG", (16, 12))
 
 
 def ids(response: httpx.Response) -> list[str]:
@@ -193,7 +193,7 @@ def test_a_registered_reporter_reports_to_the_grids_police_with_the_person_on_du
     detail = get(api, f"/api/v1/alerts/{alert['id']}", police).json()
     assert [e["id"] for e in detail["events"]] == [sent.json()["event_id"]]
     picture = get(api, f"/api/v1/events/{sent.json()['event_id']}/snapshot", police)
-    assert picture.headers["content-type"] == "image/png"
+    assert picture.headers["content-type"] == "image/jpeg"  # every photo is written again, without its metadata
     assert get(api, "/api/v1/alerts", api.key("police", community="west-lake")).json()["items"] == []
     assert get(api, "/api/v1/alerts", api.key("fire")).json()["items"] == []
 

@@ -19,7 +19,7 @@ import pytest
 from api_helpers import EAST, JPEG, raise_alert
 from conftest import ApiServer, SseReader, eventually
 
-from alerts.api.http import ErrorBody
+from alerts.api.http import ApiSettings, ErrorBody
 from alerts.auth import hash_key
 from alerts.core.models import EventKind
 from alerts.notify.webhooks import NO_RESPONSE, WebhookDispatcher
@@ -68,7 +68,8 @@ def test_an_upload_is_refused_by_its_headers_before_its_body_is_read(api: ApiSer
     # A chunked body has no length to check up front: it is cut off once it grows past the limit.
     part = b'--b\r\nContent-Disposition: form-data; name="photo"; filename="x.jpg"\r\nContent-Type: image/jpeg\r\n\r\n'
     chunk = b"x" * 65536
-    body = b"".join(b"%x\r\n%s\r\n" % (len(c), c) for c in [part + JPEG] + [chunk] * 40) + b"0\r\n\r\n"
+    chunks = ApiSettings().report_max_bytes // len(chunk) + 2  # past the limit of a report's photos
+    body = b"".join(b"%x\r\n%s\r\n" % (len(c), c) for c in [part + JPEG] + [chunk] * chunks) + b"0\r\n\r\n"
     status, _, answer = raw_request(api, upload_head("/api/v1/reports", "", reporter, chunked=True), body)
     assert status == 413 and "larger than" in json.loads(answer)["detail"], answer
     anonymous_chunked = raw_request(api, upload_head("/api/v1/reports", "", chunked=True), body[:100_000])

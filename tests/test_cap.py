@@ -18,6 +18,7 @@ from api_helpers import EAST, JPEG, get, raise_alert
 from conftest import ApiServer
 
 from alerts.api.cap import ENUMS, NS
+from alerts.core.models import EventKind
 
 CAP = "{urn:oasis:names:tc:emergency:cap:1.2}"
 DATE_TIME = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d\d:\d\d$")
@@ -124,6 +125,13 @@ def check_cap(alert: ET.Element) -> None:
                 check_sequence(geocode, PARAMETER)
 
 
+def by_language(alert: ET.Element) -> dict[str, ET.Element]:
+    """The alert's <info> elements by language, checking there is one per language, Chinese first."""
+    infos = alert.findall("cap:info", NS)
+    assert [text(i, "cap:language") for i in infos] == ["zh-CN", "en-US"]
+    return {text(i, "cap:language"): i for i in infos}
+
+
 def text(element: ET.Element, path: str) -> str:
     """The text at ``path``; the test fails where there is no such element."""
     found = element.findtext(path, namespaces=NS)
@@ -173,7 +181,7 @@ def test_a_fire_alarm_as_cap_with_readings_confirmation_snapshot_and_place(publi
         "Actual",
         "patrolnet",
     )
-    info = child(root, "cap:info")
+    info = by_language(root)["en-US"]
     assert [text(info, f"cap:{n}") for n in ("category", "event", "urgency", "severity", "certainty")] == [
         "Fire",
         "smoke",
@@ -229,3 +237,42 @@ def test_the_feed_is_an_atom_feed_of_the_same_alerts_as_the_list(api: ApiServer)
         check_cap(child(entry, "atom:content/cap:alert"))
         assert text(entry, "atom:id") == text(entry, "atom:content/cap:alert/cap:identifier")
     assert get(api, "/api/v1/alerts.cap", fire, colour="red").status_code == 422
+
+
+def test_each_language_has_its_info_built_from_the_type_and_attributes(api: ApiServer) -> None:
+    attributes = {"rule": "night", "zone": "walkway", "class": "person", "duration_s": 95.0, "track_id": 7}
+    _, loitering = raise_alert(
+        api.database_url, EventKind.SECURITY, EAST.with_device("cam-1"), type="loitering", attributes=attributes,
+        title="Loitering: person in walkway for 95 s",
+    )  # fmt: skip
+    _, unknown = raise_alert(api.database_url, type="new_gadget_fault", title="Gadget 3 reports a fault")
+    _, smoke = raise_alert(api.database_url, type="smoke", title="Smoke alarm at Building 5, e-bike shed")
+    police, fire = api.key("police"), api.key("fire")
+    documents = [
+        ET.fromstring(get(api, f"/api/v1/alerts/{a.id}/cap", key).content)
+        for a, key in ((loitering, police), (unknown, fire), (smoke, fire))
+    ]
+    for root in documents:
+        check_cap(root)
+    heads = [
+        {language: (text(i, "cap:event"), text(i, "cap:headline")) for language, i in by_language(root).items()}
+        for root in documents
+    ]
+    assert heads[0] == {
+        "zh-CN": ("徘徊", "徘徊：人员在walkway停留95秒"),
+        "en-US": ("loitering", "Loitering: person in walkway for 95 s"),
+    }
+    assert heads[1] == {
+        "zh-CN": ("new gadget fault", "Gadget 3 reports a fault"),
+        "en-US": ("new gadget fault", "Gadget 3 reports a fault"),
+    }, "a type no table knows keeps the edge's title"
+    assert heads[2] == {
+        "zh-CN": ("烟雾", "烟雾：smoke-1"),
+        "en-US": ("smoke", "Smoke alarm at Building 5, e-bike shed"),
+    }, "in English the edge's title names the sensor as the site calls it"
+    zh = by_language(documents[0])["zh-CN"]
+    assert (
+        text(zh, "cap:description")
+        == "徘徊：人员在walkway停留95秒，地点：cam-1, willow-court, g07, east-gate, riverside；持续中，共1次事件。"
+    )
+    assert [text(i, "cap:category") for i in by_language(documents[0]).values()] == ["Security", "Security"]

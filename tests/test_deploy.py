@@ -26,6 +26,7 @@ from deploy.local.services import start_mosquitto_config
 
 DEPLOY = REPO / "deploy"
 UNITS = sorted((DEPLOY / "systemd").glob("*.service"))
+TIMERS = sorted((DEPLOY / "systemd").glob("*.timer"))
 HARDENING = ("NoNewPrivileges=yes", "ProtectSystem=strict", "ProtectHome=yes", "PrivateTmp=yes",
              "CapabilityBoundingSet=", "User=patrolnet")  # fmt: skip
 PATROLNET = "/opt/patrolnet/.venv/bin/patrolnet"
@@ -37,15 +38,16 @@ def test_the_systemd_units_pass_systemd_analyze_verify(tmp_path: Path) -> None:
     # under test, and the venv's console script where the units expect it (a stub: verify only checks it runs).
     shutil.copytree("/usr/lib/systemd/system", tmp_path / "usr/lib/systemd/system", symlinks=True)
     (tmp_path / "etc/systemd/system").mkdir(parents=True)
-    for unit in UNITS:
+    for unit in UNITS + TIMERS:
         shutil.copy(unit, tmp_path / "etc/systemd/system")
     stub = tmp_path / PATROLNET.lstrip("/")
     stub.parent.mkdir(parents=True)
     stub.write_text("#!/bin/sh\n")
     stub.chmod(0o755)
-    names = [u.name.replace("@.", "@1.") for u in UNITS]
+    names = [u.name.replace("@.", "@1.") for u in UNITS + TIMERS]
     assert names == ["patrolnet-api.service", "patrolnet-edge.service", "patrolnet-ingest@1.service",
-                     "patrolnet-webhooks.service"]  # fmt: skip
+                     "patrolnet-shops-remind.service", "patrolnet-webhooks.service",
+                     "patrolnet-shops-remind.timer"]  # fmt: skip
     verify = ["systemd-analyze", "verify", "--man=no", f"--root={tmp_path}", *names]
     done = subprocess.run(verify, capture_output=True, text=True, timeout=120)
     assert (done.returncode, done.stdout + done.stderr) == (0, "")
@@ -55,7 +57,10 @@ def test_the_systemd_units_pass_systemd_analyze_verify(tmp_path: Path) -> None:
     for unit in UNITS:
         text = unit.read_text()
         assert all(line in text.splitlines() for line in HARDENING), unit.name
-        assert "Restart=always" in text and "StartLimitIntervalSec=0" in text
+        # A service runs for good and restarts; a oneshot (started by its timer) runs again at the next time.
+        oneshot = "Type=oneshot" in text.splitlines()
+        assert oneshot == (unit.with_suffix(".timer") in TIMERS), unit.name
+        assert oneshot or ("Restart=always" in text and "StartLimitIntervalSec=0" in text), unit.name
         for command in (line.split("=", 1)[1] for line in text.splitlines() if line.startswith("ExecStart")):
             args = command.replace("%i", "1").replace("%H", "host").split()
             assert args[0] == PATROLNET

@@ -1,5 +1,5 @@
 """Ingest on a real broker and database: ack after commit survives a killed worker; duplicates are one row;
-a broken store ends the process without acknowledging."""
+a broken store ends the process without acknowledging; an alarm is stored while readings are held up."""
 
 from __future__ import annotations
 
@@ -16,8 +16,9 @@ import psycopg
 import pytest
 from conftest import REPO, eventually, mqtt_client
 
-from alerts.core.models import DeviceStatus, Event, EventKind, Heartbeat, Place
-from alerts.core.protocol import uplink_topic
+from alerts.core.models import DeviceStatus, Event, EventKind, Heartbeat, Place, Reading
+from alerts.core.policy import AlertPolicy
+from alerts.core.protocol import encode, uplink_topic
 from deploy.local.services import Service
 
 PLACE = Place(sub_district="riverside", community="east-gate", grid="g07", site="willow-court", device="smoke-1")
@@ -124,6 +125,32 @@ def test_a_store_that_refuses_even_a_dead_letter_ends_the_process_and_the_messag
         # Not acknowledged before: the broker delivers it again, and now its dead letter is stored.
         letters = eventually(lambda: rows(database_url, "SELECT payload, reason FROM dead_letters"), timeout=60)
         assert [bytes(p) for p, _ in letters] == [b"{not json"] and "Invalid JSON" in letters[0][1]
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(timeout=15) == 0
+
+
+def test_an_alarm_is_stored_while_a_batch_of_readings_waits_for_the_database(
+    broker: Service, database_url: str, publisher: mqtt.Client
+) -> None:
+    worker = start_worker(broker, database_url, "lane-test")
+    try:
+        heartbeats_stored(publisher, database_url, timeout=30)
+        readings = [Reading(place=PLACE, quantity="temperature", value=20 + i / 100) for i in range(300)]
+        event = Event(kind=EventKind.FIRE, type="smoke", place=PLACE, source="node-1")
+        alert = AlertPolicy().apply(event)
+        assert alert is not None
+        with psycopg.connect(database_url) as lock:
+            # The readings' lane blocks inside its transaction, as behind a slow COPY of thousands of rows.
+            lock.execute("LOCK TABLE readings IN ACCESS EXCLUSIVE MODE")
+            publish(publisher, "readings", encode("readings", readings))
+            publish(publisher, "events", event.model_dump_json().encode())
+            publish(publisher, "alerts", alert.model_dump_json().encode())
+            stored = eventually(lambda: rows(database_url, "SELECT id FROM alerts"), timeout=30)
+            assert stored == [(alert.id,)] and rows(database_url, "SELECT id FROM events") == [(event.id,)]
+            assert lock.execute("SELECT count(*) FROM readings").fetchone() == (0,), "the readings still wait"
+            lock.rollback()
+        eventually(lambda: rows(database_url, "SELECT count(*) FROM readings") == [(300,)], timeout=30)
     finally:
         worker.send_signal(signal.SIGTERM)
         assert worker.wait(timeout=15) == 0

@@ -172,8 +172,8 @@ def test_an_admin_signs_in_with_a_totp_code_used_once(api: ApiServer) -> None:
 
 def test_the_roles_of_people_see_and_do_what_they_are_for(api: ApiServer) -> None:
     admin = api.key("admin")
-    parking = raise_alert(api.database_url, EventKind.SECURITY, type="illegal_parking")[1]
-    stalls = raise_alert(api.database_url, EventKind.SECURITY, type="zone_occupied")[1]
+    parking = raise_alert(api.database_url, EventKind.ENFORCEMENT, type="illegal_parking")[1]
+    stalls = raise_alert(api.database_url, EventKind.ENFORCEMENT, type="zone_occupied")[1]
     intrusion = raise_alert(api.database_url, EventKind.SECURITY, type="intrusion")[1]
     fire = raise_alert(api.database_url, EventKind.FIRE)[1]
     elsewhere = raise_alert(api.database_url, EventKind.FIRE, WEST)[1]
@@ -188,6 +188,8 @@ def test_the_roles_of_people_see_and_do_what_they_are_for(api: ApiServer) -> Non
 
     assert seen("traffic")[1] == {str(parking.id)}
     assert seen("city")[1] == {str(parking.id), str(stalls.id)}
+    add_person(api, admin, "officer", "police")
+    assert seen("officer")[1] == {str(intrusion.id)}, "the police no longer get the enforcement alerts"
     grid, ids = seen("grid")
     assert ids == {str(a.id) for a in (parking, stalls, intrusion, fire)} and str(elsewhere.id) not in ids
     url = f"{api.url}/api/v1/alerts/{fire.id}"

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from uuid import uuid4
 
 import psycopg
 from conftest import ApiServer, SseReader, edge_and_ingest, mqtt_client
@@ -23,6 +24,7 @@ from alerts.core.models import (
     Reading,
     Role,
     Severity,
+    Snapshot,
 )
 from alerts.core.protocol import uplink_topic
 from alerts.intake.writer import MAX_PAYLOAD_BYTES
@@ -55,6 +57,7 @@ def templates() -> dict[str, dict | list]:
         ),
         "deadletters": DeadLetter(topic="zigbee2mqtt/x", payload=b"?", reason="unknown device", source="poison-node"),
         "status": NodeStatus(node_id="poison-node", place=SITE, online=True),
+        "snapshot": Snapshot(request_id=uuid4(), node_id="poison-node", place=DEVICE, jpeg=b"\xff\xd8\xff\xd9"),
     }
     out: dict[str, dict | list] = {name: json.loads(m.model_dump_json()) for name, m in models.items()}
     out["readings"] = [json.loads(Reading(place=DEVICE, quantity="temperature", value=21.5).model_dump_json())]

@@ -203,6 +203,8 @@ def test_parked_van_and_car_are_illegally_parked(night: list[Event]) -> None:
     starts = of(night, "illegal_parking:kerb", START)
     assert len(starts) >= 2
     assert {e.attributes["class"] for e in starts} <= {"car", "truck", "bus"}
+    enforcement = of(night, "illegal_parking:kerb") + of(night, "zone_occupied:kerb")
+    assert {e.kind for e in enforcement} == {EventKind.ENFORCEMENT}, "for the enforcement desks, not the police"
     assert all(e.attributes["duration_s"] >= 30 and e.ts.timestamp() >= local(23, 23, 0, 30) for e in starts)
     occupied = of(night, "zone_occupied:kerb")
     assert [e.state for e in occupied] == [START, END]
@@ -242,6 +244,24 @@ def test_parking_needs_a_vehicle_standing_still() -> None:
     gone = [(900.0 + 5 * t, detections()) for t in range(4)]
     rule = {"type": "illegal_parking", "zone": "yard", "stationary_s": 300, "update_s": None}
     assert play(rule, crawling + parked + gone) == [(800, START), (905, END)]
+
+
+def test_parking_and_stalls_are_for_the_enforcement_desks_and_intrusion_for_the_police() -> None:
+    rules = [
+        {"type": "illegal_parking", "zone": "yard", "stationary_s": 10, "update_s": None},
+        {"type": "zone_occupied", "zone": "yard", "occupied_s": 10, "classes": ["dining table"]},
+        {"type": "intrusion", "zone": "yard"},
+    ]
+    engine = RuleEngine(SceneConfig.model_validate(YARD | {"rules": rules}), PLACE, "node-1")
+    scene = detections(
+        (1, "car", (100, 100, 140, 130)), (2, "dining table", (150, 100, 190, 150)), (3, "person", (160, 80, 170, 140))
+    )
+    kinds = {(e.type, e.kind) for t in range(15) for e in engine.process(FRAME, scene, float(t))}
+    assert kinds == {
+        ("illegal_parking", EventKind.ENFORCEMENT),
+        ("zone_occupied", EventKind.ENFORCEMENT),
+        ("intrusion", EventKind.SECURITY),
+    }
 
 
 def test_zone_occupied_by_a_stall_whose_parts_come_and_go() -> None:

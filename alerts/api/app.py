@@ -29,19 +29,29 @@ from psycopg_pool import AsyncConnectionPool
 
 from alerts.api import (
     metrics,
+    report_links,
     reports,
     routes_admin,
     routes_alerts,
     routes_cap,
+    routes_cases,
+    routes_clips,
+    routes_escalation,
+    routes_grids,
     routes_people,
     routes_sensors,
+    routes_shops,
+    routes_stats,
     routes_webhooks,
+    routes_wording,
+    shop_page,
 )
 from alerts.api.guard import Guard, page_policy
 from alerts.api.http import ApiSettings, ErrorBody, Pool, Who
 from alerts.api.stream import ChangeNotifier
 from alerts.auth import Principal
 from alerts.core.settings import setting
+from alerts.notify.escalation import EscalationRunner
 from alerts.store.queries import ForbiddenKind
 
 log = logging.getLogger(__name__)
@@ -51,6 +61,7 @@ def create_app(database_url: str, settings: ApiSettings | None = None, pool_size
     pool = AsyncConnectionPool(database_url, open=False, min_size=2, max_size=pool_size, kwargs={"autocommit": True})
     session_cache: dict = {}
     notifier = ChangeNotifier(database_url, sessions_ended=session_cache.clear)
+    escalations = EscalationRunner(pool)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -59,9 +70,11 @@ def create_app(database_url: str, settings: ApiSettings | None = None, pool_size
             row = await (await conn.execute("SELECT 1 FROM pg_extension WHERE extname = 'timescaledb'")).fetchone()
         app.state.timescale = row is not None
         notifier.start()
+        escalations.start()
         # What start-up made lives as long as the process: out of the collector's way, shorter pauses.
         gc.freeze()
         yield
+        await escalations.stop()
         await notifier.stop()
         await pool.close()
 
@@ -84,6 +97,8 @@ def create_app(database_url: str, settings: ApiSettings | None = None, pool_size
     app.state.metrics = metrics.ApiMetrics()
     modules = (
         routes_alerts, routes_cap, routes_sensors, reports, routes_admin, routes_webhooks, routes_people, metrics,
+        routes_grids, routes_escalation, routes_clips, report_links, routes_shops, shop_page, routes_cases,
+        routes_stats, routes_wording,
     )  # fmt: skip
     app.add_middleware(Guard, api=app, routes=[route for module in modules for route in module.router.routes])
     app.state.metrics.install(app)

@@ -1,9 +1,10 @@
 """OASIS CAP 1.2 (Common Alerting Protocol) documents of alerts, for alerting systems that speak it.
 
-One alert at one moment is one CAP message. Its identifier names the alert,
-its revision and its status, so each state is a distinct message; the first
-is ``msgType`` Alert, later ones are Update (Cancel for a false alarm) and
-reference the first. Elements follow the order of the CAP 1.2 schema.
+One alert at one moment is one CAP message, with one ``<info>`` per language (zh-CN, then en-US): the event,
+headline and description in that language, built from the alert's type and attributes (``alerts.notify.wording``).
+Its identifier names the alert, its revision and its status, so each state is a distinct message; the first is
+``msgType`` Alert, later ones are Update (Cancel for a false alarm) and reference the first. Elements follow the
+order of the CAP 1.2 schema.
 
 Example:
     >>> from alerts.core.models import Place, Role
@@ -16,9 +17,11 @@ Example:
     >>> root = cap_alert(alert, sender="patrolnet", base="https://alerts.example")
     >>> [root.find(f"cap:{n}", NS).text for n in ("status", "msgType", "scope")]
     ['Actual', 'Alert', 'Restricted']
-    >>> info = root.find("cap:info", NS)
-    >>> [info.find(f"cap:{n}", NS).text for n in ("category", "urgency", "severity", "certainty")]
+    >>> zh, en = root.findall("cap:info", NS)
+    >>> [en.find(f"cap:{n}", NS).text for n in ("category", "urgency", "severity", "certainty")]
     ['Fire', 'Immediate', 'Extreme', 'Observed']
+    >>> [(i.findtext("cap:language", namespaces=NS), i.findtext("cap:event", namespaces=NS)) for i in (zh, en)]
+    [('zh-CN', '烟雾'), ('en-US', 'smoke')]
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ import xml.etree.ElementTree as ET
 from datetime import datetime
 
 from alerts.core.models import AlertStatus, EventKind, Severity
+from alerts.notify.wording import LANGUAGES, TYPES, pair, title
+from alerts.store.people import Language
 from alerts.store.rows import StoredAlert
 
 log = logging.getLogger(__name__)
@@ -42,9 +47,13 @@ _TEXT = (("&", "&amp;"), ("<", "&lt;"), (">", "&gt;"))
 _ATTRIBUTE = (*_TEXT, ('"', "&quot;"), ("\r", "&#13;"), ("\n", "&#10;"), ("\t", "&#09;"))
 
 CATEGORY = {EventKind.FIRE: "Fire", EventKind.SECURITY: "Security", EventKind.TROUBLE: "Infra",
-            EventKind.REPORT: "Security"}  # fmt: skip
+            EventKind.REPORT: "Security", EventKind.ENFORCEMENT: "Other"}  # fmt: skip
 SEVERITY = {Severity.CRITICAL: "Extreme", Severity.MAJOR: "Severe", Severity.MINOR: "Moderate",
             Severity.INFO: "Minor"}  # fmt: skip
+CAP_LANGUAGE: dict[Language, str] = {"zh-CN": "zh-CN", "en": "en-US"}
+"""Each language's RFC 3066 code in CAP: one ``<info>`` per language, Chinese first."""
+RESOURCE_DESC = {"camera": ("摄像头截图", "camera snapshot"), "reporter": ("举报人照片", "reporter's photo"),
+                 "clip": ("视频片段", "video clip")}  # fmt: skip
 ENUMS = {
     "status": {"Actual", "Exercise", "System", "Test", "Draft"},
     "msgType": {"Alert", "Update", "Cancel", "Ack", "Error"},
@@ -106,8 +115,54 @@ def _parameters(alert: StoredAlert) -> list[tuple[str, str]]:
     return [(name, value) for name, value in params if value]
 
 
+def _description(alert: StoredAlert, headline: str, where: str, language: Language) -> str:
+    if language == "en":
+        state = "ongoing" if alert.active else "cleared"
+        return f"{headline} at {where}: {state}, {alert.count} event(s)."
+    state = "持续中" if alert.active else "已消除"
+    return f"{headline}，地点：{where}；{state}，共{alert.count}次事件。"
+
+
+def _info(
+    root: ET.Element, alert: StoredAlert, language: Language, base: str, snapshots: list[tuple[str, str]]
+) -> None:
+    """One ``<info>``: the alert in one language."""
+    index = LANGUAGES.index(language)
+    place = alert.place
+    where = ", ".join(p for p in (place.device, place.site, place.grid, place.community, place.sub_district) if p)
+    headline = title(alert.type, alert.attributes, place.device or place.site, alert.title, language)
+    info = _sub(root, "info")
+    _sub(info, "language", CAP_LANGUAGE[language])
+    _sub(info, "category", CATEGORY[alert.kind])
+    _sub(info, "event", pair(TYPES, alert.type)[index])
+    _sub(info, "urgency", _urgency(alert))
+    _sub(info, "severity", SEVERITY[alert.severity])
+    _sub(info, "certainty", "Observed" if alert.confirmed else "Likely")
+    _sub(info, "senderName", alert.source)
+    _sub(info, "headline", headline[:160])
+    _sub(info, "description", _description(alert, headline, where, language))
+    _sub(info, "web", f"{base}/api/v1/alerts/{alert.id}")
+    for name, value in _parameters(alert):
+        parameter = _sub(info, "parameter")
+        _sub(parameter, "valueName", name)
+        _sub(parameter, "value", value)
+    picture = "camera" if alert.kind is not EventKind.REPORT else "reporter"
+    for url, mime in snapshots:
+        resource = _sub(info, "resource")
+        _sub(resource, "resourceDesc", RESOURCE_DESC["clip" if mime.startswith("video/") else picture][index])
+        _sub(resource, "mimeType", mime)
+        _sub(resource, "uri", url)
+    area = _sub(info, "area")
+    _sub(area, "areaDesc", where)
+    for level in ("sub_district", "community", "grid", "site"):
+        geocode = _sub(area, "geocode")
+        _sub(geocode, "valueName", f"patrolnet:{level}")
+        _sub(geocode, "value", getattr(place, level))
+
+
 def cap_alert(alert: StoredAlert, sender: str, base: str, snapshots: list[tuple[str, str]] | None = None) -> ET.Element:
-    """The CAP 1.2 ``<alert>`` of an alert; ``snapshots`` are (URL, MIME type) of its events' pictures."""
+    """The CAP 1.2 ``<alert>`` of an alert; ``snapshots`` are (URL, MIME type) of its events' pictures and its
+    video clips (video/mp4)."""
     root = ET.Element(f"{{{CAP_NS}}}alert")
     _sub(root, "identifier", identifier(alert))
     _sub(root, "sender", sender)
@@ -122,35 +177,8 @@ def cap_alert(alert: StoredAlert, sender: str, base: str, snapshots: list[tuple[
         _sub(root, "references", f"{sender},{first},{cap_time(alert.ts)}")
     _sub(root, "incidents", str(alert.id))
 
-    info = _sub(root, "info")
-    _sub(info, "language", "en-US")
-    _sub(info, "category", CATEGORY[alert.kind])
-    _sub(info, "event", alert.type)
-    _sub(info, "urgency", _urgency(alert))
-    _sub(info, "severity", SEVERITY[alert.severity])
-    _sub(info, "certainty", "Observed" if alert.confirmed else "Likely")
-    _sub(info, "senderName", alert.source)
-    _sub(info, "headline", (alert.title or alert.type)[:160])
-    place = alert.place
-    where = ", ".join(p for p in (place.device, place.site, place.grid, place.community, place.sub_district) if p)
-    state = "ongoing" if alert.active else "cleared"
-    _sub(info, "description", f"{alert.title or alert.type} at {where}: {state}, {alert.count} event(s).")
-    _sub(info, "web", f"{base}/api/v1/alerts/{alert.id}")
-    for name, value in _parameters(alert):
-        parameter = _sub(info, "parameter")
-        _sub(parameter, "valueName", name)
-        _sub(parameter, "value", value)
-    for url, mime in snapshots or []:
-        resource = _sub(info, "resource")
-        _sub(resource, "resourceDesc", "camera snapshot" if alert.kind is not EventKind.REPORT else "reporter's photo")
-        _sub(resource, "mimeType", mime)
-        _sub(resource, "uri", url)
-    area = _sub(info, "area")
-    _sub(area, "areaDesc", where)
-    for level in ("sub_district", "community", "grid", "site"):
-        geocode = _sub(area, "geocode")
-        _sub(geocode, "valueName", f"patrolnet:{level}")
-        _sub(geocode, "value", getattr(place, level))
+    for language in LANGUAGES:
+        _info(root, alert, language, base, snapshots or [])
     return root
 
 

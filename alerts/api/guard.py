@@ -11,7 +11,8 @@ On the way in (``Guard``, plain ASGI middleware, in this order):
   never spooled);
 - a ``Content-Length`` over the limit, or a chunked body that grows past it: 413.
   The limit is ``PATROLNET_BODY_MAX_BYTES`` (64 KiB), and for citizen reports
-  ``PATROLNET_REPORT_MAX_BYTES`` plus room for the text and the multipart framing.
+  ``PATROLNET_REPORT_MAX_BYTES`` (the photos together) plus room for the text and the multipart framing (and so
+  for shops' check-ins and grid imports), and for a chunk of a video clip ``PATROLNET_CLIP_CHUNK_MAX_BYTES`` (1 MiB).
 
 On the way out, every answer gets ``X-Content-Type-Options: nosniff``,
 ``X-Frame-Options: DENY``, ``Referrer-Policy: no-referrer``, a
@@ -50,12 +51,14 @@ API_POLICY = "default-src 'none'; frame-ancestors 'none'"
 DOCS_POLICY = "frame-ancestors 'none'"
 DOCS_PATHS = ("/docs", "/redoc")
 SIGN_IN = ("POST", "/api/v1/session")  # the one request with a body and no caller yet
-FORM_ROOM = 65_536  # a report's text field and the multipart framing around the photo
+FORM_ROOM = 65_536  # a report's text fields and the multipart framing around the photos
+UPLOADS = frozenset({"/api/v1/reports", "/api/v1/shops/checkins", "/api/v1/grids/import"})  # photos; spreadsheets
 SECURITY_HEADERS = {
     "x-content-type-options": "nosniff",
     "x-frame-options": "DENY",
     "referrer-policy": "no-referrer",
 }
+PHOTO_STEPS = re.compile(r"/api/v1/cases/[^/]+/(rectify|recheck)")  # a case's steps with photos: as a report
 _INLINE = re.compile(r"<(script|style)>(.*?)</\1>", re.S)
 
 
@@ -68,7 +71,7 @@ def page_policy(html: str) -> str:
     scripts, styles = " ".join(hashes["script"]) or "'none'", " ".join(hashes["style"]) or "'none'"
     return (
         f"default-src 'none'; script-src {scripts}; style-src {styles}; connect-src 'self'; img-src 'self' blob:;"
-        " base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+        " media-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
     )
 
 
@@ -122,7 +125,10 @@ class Guard:
         if has_body and path.startswith("/api/v1/") and not signing_in and not await self._allowed(scope, send):
             return
         settings: ApiSettings = self.api.state.settings
-        limit = settings.report_max_bytes + FORM_ROOM if path == "/api/v1/reports" else settings.body_max_bytes
+        photos = path in UPLOADS or PHOTO_STEPS.fullmatch(path) is not None
+        limit = settings.report_max_bytes + FORM_ROOM if photos else settings.body_max_bytes
+        if path.startswith("/api/v1/clips/") and path.endswith("/content"):
+            limit = settings.clip_chunk_max_bytes
         if length is not None and int(length) > limit:
             await _answer(send, 413, f"the request body is larger than {limit} bytes")
             return

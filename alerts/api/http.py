@@ -37,6 +37,7 @@ from dataclasses import dataclass, field, fields
 from typing import Annotated, Any
 from urllib.parse import urlsplit
 from uuid import UUID
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from fastapi import Depends, Header, HTTPException, Request
 from psycopg import AsyncConnection
@@ -65,7 +66,7 @@ class ApiSettings:
 
     public_url: str = ""  # where clients reach the API, for absolute links; unset: links are relative paths
     cap_sender: str = "patrolnet"
-    report_max_bytes: int = 2_000_000
+    report_max_bytes: int = 24_000_000  # a citizen report's photos together, as uploaded (a phone's are 2-6 MB)
     body_max_bytes: int = 65_536  # any other request body (JSON of the admin and desk routes)
     report_burst: float = 5.0  # reports a key may send at once ...
     report_per_hour: float = 12.0  # ... and the rate its allowance refills at
@@ -74,7 +75,10 @@ class ApiSettings:
     session_idle_s: float = 1800.0  # a session with no request this long ends (an open page polls every 15 s)
     session_max_s: float = 43_200.0  # and any session after this long (a shift): sign in again
     metrics_token: str = field(default="", repr=False)  # a scrape token besides operator/admin keys
+    clip_dir: str = "/var/lib/patrolnet/clips"  # uploaded video clips (alerts.store.clips), shared by replicas
+    clip_chunk_max_bytes: int = 1_048_576  # one upload request of a clip
     webhook_allow: str = ""  # hosts and networks webhooks may reach although not public (see alerts.notify.webhooks)
+    timezone: str = "Asia/Shanghai"  # the sites' zone: the page shows times in it, the statistics' days are its days
 
     def __post_init__(self) -> None:
         parts = urlsplit(self.public_url)
@@ -82,6 +86,10 @@ class ApiSettings:
         if self.public_url and odd:
             raise ValueError(f"PATROLNET_PUBLIC_URL: {self.public_url!r} is not an http(s)://host[:port][/path] URL")
         object.__setattr__(self, "public_url", self.public_url.rstrip("/"))
+        try:
+            ZoneInfo(self.timezone)
+        except (ValueError, ZoneInfoNotFoundError) as exc:
+            raise ValueError(f"PATROLNET_TIMEZONE: {self.timezone!r} is not a time zone, e.g. Asia/Shanghai") from exc
 
     @classmethod
     def from_env(cls) -> ApiSettings:
@@ -257,6 +265,7 @@ Acknowledger = Annotated[Principal, Depends(Require(Permission.ACKNOWLEDGE))]
 Actor = Annotated[Principal, Depends(Require(Permission.ACT))]
 Admin = Annotated[Principal, Depends(Require(Permission.ADMIN))]
 ReporterKey = Annotated[Principal, Depends(Require(Permission.REPORT))]
+ClipUploader = Annotated[Principal, Depends(Require(Permission.CLIPS))]
 SensorReader = Annotated[Principal, Depends(Require(Permission.READINGS))]
 DeviceReader = Annotated[Principal, Depends(Require(Permission.DEVICES))]
 

@@ -27,7 +27,9 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-def _run(work: Callable[[psycopg.AsyncConnection], Awaitable[T]]) -> T:
+def run_on_database(work: Callable[[psycopg.AsyncConnection], Awaitable[T]]) -> T:
+    """``work`` on a connection to the database of ``PATROLNET_DATABASE_URL``: the commands' way to the store."""
+
     async def run() -> T:
         async with await psycopg.AsyncConnection.connect(setting("PATROLNET_DATABASE_URL"), autocommit=True) as conn:
             return await work(conn)
@@ -58,7 +60,7 @@ def cmd_add(args: argparse.Namespace) -> int:
             login=args.login, name=args.name, phone=args.phone, role=args.role, on_duty=args.on_duty,
             totp=args.totp, password=password, **scope,
         )  # fmt: skip
-        person, uri = _run(lambda conn: people.add_person(conn, body))
+        person, uri = run_on_database(lambda conn: people.add_person(conn, body))
     except ValueError as exc:  # pydantic's ValidationError is one
         raise SystemExit(f"patrolnet: {exc}") from exc
     print(f"added {person.role} {person.login} ({person.name}), id {person.id}")
@@ -70,7 +72,7 @@ def cmd_add(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    for p in _run(lambda conn: people.list_people(conn, people.UNSCOPED)):
+    for p in run_on_database(lambda conn: people.list_people(conn, people.UNSCOPED)):
         scope = "/".join(v for v in (p.sub_district, p.community, p.grid, p.site) if v) or "everywhere"
         flags = [f for f, on in (("on duty", p.on_duty), ("totp", p.totp), ("DISABLED", p.disabled)) if on]
         print(f"{p.id}  {p.login:<20} {p.role:<16} {scope:<40} {p.name}  {', '.join(flags)}")
@@ -82,7 +84,7 @@ def cmd_disable(args: argparse.Namespace) -> int:
         person = await _find(conn, args.login)
         return await people.change_person(conn, person.id, people.PersonChange(disabled=not args.enable))
 
-    person = _run(disable)
+    person = run_on_database(disable)
     print(f"{person.login}: {'disabled, their sessions ended' if person.disabled else 'enabled'}")
     return 0
 
@@ -95,7 +97,7 @@ def cmd_passwd(args: argparse.Namespace) -> int:
     async def passwd(conn: psycopg.AsyncConnection) -> None:
         await people.set_password(conn, (await _find(conn, args.login)).id, password)
 
-    _run(passwd)
+    run_on_database(passwd)
     print(
         f"{args.login}: new password set, their sessions ended"
         + (f"; it is (shown once): {password}" if made_up else "")
@@ -108,7 +110,8 @@ def cmd_totp(args: argparse.Namespace) -> int:
         person = await _find(conn, args.login)
         return await people.reset_totp(conn, person.id, person.login)
 
-    print(f"TOTP for {args.login}'s authenticator app (shown once; the old codes stop working): {_run(totp)}")
+    uri = run_on_database(totp)
+    print(f"TOTP for {args.login}'s authenticator app (shown once; the old codes stop working): {uri}")
     return 0
 
 

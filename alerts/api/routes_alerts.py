@@ -28,6 +28,7 @@ from alerts.store.alert_queries import (
     alerts_page_json,
     apply_action,
 )
+from alerts.store.grids import GridTeam, grid_team
 from alerts.store.queries import AlertFilter, AlertPage, decode_cursor, encode_cursor, where
 from alerts.store.rows import StoredAlert
 
@@ -50,7 +51,10 @@ class HistoryEntry(BaseModel):
     at: datetime = Field(description="When.")
     actor: str = Field(description="Who: the person's name, or the name of the key's holder.")
     person_id: UUID | None = Field(description="The person's id, when a signed-in person acted (null for a key).")
-    action: str = Field(description="acknowledge, resolve, false-alarm or assign.")
+    action: str = Field(
+        description="acknowledge, resolve, false-alarm, assign, escalate, unacknowledge, reply, or a case's step"
+        " (case-assign ...)."
+    )
     from_status: AlertStatus = Field(description="Status before.")
     to_status: AlertStatus = Field(description="Status after.")
     note: str = Field(description="What the desk wrote.")
@@ -74,6 +78,7 @@ class AlertDetail(BaseModel):
     alert: StoredAlert = Field(description="The alert.")
     events: list[EventSummary] = Field(description="Its events, oldest first (the newest 200).")
     history: list[HistoryEntry] = Field(description="What desks did with it, oldest first.")
+    grid_team: GridTeam = Field(description="Who answers for its grid: the leader and team (none when not recorded).")
 
 
 def _before(page: AlertPage) -> tuple[datetime, UUID] | None:
@@ -145,6 +150,7 @@ async def get_alert(request: Request, pool: Pool, alert_id: UUID, who: Reader) -
         alert=alert,
         events=[_event_summary(base, e) for e in await alert_events(pool, alert_id)],
         history=[HistoryEntry(**h._asdict()) for h in await alert_history(pool, alert_id)],
+        grid_team=await grid_team(pool, alert.place.community, alert.place.grid),
     )
 
 

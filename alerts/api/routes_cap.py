@@ -14,6 +14,7 @@ from alerts.api.http import Pool, Reader, base_url, get_settings, visible_alert
 from alerts.api.media import image_type
 from alerts.api.routes_alerts import page_of_alerts, snapshot_url
 from alerts.store.alert_queries import snapshot_heads
+from alerts.store.clips import clip_urls
 from alerts.store.queries import AlertPage
 
 log = logging.getLogger(__name__)
@@ -29,6 +30,8 @@ async def _snapshots(pool: Pool, base: str, alert_ids: list[UUID]) -> dict[UUID,
         found.setdefault(alert_id, []).append(
             (snapshot_url(base, event_id), image_type(head) or "application/octet-stream")
         )
+    for alert_id, urls in (await clip_urls(pool, base, alert_ids)).items():
+        found.setdefault(alert_id, []).extend((url, "video/mp4") for url in urls)
     return found
 
 

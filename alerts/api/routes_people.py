@@ -20,7 +20,16 @@ from alerts.api.routes_admin import check_within
 from alerts.auth import SESSION_COOKIE, Principal, csrf_token
 from alerts.store import people
 from alerts.store.alert_queries import assign
-from alerts.store.people import LOGIN_PATTERN, UNSCOPED, Person, PersonChange, PersonIn, SessionInfo, SignInRefused
+from alerts.store.people import (
+    LOGIN_PATTERN,
+    UNSCOPED,
+    Language,
+    Person,
+    PersonChange,
+    PersonIn,
+    SessionInfo,
+    SignInRefused,
+)
 from alerts.store.queries import PlaceFilter
 from alerts.store.rows import StoredAlert
 
@@ -56,6 +65,10 @@ class TotpUri(BaseModel):
 
 class Ended(BaseModel):
     ended: int = Field(description="How many sessions ended.")
+
+
+class LanguageChoice(BaseModel):
+    language: Language | None = Field(description="zh-CN or en; null: the browser's language.")
 
 
 class Assignment(BaseModel):
@@ -128,6 +141,17 @@ async def sign_out(request: Request, response: Response, pool: Pool, who: Person
         await people.end_sessions(conn, who.person_id, "signed out", who.session_id)
     _dropped(request)
     response.delete_cookie(SESSION_COOKIE, path="/", secure=True, httponly=True, samesite="strict")
+
+
+@router.put("/me/language", summary="My language on the page (zh-CN or en; null: the browser's)")
+async def set_my_language(pool: Pool, who: Person_, body: LanguageChoice) -> Person:
+    assert who.person_id is not None
+    async with pool.connection() as conn:
+        await people.set_language(conn, who.person_id, body.language)
+        person = await people.find_person(conn, who, who.person_id)
+    if person is None:
+        raise HTTPException(401, "the session has ended: sign in again")
+    return person
 
 
 @router.get("/sessions", summary="My open sessions")

@@ -30,7 +30,7 @@ from alerts.auth import Principal
 from alerts.store.database import CHANGES_CHANNEL
 from alerts.store.people import SESSIONS_CHANNEL
 from alerts.store.queries import AlertFilter, where
-from alerts.store.rows import ALERT_COLUMNS, row_to_alert
+from alerts.store.rows import ALERT_JSON
 
 log = logging.getLogger(__name__)
 
@@ -56,9 +56,14 @@ class ChangeNotifier:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
 
-    async def wait(self, timeout: float) -> None:
-        """Returns at the next change, or after ``timeout`` seconds."""
-        changed = self._changed
+    def armed(self) -> asyncio.Event:
+        """What the next change sets. Taken before a stream reads the log, so that a change committed while it
+        reads wakes it at once (a later one would poll it up to ``POLL_S`` late)."""
+        return self._changed
+
+    @staticmethod
+    async def wait(changed: asyncio.Event, timeout: float) -> None:
+        """Returns once ``changed`` (from ``armed``) is set, or after ``timeout`` seconds."""
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(changed.wait(), timeout)
 
@@ -100,13 +105,14 @@ async def sse_events(
     """SSE text for every change after ``after`` that the caller may see, until its key or session stops working."""
     clause, params = where(flt, who)
     sql = (
-        f"SELECT c.seq, c.change, {ALERT_COLUMNS} FROM alert_changes c JOIN alerts a ON a.id = c.alert_id"
+        f"SELECT c.seq, c.change, {ALERT_JSON} FROM alert_changes c JOIN alerts a ON a.id = c.alert_id"
         f" WHERE c.seq > %s AND {clause} ORDER BY c.seq LIMIT 200"
     )
     # Tell the client how long to wait before reconnecting, then catch up, then follow.
     yield "retry: 2000\n\n"
     last_sent = time.monotonic()
     while True:
+        changed = notifier.armed()
         try:
             if not await key_valid():
                 log.info("stream of %s closed: its key or session no longer works", who.name)
@@ -117,10 +123,10 @@ async def sse_events(
         except psycopg.Error as exc:
             log.warning("stream of %s closed: %s", who.name, exc)
             return
-        for seq, change, *columns in rows:
-            alert = row_to_alert(tuple(columns))
+        # Each alert's JSON as the database writes it (ALERT_JSON, as the list route serves it): no model per change.
+        for seq, change, alert in rows:
             after = seq
-            yield f"id: {seq}\nevent: {change}\ndata: {alert.model_dump_json()}\n\n"
+            yield f"id: {seq}\nevent: {change}\ndata: {alert}\n\n"
         if len(rows) == 200:
             continue
         if rows:
@@ -128,4 +134,4 @@ async def sse_events(
         elif time.monotonic() - last_sent >= KEEPALIVE_S:
             last_sent = time.monotonic()
             yield ": keepalive\n\n"
-        await notifier.wait(POLL_S)
+        await notifier.wait(changed, POLL_S)

@@ -19,7 +19,7 @@ from enum import StrEnum
 from typing import Any
 from uuid import UUID, uuid4
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, FiniteFloat, field_validator
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, FiniteFloat, field_validator, model_validator
 
 
 def utc_now() -> datetime:
@@ -50,6 +50,7 @@ class EventKind(StrEnum):
     FIRE = "fire"
     TROUBLE = "trouble"
     REPORT = "report"
+    ENFORCEMENT = "enforcement"  # stalls, vendors, illegal parking and building: worked as cases, not by police
 
 
 class Severity(StrEnum):
@@ -92,6 +93,7 @@ ROUTES: dict[EventKind, Role] = {
     EventKind.REPORT: Role.POLICE,
     EventKind.FIRE: Role.FIRE,
     EventKind.TROUBLE: Role.OPERATOR,
+    EventKind.ENFORCEMENT: Role.CITY_MANAGEMENT,
 }
 """Which desk an alert of each kind goes to."""
 
@@ -273,3 +275,39 @@ class DeadLetter(_Stamped):
     source: str = Field(title="Source", description="The node or worker that refused it.")
 
     model_config = ConfigDict(ser_json_bytes="base64", val_json_bytes="base64")
+
+
+SNAPSHOT_MAX_BYTES = 1_000_000
+"""The largest JPEG a node sends in answer to a snapshot command (base64 makes a third more on the wire)."""
+
+
+class SnapshotCommand(_Wire):
+    """The centre asking a node for its camera's picture now, on ``patrolnet/v1/<site>/commands/snapshot/<node>``.
+    A node may get one request more than once (the centre asks again until it is answered): answering each is
+    harmless, the centre keeps the first answer."""
+
+    request_id: UUID = Field(title="Request", description="The centre's snapshot request, echoed in the answer.")
+    camera: str = Field(min_length=1, max_length=64, title="Camera", description="The camera's device id.")
+
+
+class Snapshot(_Stamped):
+    """A node's answer to a ``SnapshotCommand``, on the ``snapshot`` uplink channel: the camera's newest frame as a
+    JPEG taken at ``ts``, or why there is none (an unknown camera, no frame yet)."""
+
+    request_id: UUID = Field(title="Request", description="The request it answers.")
+    node_id: str = Field(title="Node", description="The edge node that answers.")
+    place: Place = Field(title="Place", description="The node's site, the camera as its device.")
+    jpeg: bytes | None = Field(
+        default=None, max_length=SNAPSHOT_MAX_BYTES, title="Picture", description="The JPEG (base64 in JSON)."
+    )
+    error: str = Field(default="", max_length=500, title="Error", description="Why there is no picture; '' if one.")
+
+    model_config = ConfigDict(ser_json_bytes="base64", val_json_bytes="base64")
+
+    @model_validator(mode="after")
+    def _picture_or_error(self) -> Snapshot:
+        if (self.jpeg is None) == (not self.error):
+            raise ValueError("a snapshot carries either a JPEG or an error, not both or neither")
+        if self.jpeg is not None and not self.jpeg.startswith(b"\xff\xd8"):
+            raise ValueError("jpeg is not a JPEG")
+        return self

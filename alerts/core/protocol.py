@@ -8,7 +8,8 @@ broker credentials cover only that site). Each channel carries one JSON payload 
 - ``readings``: a JSON list of Reading, what the node measured in the last quarter second;
 - ``heartbeats``: one Heartbeat, the node and each of its devices' health;
 - ``deadletters``: one DeadLetter, a message the node could not read or send, with the reason;
-- ``status``: one NodeStatus, retained when the node connects, and its last will.
+- ``status``: one NodeStatus, retained when the node connects, and its last will;
+- ``snapshot``: one Snapshot, a camera's picture (or why none) in answer to a snapshot command.
 
 ``encode`` is the only way a node makes an uplink payload and ``decode`` the only way ingest reads one, so
 the two cannot disagree about a channel's type.
@@ -26,6 +27,12 @@ the broker has the message, which a killed broker may forget.
     ('willow-court', 'node-7')
     >>> Confirmation.model_validate_json(Confirmation(ids=["a1/17"]).model_dump_json()).ids
     ['a1/17']
+
+Commands a node answers come the same way: a ``SnapshotCommand`` on ``snapshot_topic`` asks for a camera's
+picture now, and the node answers on its ``snapshot`` uplink channel, through its spool like any message.
+
+    >>> snapshot_topic("willow-court", "node-7")
+    'patrolnet/v1/willow-court/commands/snapshot/node-7'
 
 Example:
     >>> from alerts.core.models import Place, Reading
@@ -53,7 +60,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field, TypeAdapter
 
-from alerts.core.models import Alert, DeadLetter, Event, Heartbeat, NodeStatus, Reading
+from alerts.core.models import Alert, DeadLetter, Event, Heartbeat, NodeStatus, Reading, Snapshot
 
 log = logging.getLogger(__name__)
 
@@ -63,13 +70,14 @@ UPLINK_FILTER = f"{TOPIC_PREFIX}/+/+"
 
 COMMANDS = "commands"
 CONFIRM = "confirm"
+SNAPSHOT = "snapshot"
 NAME_PATTERN = r"^[A-Za-z0-9._-]{1,64}$"
 """A site or node id as it may stand in a topic: what the broker's roles, the registry and ingest all accept."""
 _NAME = re.compile(NAME_PATTERN)
 MAX_CORRELATION_BYTES = 64
 """The longest correlation data ingest echoes back; a node's spool entries need a few dozen bytes."""
 
-Payload = Event | Alert | Reading | Heartbeat | DeadLetter | NodeStatus
+Payload = Event | Alert | Reading | Heartbeat | DeadLetter | NodeStatus | Snapshot
 
 
 @dataclass(frozen=True)
@@ -91,6 +99,7 @@ PAYLOADS: dict[str, Channel] = {
     "deadletters": Channel(DeadLetter),
     "heartbeats": Channel(Heartbeat),
     "status": Channel(NodeStatus),
+    "snapshot": Channel(Snapshot),
 }
 """Each uplink channel and its payload type."""
 CHANNELS = tuple(PAYLOADS)
@@ -150,12 +159,21 @@ def commands_filter(site: str) -> str:
     return f"{TOPIC_PREFIX}/{site}/{COMMANDS}/#"
 
 
-def confirm_topic(site: str, node_id: str) -> str:
-    """The topic where ``node_id`` of ``site`` hears what ingest stored; ValueError for a name unsafe in a topic."""
+def _command_topic(command: str, site: str, node_id: str) -> str:
     for kind, name in (("site", site), ("node", node_id)):
         if not _NAME.fullmatch(name):
             raise ValueError(f"{kind} {name!r} must be letters, digits, '.', '_' or '-'")
-    return f"{TOPIC_PREFIX}/{site}/{COMMANDS}/{CONFIRM}/{node_id}"
+    return f"{TOPIC_PREFIX}/{site}/{COMMANDS}/{command}/{node_id}"
+
+
+def confirm_topic(site: str, node_id: str) -> str:
+    """The topic where ``node_id`` of ``site`` hears what ingest stored; ValueError for a name unsafe in a topic."""
+    return _command_topic(CONFIRM, site, node_id)
+
+
+def snapshot_topic(site: str, node_id: str) -> str:
+    """The topic where ``node_id`` of ``site`` hears snapshot commands; ValueError for a name unsafe in a topic."""
+    return _command_topic(SNAPSHOT, site, node_id)
 
 
 def parse_confirm_topic(topic: str) -> tuple[str, str]:

@@ -1,11 +1,13 @@
 """Broker credentials and ACLs, kept by Mosquitto's dynamic-security plugin.
 
 Each edge node gets a username and a random password and the role of its site, which lets it
-publish only ``patrolnet/v1/<site>/<channel>`` (the six uplink channels; its retained status and
-its last will are two of them) and subscribe and read only ``patrolnet/v1/<site>/commands/#``.
+publish only ``patrolnet/v1/<site>/<channel>`` (the uplink channels; its retained status and
+its last will are two of them) and subscribe and read only ``patrolnet/v1/<site>/commands/#`` (confirmations and
+snapshot commands).
 Ingest workers get a role that may join ``$share/patrolnet-ingest/patrolnet/v1/+/+`` and read
 the uplink, and publish under ``patrolnet/v1/+/commands/#`` (the confirmations of what it stored, on each
-node's ``confirm_topic``); nobody else may subscribe to that filter. Everything else is denied by default.
+node's ``confirm_topic``, and snapshot commands); nobody else may subscribe to that filter. Everything else
+is denied by default.
 
 Why the plugin and not ``password_file`` + ``acl_file``: Mosquitto 2.0's ACL file never checks
 a SUBSCRIBE (its source says "FIXME - implement ACL subscription strings"), only the delivery.
@@ -15,7 +17,9 @@ The plugin checks subscriptions (SUBACK 135), and takes changes while the broker
 
 ``initial_config`` writes the plugin's file before the broker's first start (an admin client
 and the ingest client); afterwards ``BrokerAdmin`` changes it live through the plugin's
-``$CONTROL/dynamic-security/v1`` topic, as the admin client. Passwords are 32 random bytes,
+``$CONTROL/dynamic-security/v1`` topic, as the admin client. A site's role is made once, with the
+channels of its day: ``add_node`` and ``sync_roles`` (``patrolnet broker sync-roles``) add what a later
+release's ``CHANNELS`` brought (``addRoleACL``), and change nothing else. Passwords are 32 random bytes,
 URL-safe, so they go into ``mqtt://user:password@host`` URLs as they are.
 
 A node's username is bound to its uplink's client id: MQTT lets a CONNECT with a session's client id
@@ -60,6 +64,7 @@ log = logging.getLogger(__name__)
 CONTROL_TOPIC = "$CONTROL/dynamic-security/v1"
 ADMIN_ROLE = "patrolnet-admin"
 INGEST_ROLE = "patrolnet-ingest"
+SITE_ROLE_PREFIX = "patrolnet-site-"
 _NAME = re.compile(NAME_PATTERN)
 # Mosquitto's own count for PBKDF2-SHA512; enough for 256-bit random passwords, which no guessing reaches.
 _ITERATIONS = 101
@@ -91,7 +96,7 @@ def _acl(acltype: str, topic: str) -> dict[str, Any]:
 
 
 def site_role_name(site: str) -> str:
-    return f"patrolnet-site-{checked_name('site', site)}"
+    return SITE_ROLE_PREFIX + checked_name("site", site)
 
 
 def node_role(site: str) -> dict[str, Any]:
@@ -234,11 +239,32 @@ class BrokerAdmin:
         return self._responses
 
     def add_node(self, site: str, node: str, password: str, client_id: str | None = None) -> None:
-        """A node of ``site``: its client, with the site's role (made the first time), bound to the node's
-        uplink client id (``node_client_id``) so that it cannot take over another client's session."""
+        """A node of ``site``: its client, with the site's role (made the first time, brought up to the current
+        channels otherwise), bound to the node's uplink client id (``node_client_id``) so that it cannot take
+        over another client's session."""
         self.run([{"command": "createRole", **node_role(site)}], tolerate=("Role already exists",))
+        self.sync_role(site)
         bound = client_id or node_client_id(node)
         self.add_client(node, password, site_role_name(site), f"edge node of site {site}", bound)
+
+    def sync_role(self, site: str) -> list[str]:
+        """Adds to ``site``'s role the ACLs of ``node_role`` it lacks (a role made before a channel existed); the
+        topics added. The role's other ACLs stay as they are."""
+        name = site_role_name(site)
+        role = self.run([{"command": "getRole", "rolename": name}])[0].get("data", {}).get("role", {})
+        held = {(acl.get("acltype"), acl.get("topic")) for acl in role.get("acls", [])}
+        missing = [acl for acl in node_role(site)["acls"] if (acl["acltype"], acl["topic"]) not in held]
+        if missing:
+            self.run([{"command": "addRoleACL", "rolename": name, **acl} for acl in missing])
+            log.info("role %s: added %s", name, ", ".join(f"{a['acltype']} {a['topic']}" for a in missing))
+        return [acl["topic"] for acl in missing]
+
+    def sync_roles(self) -> dict[str, list[str]]:
+        """``sync_role`` for every site role on the broker; site -> the topics added."""
+        answer = self.run([{"command": "listRoles", "verbose": False, "count": -1, "offset": 0}])
+        names = answer[0].get("data", {}).get("roles", [])
+        sites = [name.removeprefix(SITE_ROLE_PREFIX) for name in names if name.startswith(SITE_ROLE_PREFIX)]
+        return {site: self.sync_role(site) for site in sites}
 
     def add_client(self, username: str, password: str, role: str, textname: str, client_id: str | None = None) -> None:
         client = {"username": checked_name("username", username), "password": password, "textname": textname}

@@ -28,9 +28,20 @@ After the commit (a dead letter is stored too), a message that asked for it is c
 can make ingest publish into another site's commands. The node keeps each message until then, and sends it again
 when no confirmation comes: a broker that was SIGKILLed, or a share stranded with a dead worker, loses nothing.
 
-Messages are written in batches: whatever is queued when the writer is free
+Each worker also publishes the centre's snapshot requests to the nodes (``alerts.intake.snapshot_commands``); a
+node's answer comes back on its ``snapshot`` channel and is stored like any message (``alerts.store.snapshots``).
+
+Messages are written in batches: whatever is queued when a writer is free
 goes in one transaction (up to the batch size), so an alarm is never held
 back waiting for company, and under load batches grow by themselves.
+
+Two lanes, each a writer thread with its own queue and database connection:
+the alarm lane takes events, alerts and node status, the bulk lane readings,
+heartbeats and dead letters (``lane_of``). Decoding and copying a node's batch of a few
+hundred readings takes ten milliseconds or more; in its own lane an alarm
+waits for none of it, only for its own small transaction. Each lane
+acknowledges and confirms its messages after its own commit, so the guarantee
+(a message is acknowledged and confirmed only once stored) holds per message.
 
 Example:
     >>> from alerts.core.models import Place
@@ -64,6 +75,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
+from contextlib import ExitStack
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Any
@@ -85,6 +97,7 @@ from alerts.core.protocol import (
     parse_uplink_topic,
 )
 from alerts.identity import RegisteredSite, registry_mismatch
+from alerts.intake.snapshot_commands import AGAIN_S, SnapshotDispatcher
 from alerts.store.database import WriteBatch, write_batch
 from alerts.store.sites import SiteRegistry
 
@@ -100,6 +113,12 @@ SESSION_TAKEN_OVER = 142
 EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)
 AHEAD = timedelta(days=1)
 
+BULK_CHANNELS = frozenset({"readings", "heartbeats", "deadletters", "snapshot"})
+"""The uplink channels the bulk lane writes (a snapshot answer is a JPEG of up to 1 MB: never ahead of an alarm);
+the alarm lane writes the rest (events, alerts, node status) and anything whose topic names no channel (it becomes
+a dead letter there)."""
+LANES = ("alarm", "bulk")
+
 Sites = Callable[[str, bool], RegisteredSite | None]
 """What the registry knows of a site (None: not registered), read afresh when the second argument is True (a
 message it would refuse); raises psycopg.Error when it cannot be read."""
@@ -108,6 +127,15 @@ message it would refuse); raises psycopg.Error when it cannot be read."""
 def default_name() -> str:
     """A worker name that stays the same across restarts on one host."""
     return f"ingest-{socket.gethostname()}"
+
+
+def lane_of(topic: str) -> str:
+    """The lane that writes a message of ``topic``, by its last level (the channel), without parsing the rest.
+
+    >>> lane_of("patrolnet/v1/elm-row/alerts"), lane_of("patrolnet/v1/elm-row/readings"), lane_of("junk")
+    ('alarm', 'bulk', 'alarm')
+    """
+    return "bulk" if topic.rpartition("/")[2] in BULK_CHANNELS else "alarm"
 
 
 def _times(value: Any, path: str) -> list[tuple[str, datetime]]:
@@ -185,6 +213,7 @@ def add_message(
         "heartbeats": batch.heartbeats,
         "status": batch.statuses,
         "deadletters": batch.dead_letters,
+        "snapshot": batch.snapshots,
     }
     targets[channel].extend(parsed)
 
@@ -230,6 +259,7 @@ class IngestWorker:
         max_payload_bytes: int = MAX_PAYLOAD_BYTES,
         session_expiry_s: int = SESSION_EXPIRY_S,
         draining: bool = False,
+        snapshot_again_s: float = AGAIN_S,
     ) -> None:
         self.name = name or default_name()
         self.draining = draining
@@ -242,10 +272,14 @@ class IngestWorker:
         self.counts: Counter[str] = Counter()
         self.last_batch_at: datetime | None = None
         self._received = self._written = 0
+        self._tally = threading.Lock()
+        """Guards what both lanes count: ``counts``, ``_written``, ``last_batch_at``."""
         # Bounded, and a full queue blocks paho's thread: the broker then holds the rest, nothing is lost.
-        self._queue: queue.Queue[mqtt.MQTTMessage] = queue.Queue(maxsize=batch_size * 4)
+        self._lanes: dict[str, queue.Queue[mqtt.MQTTMessage]] = {
+            lane: queue.Queue(maxsize=batch_size * 4) for lane in LANES
+        }
         self._stop = threading.Event()
-        self._conn: psycopg.Connection | None = None
+        self._local = threading.local()
         self._subscribed = threading.Event()
         self._client, self._address, self._props = make_client(
             mqtt_url,
@@ -262,22 +296,47 @@ class IngestWorker:
         self._client.on_unsubscribe = self._on_unsubscribe
         self._client.on_disconnect = self._on_disconnect
         self._taken_back = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"{self.name}-writer", daemon=True)
+        self.snapshots = SnapshotDispatcher(database_url, self._publish, self.name, again_s=snapshot_again_s)
+        self._threads = [
+            threading.Thread(target=self._run, args=(self._lanes[lane],), name=f"{self.name}-{lane}", daemon=True)
+            for lane in LANES
+        ]
+
+    @property
+    def _conn(self) -> psycopg.Connection | None:
+        """The database connection of the calling lane's thread."""
+        conn: psycopg.Connection | None = getattr(self._local, "conn", None)
+        return conn
+
+    @_conn.setter
+    def _conn(self, conn: psycopg.Connection | None) -> None:
+        self._local.conn = conn
 
     def start(self) -> None:
-        self._thread.start()
+        for thread in self._threads:
+            thread.start()
         connect(self._client, self._address, self._props, clean_start=False)
+        if not self.draining:
+            self.snapshots.start()
+
+    def _publish(self, topic: str, payload: bytes) -> None:
+        self._client.publish(topic, payload, qos=1)
 
     def wait_ready(self, timeout: float = 10.0) -> bool:
         return self._subscribed.wait(timeout)
 
     def alive(self) -> bool:
-        """False once the writer thread has died: nothing would be stored any more."""
-        return self._thread.is_alive() or self._stop.is_set()
+        """False once a writer thread has died: nothing of its lane would be stored any more."""
+        return all(thread.is_alive() for thread in self._threads) or self._stop.is_set()
+
+    def _join(self) -> None:
+        for thread in self._threads:
+            thread.join(timeout=10)
 
     def stop(self) -> None:
+        self.snapshots.stop()
         self._stop.set()
-        self._thread.join(timeout=10)
+        self._join()
         self.sites.close()
         self._client.disconnect()
         self._client.loop_stop()
@@ -294,7 +353,7 @@ class IngestWorker:
             self.stop()
             return False
         self._stop.set()
-        self._thread.join(timeout=10)
+        self._join()
         self.sites.close()
         ended = Properties(PacketTypes.DISCONNECT)
         ended.SessionExpiryInterval = 0
@@ -306,12 +365,13 @@ class IngestWorker:
     def _settled(self, idle_s: float) -> bool:
         """Whether nothing came for ``idle_s`` and all that came is stored."""
         idle = time.monotonic() - self._last_message >= idle_s
-        return idle and self._queue.empty() and self.alive() and self._written == self._received
+        empty = all(lane.empty() for lane in self._lanes.values())
+        return idle and empty and self.alive() and self._written == self._received
 
     def _on_message(self, client: mqtt.Client, userdata, message: mqtt.MQTTMessage) -> None:
         self._last_message = message.timestamp = time.monotonic()  # the registry reads again for later arrivals
         self._received += 1
-        self._queue.put(message)
+        self._lanes[lane_of(message.topic)].put(message)
 
     def _on_disconnect(self, client: mqtt.Client, userdata, flags, reason_code, properties) -> None:
         if self.draining and reason_code == SESSION_TAKEN_OVER:
@@ -342,9 +402,9 @@ class IngestWorker:
             return
         self._subscribed.set()
 
-    def _collect(self) -> list[mqtt.MQTTMessage]:
+    def _collect(self, lane: queue.Queue[mqtt.MQTTMessage]) -> list[mqtt.MQTTMessage]:
         try:
-            messages = [self._queue.get(timeout=0.2)]
+            messages = [lane.get(timeout=0.2)]
         except queue.Empty:
             return []
         # What is already queued joins the batch at once; waiting for more is only worth it when asked for,
@@ -352,13 +412,13 @@ class IngestWorker:
         deadline = time.monotonic() + self.flush_s
         while len(messages) < self.batch_size:
             try:
-                messages.append(self._queue.get_nowait())
+                messages.append(lane.get_nowait())
             except queue.Empty:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     break
                 try:
-                    messages.append(self._queue.get(timeout=left))
+                    messages.append(lane.get(timeout=left))
                 except queue.Empty:
                     break
         return messages
@@ -374,14 +434,16 @@ class IngestWorker:
                 return batch
             except psycopg.Error as exc:
                 log.warning("%s: cannot read the site registry, keeping %d messages: %s", self.name, len(messages), exc)
-                self.counts["registry_retries"] += 1
+                with self._tally:
+                    self.counts["registry_retries"] += 1
                 self._stop.wait(1.0)
         return None
 
-    def _run(self) -> None:
+    def _run(self, lane: queue.Queue[mqtt.MQTTMessage]) -> None:
+        """One lane's writer: batches from ``lane``, each committed, then acknowledged and confirmed."""
         try:
             while not self._stop.is_set():
-                messages = self._collect()
+                messages = self._collect(lane)
                 if not messages:
                     continue
                 batch = self._decoded(messages)
@@ -390,12 +452,13 @@ class IngestWorker:
                 for message in messages:
                     self._client.ack(message.mid, message.qos)
                 self._confirm(messages)
-                self._written += len(messages)
-                self.counts["messages"] += len(messages)
-                self.counts["batches"] += 1
-                self.last_batch_at = datetime.now(UTC)
+                with self._tally:
+                    self._written += len(messages)
+                    self.counts["messages"] += len(messages)
+                    self.counts["batches"] += 1
+                    self.last_batch_at = datetime.now(UTC)
         except BaseException:
-            log.exception("%s: the writer thread died; nothing is stored until the process restarts", self.name)
+            log.exception("%s: a writer thread died; nothing is stored until the process restarts", self.name)
             raise
 
     def _confirm(self, messages: list[mqtt.MQTTMessage]) -> None:
@@ -412,7 +475,8 @@ class IngestWorker:
                 self._client.publish(topic, Confirmation(ids=ids).model_dump_json(), qos=1)
             except ValueError as exc:
                 log.warning("%s: no confirmation on %r: %s", self.name, topic, exc)
-        self.counts["confirmed"] += sum(map(len, stored.values()))
+        with self._tally:
+            self.counts["confirmed"] += sum(map(len, stored.values()))
 
     def _write(self, batch: WriteBatch, messages: list[mqtt.MQTTMessage]) -> bool:
         """Commits a batch, retrying while the database is away; False only when stopping."""
@@ -422,7 +486,8 @@ class IngestWorker:
                 return True
             except psycopg.OperationalError as exc:
                 log.warning("%s: database away, keeping %d messages unacknowledged: %s", self.name, len(batch), exc)
-                self.counts["database_retries"] += 1
+                with self._tally:
+                    self.counts["database_retries"] += 1
                 self._conn = None
                 self._stop.wait(1.0)
             except Exception as exc:
@@ -473,6 +538,13 @@ class IngestWorker:
     def _commit(self, batch: WriteBatch) -> None:
         if self._conn is None or self._conn.closed:
             self._conn = psycopg.connect(self.database_url, autocommit=True)
-        with self._conn.transaction():
-            self.counts["alert_changes"] += write_batch(self._conn, batch)
-        self.counts["dead_letters"] += len(batch.dead_letters)
+        with ExitStack() as stack:
+            if batch.small():
+                # One round trip from BEGIN to COMMIT, but for the answers write_batch reads: an alarm's transaction
+                # waits for the database's turn a few times, not a dozen.
+                stack.enter_context(self._conn.pipeline())
+            stack.enter_context(self._conn.transaction())
+            changes = write_batch(self._conn, batch)
+        with self._tally:
+            self.counts["alert_changes"] += changes
+            self.counts["dead_letters"] += len(batch.dead_letters)

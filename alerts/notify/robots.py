@@ -316,8 +316,10 @@ class RobotCourier:
                 claimed_total += len(claimed)
         return claimed_total
 
-    def _messages(self, robot: Robot, alert: StoredAlert, change: str, picture: bytes | None) -> list[Body]:
-        messages = [RENDER[robot.format](alert_note(alert, change, self.public_url), robot)]
+    def _messages(self, robot: Robot, delivery: RobotDelivery, alert: StoredAlert, picture: bytes | None) -> list[Body]:
+        mobiles = robot.mention_mobiles + [m for m in delivery.mention_mobiles if m not in robot.mention_mobiles]
+        note = alert_note(alert, delivery.change, self.public_url)
+        messages = [RENDER[robot.format](note, robot._replace(mention_mobiles=mobiles))]
         image = wecom_image(picture) if picture is not None else None
         return messages + ([image] if image is not None else [])
 
@@ -328,7 +330,7 @@ class RobotCourier:
         live = [d for d in claimed if d.alert_id in alerts]
         raised = [d.alert_id for d in live if d.change == "raised"]
         pictures = registry.newest_snapshots(conn, raised) if robot.format == "wecom" and raised else {}
-        messages = {d.id: self._messages(robot, alerts[d.alert_id], d.change, pictures.get(d.alert_id)) for d in live}
+        messages = {d.id: self._messages(robot, d, alerts[d.alert_id], pictures.get(d.alert_id)) for d in live}
         needs = [max(0, len(messages[d.id]) - d.parts_sent) for d in live]
         with conn.transaction():
             room, free_at = registry.robot_room(conn, robot.id)

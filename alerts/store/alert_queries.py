@@ -90,7 +90,7 @@ _SET_STATUS_SQL = f"""
 UPDATE alerts a SET status = %s, status_by = %s, status_at = now(), updated_at = now()
 WHERE a.id = %s RETURNING {ALERT_COLUMNS}"""
 
-_ADD_HISTORY_SQL = """
+ADD_HISTORY_SQL = """
 INSERT INTO alert_history (alert_id, actor, action, from_status, to_status, note, person_id)
 VALUES (%s, %s, %s, %s, %s, %s, %s)"""
 
@@ -171,7 +171,7 @@ async def apply_action(
             return None
         updated = await (await conn.execute(_SET_STATUS_SQL, (to_status, who.name, alert_id))).fetchone()
         history = (alert_id, who.name, action, current[0], to_status, note, who.person_id)
-        await conn.execute(_ADD_HISTORY_SQL, history)
+        await conn.execute(ADD_HISTORY_SQL, history)
         await conn.execute(RECORD_CHANGES, ([alert_id], [str(to_status)]))
     return row_to_alert(updated) if updated is not None else None
 
@@ -189,6 +189,6 @@ async def assign(
         updated = await (await conn.execute(_ASSIGN_SQL, (name, person_id, alert_id))).fetchone()
         said = f"to {name}" if name else "to no one"
         history = (alert_id, who.name, "assign", current[0], current[0], f"{said}. {note}".strip(" ."), who.person_id)
-        await conn.execute(_ADD_HISTORY_SQL, history)
+        await conn.execute(ADD_HISTORY_SQL, history)
         await conn.execute(RECORD_CHANGES, ([alert_id], ["assigned"]))
     return row_to_alert(updated) if updated is not None else None

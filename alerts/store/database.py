@@ -25,10 +25,11 @@ from typing import Any, TypeVar
 import psycopg
 from psycopg.types.json import Jsonb
 
-from alerts.core.models import Alert, DeadLetter, Event, Heartbeat, NodeStatus, Place, Reading
+from alerts.core.models import Alert, DeadLetter, Event, Heartbeat, NodeStatus, Place, Reading, Snapshot
 from alerts.core.protocol import encode, uplink_topic
 from alerts.coverage import with_coverage
 from alerts.identity import foreign_copy, foreign_node
+from alerts.store import snapshots as snapshot_requests
 from alerts.store import timescale
 from alerts.store.schema import ALERTS, DEAD_LETTERS, EVENTS, READINGS, model_columns, names, values_of
 
@@ -79,6 +80,11 @@ def _place_values(place: Place) -> tuple[str, str, str, str, str | None]:
     return (place.sub_district, place.community, place.grid, place.site, place.device)
 
 
+FEW_ROWS = 50
+"""Up to this many rows for a table, ``copy_insert`` inserts them in one pipelined statement instead of staging a
+COPY (three round trips), and a batch of no more rows in all is ``small``: what an alarm is."""
+
+
 @dataclass
 class WriteBatch:
     """What one transaction writes."""
@@ -89,10 +95,16 @@ class WriteBatch:
     dead_letters: list[DeadLetter] = field(default_factory=list)
     heartbeats: list[Heartbeat] = field(default_factory=list)
     statuses: list[NodeStatus] = field(default_factory=list)
+    snapshots: list[Snapshot] = field(default_factory=list)
 
     def __len__(self) -> int:
         return (len(self.events) + len(self.alerts) + len(self.readings) + len(self.dead_letters)
-                + len(self.heartbeats) + len(self.statuses))  # fmt: skip
+                + len(self.heartbeats) + len(self.statuses) + len(self.snapshots))  # fmt: skip
+
+    def small(self) -> bool:
+        """Whether ``write_batch`` writes it without COPY (no table gets more than FEW_ROWS rows, dead letters for
+        refused claims included), so it may run in pipeline mode, which has no COPY."""
+        return len(self) <= FEW_ROWS
 
 
 PLACE_COLUMNS = names(model_columns(Place))
@@ -131,8 +143,12 @@ def insert_statement(table: str, columns: Sequence[str]) -> str:
 
 
 def copy_insert(cur: psycopg.Cursor, table: str, columns: Sequence[str], rows: Sequence[tuple[Any, ...]]) -> None:
-    """Inserts rows not yet there, by COPY; in the caller's transaction (the staging table needs one)."""
+    """Inserts rows not yet there, by COPY; in the caller's transaction (the staging table needs one). A few rows
+    (FEW_ROWS) go in one pipelined INSERT: fewer round trips, and no COPY, which pipeline mode refuses."""
     if not rows:
+        return
+    if len(rows) <= FEW_ROWS:
+        cur.executemany(insert_statement(table, columns), rows)
         return
     create, copy_sql, insert = copy_statements(table, columns)
     cur.execute(create)
@@ -246,19 +262,28 @@ def _claims_kept(
     return kept, refused
 
 
+def _upserted(cur: psycopg.Cursor, ordered: list[Alert]) -> list[tuple[Any, ...] | None]:
+    """Upserts the alerts, one statement per copy (two copies of one alert cannot share an ON CONFLICT DO UPDATE);
+    each one's (id, inserted, active), None where the store kept a copy as new or newer. A few go one by one, as
+    pipeline mode takes them (it loses executemany's returned rows); many in one executemany, pipelined itself."""
+    if len(ordered) <= FEW_ROWS:
+        return [cur.execute(_UPSERT_ALERT, _alert_row(a)).fetchone() for a in ordered]
+    cur.executemany(_UPSERT_ALERT, [_alert_row(a) for a in ordered], returning=True)
+    rows = []
+    while True:
+        rows.append(cur.fetchone())
+        if not cur.nextset():
+            return rows
+
+
 def _write_alerts(cur: psycopg.Cursor, alerts: list[Alert]) -> int:
     ordered = sorted(with_coverage(cur, alerts), key=lambda a: a.revision)
-    # One statement per copy (two copies of one alert cannot share an ON CONFLICT DO UPDATE), pipelined.
-    cur.executemany(_UPSERT_ALERT, [_alert_row(a) for a in ordered], returning=True)
     changes, raised = [], []
-    while True:
-        row = cur.fetchone()
+    for row in _upserted(cur, ordered):
         if row is not None:
             changes.append((row[0], _alert_change(row[1], row[2])))
             if row[1]:
                 raised.append(row[0])
-        if not cur.nextset():
-            break
     links = {(a.id, a.last_event_id) for a in ordered if a.last_event_id is not None}
     copy_insert(cur, "alert_events", ("alert_id", "event_id"), sorted(links))
     if raised:
@@ -331,13 +356,14 @@ def write_batch(conn: psycopg.Connection, batch: WriteBatch) -> int:
             cur, "heartbeats", _NODE_SITES, batch.heartbeats, lambda h: h.node_id, foreign_node
         )
         statuses, forged = _claims_kept(cur, "status", _NODE_SITES, batch.statuses, lambda s: s.node_id, foreign_node)
+        pictured, unasked = snapshot_requests.store(cur, batch.snapshots)
         copy_insert(cur, "events", EVENT_COLUMNS, [event_row(e) for e in batch.events])
         copy_insert(cur, "readings", READING_COLUMNS, [reading_row(r) for r in batch.readings])
         copy_insert(
             cur,
             "dead_letters",
             _DEAD_LETTER_COLUMNS,
-            [_dead_letter_row(d) for d in [*batch.dead_letters, *refused, *foreign, *forged]],
+            [_dead_letter_row(d) for d in [*batch.dead_letters, *refused, *foreign, *forged, *unasked]],
         )
         if heartbeats:
             _write_heartbeats(cur, heartbeats)
@@ -345,4 +371,6 @@ def write_batch(conn: psycopg.Connection, batch: WriteBatch) -> int:
             cur.executemany(
                 _UPSERT_STATUS, [(s.node_id, *_place_values(s.place)[:4], s.online, s.ts) for s in statuses]
             )
-        return _write_alerts(cur, alerts) if alerts else 0
+        if pictured:
+            cur.execute(RECORD_CHANGES, (pictured, [snapshot_requests.CHANGE] * len(pictured)))
+        return (_write_alerts(cur, alerts) if alerts else 0) + len(pictured)

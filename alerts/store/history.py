@@ -116,17 +116,20 @@ async def hourly_counts(pool: AsyncConnectionPool, who: Principal, q: HourlyQuer
     return rows_as(HourlyCount, rows)
 
 
-async def event_snapshot(pool: AsyncConnectionPool, who: Principal, event_id: UUID) -> bytes | None:
-    """An event's picture, if it has one and the caller may see the event: one of a kind its role reads, or one
-    of an alert it may see (a camera's trouble reaching a desk as a coverage notice)."""
+async def event_snapshot(pool: AsyncConnectionPool, who: Principal, event_id: UUID, n: int = 1) -> bytes | None:
+    """An event's picture (the ``n``th photo of a citizen's report: the first is its snapshot, the others are in
+    ``report_photos``), if it has one and the caller may see the event: one of a kind its role reads, or one of an
+    alert it may see (a camera's trouble reaching a desk as a coverage notice)."""
     scope, params = scoped_where(who, None, "e")
     alert_clause, alert_params = where(AlertFilter(), who)
+    picture = "snapshot" if n == 1 else "(SELECT p.photo FROM report_photos p WHERE p.event_id = e.id AND p.n = %s)"
     # An event's alerts are at its site: the site's alerts (by index), then the (alert, event) key.
     sql = (
-        f"SELECT snapshot FROM events e WHERE e.id = %s AND {scope} AND (e.kind = ANY(%s) OR EXISTS ("
+        f"SELECT {picture} FROM events e WHERE e.id = %s AND {scope} AND (e.kind = ANY(%s) OR EXISTS ("
         "SELECT 1 FROM alerts a JOIN alert_events l ON l.alert_id = a.id AND l.event_id = e.id"
         f" WHERE a.site = e.site AND {alert_clause}))"
     )
     async with pool.connection() as conn:
-        row = await (await conn.execute(sql, [event_id, *params, list(who.kinds), *alert_params])).fetchone()
+        args = [*([n] if n != 1 else []), event_id, *params, list(who.kinds), *alert_params]
+        row = await (await conn.execute(sql, args)).fetchone()
     return None if row is None or row[0] is None else bytes(row[0])

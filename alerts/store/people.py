@@ -22,7 +22,7 @@ import asyncio
 import logging
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 from uuid import UUID, uuid4
 
 from psycopg import AsyncConnection
@@ -52,6 +52,8 @@ MAX_BACKOFF_S = 300.0
 ADDRESS_CAP = 30  # failed sign-ins from one address, any logins, within the window
 WINDOW_S = 900.0
 LOGIN_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,63}$"
+Language = Literal["zh-CN", "en"]
+"""The page's languages (alerts.notify.wording has their words)."""
 UNSCOPED = Principal(name="patrolnet", role=Role.ADMIN)
 """A caller whose scope covers every person: the CLI, and finding an assignee (who is then checked)."""
 
@@ -94,6 +96,7 @@ class Person(PersonFields):
     totp: bool = Field(description="Whether they sign in with a TOTP code too.")
     disabled: bool = Field(description="A disabled person cannot sign in; their sessions ended when disabled.")
     created_at: datetime = Field(description="When they were added.")
+    language: Language | None = Field(default=None, description="The page's language; null: the browser's.")
 
 
 class PersonChange(BaseModel):
@@ -130,15 +133,15 @@ class NewSession(NamedTuple):
 
 _PERSON = (
     "p.id, p.name, p.phone, p.role, p.sub_district, p.community, p.grid, p.site, p.on_duty, p.login,"
-    " p.totp_secret IS NOT NULL, p.disabled_at IS NOT NULL, p.created_at"
+    " p.totp_secret IS NOT NULL, p.disabled_at IS NOT NULL, p.created_at, p.language"
 )
 
 
 def _person(row: tuple) -> Person:
-    id_, name, phone, role, sub_district, community, grid, site, on_duty, login, totp, disabled, created = row
+    id_, name, phone, role, sub_district, community, grid, site, on_duty, login, totp, disabled, created, language = row
     return Person.model_construct(
         id=id_, name=name, phone=phone, role=Role(role), sub_district=sub_district, community=community, grid=grid,
-        site=site, on_duty=on_duty, login=login, totp=totp, disabled=disabled, created_at=created,
+        site=site, on_duty=on_duty, login=login, totp=totp, disabled=disabled, created_at=created, language=language,
     )  # fmt: skip
 
 
@@ -215,6 +218,11 @@ async def change_person(conn: AsyncConnection, person_id: UUID, change: PersonCh
         elif change.role is not None:  # a new role signs in afresh: an admin's with a TOTP code
             await end_sessions(conn, person_id, "role changed")
     return person
+
+
+async def set_language(conn: AsyncConnection, person_id: UUID, language: Language | None) -> None:
+    """A person's page language (None: the browser's)."""
+    await conn.execute("UPDATE people SET language = %s WHERE id = %s", (language, person_id))
 
 
 async def set_password(conn: AsyncConnection, person_id: UUID, password: str) -> None:

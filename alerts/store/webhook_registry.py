@@ -287,6 +287,8 @@ class RobotDelivery(NamedTuple):
     alert_id: UUID
     parts_sent: int
     held: bool
+    mention_mobiles: list[str]
+    """Mobiles this delivery mentions besides the robot's own: the people an escalation step notifies."""
 
 
 _DUE_ROBOTS_SQL = """
@@ -299,7 +301,7 @@ _CLAIM_ROBOT_SQL = """
 UPDATE webhook_deliveries d SET attempts = d.attempts + 1, next_at = now() + %(lease)s
 WHERE d.id IN (SELECT id FROM webhook_deliveries WHERE webhook_id = %(robot)s AND state = 'pending'
                AND next_at <= now() ORDER BY id LIMIT %(limit)s FOR UPDATE SKIP LOCKED)
-RETURNING d.id, d.seq, d.change, d.attempts, d.alert_id, d.parts_sent, d.folded"""
+RETURNING d.id, d.seq, d.change, d.attempts, d.alert_id, d.parts_sent, d.folded, d.mention_mobiles"""
 
 
 def due_robots(conn: psycopg.Connection) -> list[Robot]:
