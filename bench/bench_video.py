@@ -73,14 +73,16 @@ def footage_640(work: Path) -> Path:
     return out
 
 
-def quiet_640(work: Path, seconds: int = 30) -> Path:
-    """A still 640x480 view of the footage's first frame with fresh sensor noise in every frame, 10 fps."""
-    still, out = work / "still.png", work / "quiet640.h264"
+def quiet_640(work: Path, kbps: int, seconds: int = 30) -> Path:
+    """A still 640x480 view of the footage's first frame with fresh sensor noise in every frame, 10 fps, encoded
+    as a camera's substream is, at most ``kbps`` (0: no cap, the noise kept at about 6 Mbit/s)."""
+    still, out = work / "still.png", work / f"quiet640-{kbps}.h264"
     subprocess.run(["ffmpeg", "-loglevel", "error", "-y", "-i", str(FOOTAGE), "-frames:v", "1", str(still)], check=True)
+    cap = ["-b:v", f"{kbps}k", "-maxrate", f"{kbps}k", "-bufsize", f"{kbps}k"] if kbps else []
     subprocess.run(
         ["ffmpeg", "-loglevel", "error", "-y", "-loop", "1", "-i", str(still), "-t", str(seconds), "-r", "10",
          "-vf", "scale=640:480,noise=alls=12:allf=t", "-c:v", "libx264", "-preset", "veryfast", "-bf", "0",
-         "-g", "10", "-pix_fmt", "yuv420p", "-f", "h264", str(out)],
+         "-g", "10", *cap, "-pix_fmt", "yuv420p", "-f", "h264", str(out)],
         check=True,
     )  # fmt: skip
     return out
@@ -267,6 +269,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=20.0, help="measuring time per stream count")
     parser.add_argument("--max-streams", type=int, default=16)
+    parser.add_argument(
+        "--quiet-kbps",
+        type=lambda text: [int(x) for x in text.split(",")],
+        default=[1000, 0],
+        help="the quiet cameras' bitrate caps, one run of section 5 each (0: no cap; default 1000,0)",
+    )
     parser.add_argument("--no-agreement", action="store_true", help="skip section 6 (offline, several minutes)")
     parser.add_argument(
         "--only-busy-quiet", action="store_true", help="run sections 5 and 6 only (16 cameras, regions, agreement)"
@@ -286,13 +294,20 @@ def main() -> None:
     clip = footage_640(work)
     if not args.only_busy_quiet:
         many_streams(clip, work, args)
-    busy_quiet(clip, work, args.seconds)
+    for kbps in args.quiet_kbps:
+        busy_quiet(clip, work, args.seconds, kbps)
     if not args.no_agreement:
         agreements()
 
 
-def busy_quiet(clip: Path, work: Path, seconds: float) -> None:
-    print(f"5. 16 cameras at 640x480 10 fps, 4 busy (the footage) + 12 quiet (still view, sensor noise); {load()}")
+def busy_quiet(clip: Path, work: Path, seconds: float, kbps: int) -> None:
+    quiet_file = quiet_640(work, kbps)
+    rate = f"{quiet_file.stat().st_size * 8 / 30_000:.0f} kbit/s" + ("" if kbps else ", no cap")
+    busy_rate = f"{clip.stat().st_size * 8 / 79_500:.0f} kbit/s"
+    print(
+        f"5. 16 cameras at 640x480 10 fps, 4 busy (the footage, {busy_rate}) + 12 quiet (still view, sensor noise, "
+        f"{rate}); {load()}"
+    )
     print("   looks         backend      busy looks/s min (mean)  quiet looks/s all  in regions  CPU cores"
           "  min fps busy / quiet  p95 event s")  # fmt: skip
     ort = offline_default(kind="darknet-ort")
@@ -302,7 +317,7 @@ def busy_quiet(clip: Path, work: Path, seconds: float) -> None:
         ("whole frames", "darknet-ort", DetectorConfig(backend=ort, regions=RegionConfig(mode="full"))),
         ("regions", "darknet-ort", DetectorConfig(backend=ort)),
     ]
-    with start_rtsp(clip, work / "busy") as busy, start_rtsp(quiet_640(work), work / "quiet") as quiet:
+    with start_rtsp(clip, work / "busy") as busy, start_rtsp(quiet_file, work / "quiet") as quiet:
         for looks, kind, detector in runs:
             r = busy_and_quiet(busy.url, quiet.url, detector, seconds)
             print(
