@@ -193,14 +193,19 @@ def bench_ingest(url: str, broker_url: str, messages: int, per_message: int) -> 
 
 # 3. The list route with many alerts --------------------------------------------------------------
 
+# A year of history as desks leave it: the newest 500 alerts new (each starting its escalation, as ingest's would),
+# the next 500 acknowledged, the rest resolved. Never-answered history would keep every API process's escalation
+# runner escalating a year of alarms during the measurement.
 BULK_ALERTS = """
 INSERT INTO alerts (id, ts, kind, type, severity, route, sub_district, community, grid, site, device, source, title,
-                    dedup_key, active, count, last_seen, revision, readings, status)
+                    dedup_key, active, count, last_seen, revision, readings, status, status_at)
 SELECT gen_random_uuid(), t, k, 'bench', (ARRAY['info', 'minor', 'major', 'critical'])[1 + (i / 7) %% 4],
        CASE k WHEN 'fire' THEN 'fire' WHEN 'trouble' THEN 'operator' ELSE 'police' END,
        'sd-' || i %% 5, 'c-' || i %% 20, 'g-' || i %% 40, 's-' || i %% 200, 'd-' || i %% 1000, 'node-' || i %% 200,
        'Bench alert ' || i, 'k' || i, i %% 10 = 0, 1 + i %% 5, t, 1,
-       '{"smoke": 1.0, "battery": 87}'::jsonb, 'new'
+       '{"smoke": 1.0, "battery": 87}'::jsonb,
+       CASE WHEN i <= 500 THEN 'new' WHEN i <= 1000 THEN 'acknowledged' ELSE 'resolved' END,
+       CASE WHEN i > 500 THEN t + interval '5 minutes' END
 FROM generate_series(1, %s) i,
      LATERAL (SELECT now() - i * interval '30 seconds' AS t,
                      (ARRAY['security', 'fire', 'trouble', 'report'])[1 + (i / 3) %% 4] AS k) x"""
