@@ -9,8 +9,9 @@ Prints, on this machine:
 3. how many 640x480 10 fps RTSP streams one node sustains in real time with motion gating;
 4. frame-to-event latency (p50, p95) of intrusion events on the walkway;
 5. 16 cameras, 4 busy (the footage) and 12 quiet (a still view with sensor noise), looked at in whole frames
-   (the baseline) and in regions around motion, on OpenCV DNN and ONNX Runtime: detector looks a second per
-   busy camera, node CPU, read fps of every stream, frame-to-event p95;
+   (the baseline) and in regions around motion, on OpenCV DNN, ONNX Runtime and ONNX Runtime with the int8 graph
+   (``detectors.int8``): detector looks a second per busy camera, node CPU, read fps of every stream,
+   frame-to-event p95; once with the quiet streams capped at a camera's bitrate and once uncapped (--quiet-kbps);
 6. agreement of region detection with full-frame detection on the footage, offline: the share of the full-frame
    look's person boxes that the region pipeline also finds (IoU >= 0.5).
 Figures, not a test: the machine is shared and noisy, so each figure is measured against its baseline
@@ -36,6 +37,7 @@ from alerts.core.models import Place
 from deploy.local.services import start_rtsp
 from detectors.backend import BackendConfig, offline_default
 from detectors.detections import Detections
+from detectors.int8 import calibration_frames, quantize
 from detectors.load import load_backend
 from detectors.motion import MotionGate
 from detectors.regions import RegionConfig, matched, region_detector
@@ -294,13 +296,22 @@ def main() -> None:
     clip = footage_640(work)
     if not args.only_busy_quiet:
         many_streams(clip, work, args)
+    int8 = int8_model(work)
     for kbps in args.quiet_kbps:
-        busy_quiet(clip, work, args.seconds, kbps)
+        busy_quiet(clip, work, args.seconds, kbps, int8)
     if not args.no_agreement:
         agreements()
 
 
-def busy_quiet(clip: Path, work: Path, seconds: float, kbps: int) -> None:
+def int8_model(work: Path) -> Path:
+    """The int8 graph of the offline model, calibrated on the footage's first 384 frames (``patrolnet model int8``)."""
+    cfg, out = offline_default(kind="darknet-ort"), work / "yolov3-tiny-int8.onnx"
+    assert cfg.config is not None
+    out.write_bytes(quantize(cfg.config, cfg.model, calibration_frames(FOOTAGE, 32, 12)))
+    return out
+
+
+def busy_quiet(clip: Path, work: Path, seconds: float, kbps: int, int8: Path) -> None:
     quiet_file = quiet_640(work, kbps)
     rate = f"{quiet_file.stat().st_size * 8 / 30_000:.0f} kbit/s" + ("" if kbps else ", no cap")
     busy_rate = f"{clip.stat().st_size * 8 / 79_500:.0f} kbit/s"
@@ -311,11 +322,14 @@ def busy_quiet(clip: Path, work: Path, seconds: float, kbps: int) -> None:
     print("   looks         backend      busy looks/s min (mean)  quiet looks/s all  in regions  CPU cores"
           "  min fps busy / quiet  p95 event s")  # fmt: skip
     ort = offline_default(kind="darknet-ort")
+    ort8 = ort.model_copy(update={"model": int8})
     runs = [
         ("whole frames", "darknet", DetectorConfig(regions=RegionConfig(mode="full"))),
         ("regions", "darknet", DetectorConfig()),
         ("whole frames", "darknet-ort", DetectorConfig(backend=ort, regions=RegionConfig(mode="full"))),
         ("regions", "darknet-ort", DetectorConfig(backend=ort)),
+        ("whole frames", "ort int8", DetectorConfig(backend=ort8, regions=RegionConfig(mode="full"))),
+        ("regions", "ort int8", DetectorConfig(backend=ort8)),
     ]
     with start_rtsp(clip, work / "busy") as busy, start_rtsp(quiet_file, work / "quiet") as quiet:
         for looks, kind, detector in runs:

@@ -2,6 +2,7 @@
 
     patrolnet edge run --config node.yaml    run an edge node
     patrolnet config check node.yaml         validate a node config
+    patrolnet model int8 --footage VIDEO     the detector's int8 graph for darknet-ort, calibrated on VIDEO
     patrolnet ingest                         central ingest worker (run several)
     patrolnet api                            the alert API and its page
     patrolnet webhooks                       deliver webhooks (run several)

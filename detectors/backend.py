@@ -129,7 +129,9 @@ class BackendConfig(ConfigModel):
         "or ultralytics (any model ultralytics loads; needs the ultralytics extra).",
     )
     model: Path = Field(
-        title="Model", description="Weights file: .weights (darknet), .onnx (onnx), .pt/.onnx/OpenVINO (ultralytics)."
+        title="Model",
+        description="Weights file: .weights (darknet), .weights or its graph as .onnx, e.g. the int8 one "
+        "`patrolnet model int8` makes (darknet-ort), .onnx (onnx), .pt/.onnx/OpenVINO (ultralytics).",
     )
     config: Path | None = Field(
         default=None,

@@ -11,6 +11,9 @@ region layer does it, so boxes match :class:`detectors.darknet.DarknetBackend`'s
 Frames are squeezed to the square input as the Darknet backend does, with a
 batch axis of any length: crops of several cameras go through in one run.
 It needs ``onnx`` (to build the graph) and ``onnxruntime``: the ``ort`` extra.
+Given an ``.onnx`` model instead of ``.weights``, it runs that graph (the one
+:func:`darknet_to_onnx` writes, e.g. made int8 by :mod:`detectors.int8`), with
+the .cfg still naming its YOLO heads.
 """
 
 from __future__ import annotations
@@ -105,7 +108,7 @@ def darknet_to_onnx(cfg_path: Path, weights_path: Path) -> tuple[bytes, list[dic
             conv = name if section.get("activation") == "linear" else f"{name}.conv"
             nodes.append(
                 helper.make_node(
-                    "Conv", [prev, f"{name}.w", f"{name}.b"], [conv], kernel_shape=[size, size],
+                    "Conv", [prev, f"{name}.w", f"{name}.b"], [conv], name=conv, kernel_shape=[size, size],
                     strides=[stride, stride], pads=[pad] * 4,
                 )
             )  # fmt: skip
@@ -187,6 +190,11 @@ def decode_heads(outputs: list[np.ndarray], heads: list[dict[str, str]], size: i
     return np.concatenate(rows, axis=1)
 
 
+def yolo_heads(cfg_path: Path) -> list[dict[str, str]]:
+    """The [yolo] sections of a Darknet .cfg, in order: what decodes the graph's outputs ``yolo0``, ``yolo1``..."""
+    return [section for section in parse_cfg(cfg_path) if section["type"] == "yolo"]
+
+
 class DarknetOrtBackend:
     """A Darknet .cfg + .weights YOLO (v3 tiny and the like) on ONNX Runtime."""
 
@@ -195,12 +203,15 @@ class DarknetOrtBackend:
 
         if cfg.config is None:
             raise ValueError("kind=darknet-ort needs config: the network's .cfg file, e.g. yolov3-tiny.cfg")
-        weights = require_file(cfg.model, "darknet weights")
+        weights = require_file(cfg.model, "darknet weights or their ONNX graph")
         network = require_file(cfg.config, "darknet config")
         self.names = read_names(cfg.names_path())
         self._names = np.array(self.names, dtype=object)
         self._cfg = cfg
-        model, self._heads = darknet_to_onnx(network, weights)
+        if weights.suffix == ".onnx":
+            model, self._heads = weights.read_bytes(), yolo_heads(network)
+        else:
+            model, self._heads = darknet_to_onnx(network, weights)
         options = ort.SessionOptions()
         if cfg.threads:
             options.intra_op_num_threads = cfg.threads
