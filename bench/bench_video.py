@@ -229,12 +229,14 @@ PERSON_SCORE = 0.35
 """The cameras' default filter: boxes under it never reach the tracker or the rules."""
 
 
-def agreement(cfg: BackendConfig, stride: int = 2) -> dict[str, float]:
-    """Full-frame looks at the default input against the region pipeline, on every ``stride``-th frame of the
-    footage at 640x480 (the gate sees every frame): people found of those the full look finds, overall and in the
-    frames looked at in regions, and the CPU seconds of each kind of look (the same frames, back to back)."""
+def agreement(cfg: BackendConfig, looking: BackendConfig | None = None, stride: int = 2) -> dict[str, float]:
+    """Full-frame looks of ``cfg`` at the default input against the region pipeline of ``looking`` (default
+    ``cfg``), on every ``stride``-th frame of the footage at 640x480 (the gate sees every frame): people found of
+    those the full look finds, overall and in the frames looked at in regions, and the CPU seconds of each kind of
+    look (the same frames, back to back)."""
     full = load_backend(cfg)
-    regions = region_detector(full, cfg, RegionConfig())
+    looking = looking or cfg
+    regions = region_detector(load_backend(looking) if looking is not cfg else full, looking, RegionConfig())
     assert regions is not None
     gate, capture = MotionGate(), cv2.VideoCapture(str(FOOTAGE), cv2.CAP_FFMPEG)
     totals = dict.fromkeys(["found", "of", "found_in_regions", "of_in_regions", "region_frames", "looks"], 0.0)
@@ -300,7 +302,7 @@ def main() -> None:
     for kbps in args.quiet_kbps:
         busy_quiet(clip, work, args.seconds, kbps, int8)
     if not args.no_agreement:
-        agreements()
+        agreements(int8)
 
 
 def int8_model(work: Path) -> Path:
@@ -342,13 +344,19 @@ def busy_quiet(clip: Path, work: Path, seconds: float, kbps: int, int8: Path) ->
     print(f"   {load()}")
 
 
-def agreements() -> None:
+def agreements(int8: Path) -> None:
     print(
         f"6. offline, every 2nd frame of the footage at 640x480, against full-frame looks at 416: persons scored "
-        f">= {PERSON_SCORE} the region pipeline also finds (IoU >= 0.5), and detector CPU a look; {load()}"
+        f">= {PERSON_SCORE} the region pipeline also finds (IoU >= 0.5), and detector CPU a look; ort int8: the "
+        f"int8 graph's regions against the float graph's full looks; {load()}"
     )
-    for kind in ("darknet", "darknet-ort"):
-        a = agreement(offline_default(kind=kind))
+    ort = offline_default(kind="darknet-ort")
+    for kind, full, looking in (
+        ("darknet", offline_default(), None),
+        ("darknet-ort", ort, None),
+        ("ort int8", ort, ort.model_copy(update={"model": int8})),
+    ):
+        a = agreement(full, looking)
         full_ms, region_ms = (1000 * a[k] / a["looks"] for k in ("full_cpu", "regions_cpu"))
         in_regions = a["found_in_regions"] / max(a["of_in_regions"], 1)
         print(

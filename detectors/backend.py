@@ -125,7 +125,7 @@ class BackendConfig(ConfigModel):
     kind: Literal["darknet", "darknet-ort", "onnx", "ultralytics"] = Field(
         title="Kind",
         description="darknet (OpenCV DNN, .weights + .cfg), darknet-ort (the same files on ONNX Runtime, faster on a "
-        "small CPU; needs the ort extra), onnx (OpenCV DNN, an ultralytics ONNX export, no torch) "
+        "small CPU), onnx (OpenCV DNN, an ultralytics ONNX export, no torch) "
         "or ultralytics (any model ultralytics loads; needs the ultralytics extra).",
     )
     model: Path = Field(

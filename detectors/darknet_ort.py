@@ -10,7 +10,7 @@ region layer does it, so boxes match :class:`detectors.darknet.DarknetBackend`'s
 
 Frames are squeezed to the square input as the Darknet backend does, with a
 batch axis of any length: crops of several cameras go through in one run.
-It needs ``onnx`` (to build the graph) and ``onnxruntime``: the ``ort`` extra.
+It needs ``onnx`` (to build the graph) and ``onnxruntime``, both in the ``edge`` extra.
 Given an ``.onnx`` model instead of ``.weights``, it runs that graph (the one
 :func:`darknet_to_onnx` writes, e.g. made int8 by :mod:`detectors.int8`), with
 the .cfg still naming its YOLO heads.

@@ -19,7 +19,7 @@ The result is an ONNX file that :class:`detectors.darknet_ort.DarknetOrtBackend`
 runs when a node's ``detector.backend.model`` names it (``kind: darknet-ort``,
 the .cfg still given for the heads). ``patrolnet model int8`` makes it.
 
-Example (needs the ``ort`` extra and ``make setup``'s model; calibrated here on one grey frame, which a real
+Example (needs ``make setup``'s model; calibrated here on one grey frame, which a real
 graph must not be):
     >>> import tempfile
     >>> from detectors.backend import offline_default
@@ -47,7 +47,7 @@ import numpy as np
 from detectors.darknet_ort import darknet_to_onnx
 
 if TYPE_CHECKING:
-    import onnx  # the ort extra's; imported where used
+    import onnx  # imported where used: only this module and darknet_ort's graph builder need it
 
 log = logging.getLogger(__name__)
 

@@ -90,7 +90,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     model = sub.add_parser("model", help="detector models").add_subparsers(dest="model_command", required=True)
     int8 = model.add_parser(
         "int8",
-        help="make the Darknet model's int8 ONNX graph for kind darknet-ort (needs the ort extra)",
+        help="make the Darknet model's int8 ONNX graph for kind darknet-ort",
         description="Quantizes yolov3-tiny (or another Darknet .cfg + .weights) to int8 for ONNX Runtime, "
         "calibrated on frames of a video from the site's cameras: about 1.45 times the looks a second.",
     )
