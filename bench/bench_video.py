@@ -11,7 +11,8 @@ Prints, on this machine:
 5. 16 cameras, 4 busy (the footage) and 12 quiet (a still view with sensor noise), looked at in whole frames
    (the baseline) and in regions around motion, on OpenCV DNN, ONNX Runtime and ONNX Runtime with the int8 graph
    (``detectors.int8``): detector looks a second per busy camera, node CPU, read fps of every stream,
-   frame-to-event p95; once with the quiet streams capped at a camera's bitrate and once uncapped (--quiet-kbps);
+   frame-to-event p95, and node CPU with a clip recorder on every camera; once with the quiet streams capped at
+   a camera's bitrate and once uncapped (--quiet-kbps);
 6. agreement of region detection with full-frame detection on the footage, offline: the share of the full-frame
    look's person boxes that the region pipeline also finds (IoU >= 0.5).
 Figures, not a test: the machine is shared and noisy, so each figure is measured against its baseline
@@ -42,6 +43,7 @@ from detectors.load import load_backend
 from detectors.motion import MotionGate
 from detectors.regions import RegionConfig, matched, region_detector
 from edge.cameras import CameraConfig, DetectorConfig
+from edge.clips import ClipRecorder, ClipsConfig
 from edge.video import VideoPipeline
 from ingest.capture import FFMPEG_OPTIONS
 
@@ -184,11 +186,20 @@ def streams(url: str, count: int, seconds: float, threads: int | None = None) ->
     }
 
 
-def busy_and_quiet(busy_url: str, quiet_url: str, detector: DetectorConfig, seconds: float) -> dict[str, float]:
-    """4 busy + 12 quiet cameras: looks a second per busy camera, CPU, read fps, p95 frame-to-event."""
+def busy_and_quiet(
+    busy_url: str, quiet_url: str, detector: DetectorConfig, seconds: float, clips: Path | None = None
+) -> dict[str, float]:
+    """4 busy + 12 quiet cameras: looks a second per busy camera, CPU, read fps, p95 frame-to-event; with a clip
+    recorder on each camera too (its own RTSP connection, packets kept for clips, as a node with ``clips:``)
+    when ``clips`` names a spool folder."""
     busy = [camera(f"busy{i}", busy_url) for i in range(4)]
     quiet = [camera(f"quiet{i}", quiet_url) for i in range(12)]
     pipeline = VideoPipeline(busy + quiet, detector, SITE, "bench", "UTC", lambda e: None)
+    recorders = [
+        ClipRecorder(c.id, c.capture, ClipsConfig(spool=clips), lambda meta, path: None) for c in busy + quiet
+    ] if clips is not None else []  # fmt: skip
+    for recorder in recorders:
+        recorder.start()
     pipeline.start()
     time.sleep(3)  # connect and warm up
     start = pipeline.stats()
@@ -205,6 +216,8 @@ def busy_and_quiet(busy_url: str, quiet_url: str, detector: DetectorConfig, seco
     totals = (pipeline.worker.totals.frames - totals0[0], pipeline.worker.totals.busy_s - totals0[1])
     latencies = sorted(x for cid, c in pipeline.cameras.items() if cid.startswith("busy") for x in c.counts.latencies_s)
     pipeline.stop()
+    for recorder in recorders:
+        recorder.stop()
     rate = {c: {k: (end[c][k] - start[c][k]) / seconds for k in ("frames_read", "detected")} for c in end}
     busy_looks = [rate[c.id]["detected"] for c in busy]
     return {
@@ -276,8 +289,15 @@ def main() -> None:
     parser.add_argument(
         "--quiet-kbps",
         type=lambda text: [int(x) for x in text.split(",")],
-        default=[1000, 0],
-        help="the quiet cameras' bitrate caps, one run of section 5 each (0: no cap; default 1000,0)",
+        default=[1000],
+        help="the quiet cameras' bitrate caps, one run of section 5 each (0: no cap, about 6 Mbit/s; default 1000)",
+    )
+    parser.add_argument(
+        "--window",
+        type=float,
+        default=80.0,
+        help="seconds each configuration of section 5 is measured: the busy footage's whole 79.5 s loop, so that "
+        "every one sees the same walkers (a shorter window sees a busier or a quieter part; default 80)",
     )
     parser.add_argument("--no-agreement", action="store_true", help="skip section 6 (offline, several minutes)")
     parser.add_argument(
@@ -300,7 +320,7 @@ def main() -> None:
         many_streams(clip, work, args)
     int8 = int8_model(work)
     for kbps in args.quiet_kbps:
-        busy_quiet(clip, work, args.seconds, kbps, int8)
+        busy_quiet(clip, work, args.window, kbps, int8)
     if not args.no_agreement:
         agreements(int8)
 
@@ -330,12 +350,14 @@ def busy_quiet(clip: Path, work: Path, seconds: float, kbps: int, int8: Path) ->
         ("regions", "darknet", DetectorConfig()),
         ("whole frames", "darknet-ort", DetectorConfig(backend=ort, regions=RegionConfig(mode="full"))),
         ("regions", "darknet-ort", DetectorConfig(backend=ort)),
+        ("regions+clips", "darknet-ort", DetectorConfig(backend=ort)),
         ("whole frames", "ort int8", DetectorConfig(backend=ort8, regions=RegionConfig(mode="full"))),
         ("regions", "ort int8", DetectorConfig(backend=ort8)),
     ]
     with start_rtsp(clip, work / "busy") as busy, start_rtsp(quiet_file, work / "quiet") as quiet:
         for looks, kind, detector in runs:
-            r = busy_and_quiet(busy.url, quiet.url, detector, seconds)
+            clips = work / "clips" if looks.endswith("+clips") else None
+            r = busy_and_quiet(busy.url, quiet.url, detector, seconds, clips)
             print(
                 f"   {looks:<12}  {kind:<11}  {r['busy_min']:>14.1f} ({r['busy_mean']:.1f})  {r['quiet_looks']:>17.1f}"
                 f"  {r['in_regions']:>10.0%}  {r['cpu']:>9.2f}  {r['fps_busy']:>11.1f} / {r['fps_quiet']:.1f}"
