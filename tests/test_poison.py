@@ -115,11 +115,14 @@ def test_poison_on_every_channel_then_a_smoke_alarm_reaches_the_fire_desk_every_
                 alarms += 1
     with psycopg.connect(database_url) as conn:
         letters = conn.execute(
-            "SELECT topic, payload, reason FROM dead_letters WHERE source = 'test-ingest' ORDER BY ts"
+            "SELECT topic, payload, reason FROM dead_letters WHERE source = 'test-ingest'"
         ).fetchall()
     print(f"poisons sent {len(sent)} / dead letters {len(letters)} / alarms through {alarms} of {len(sent)}")
     assert len(letters) == len(sent)
-    for (topic, payload, why), (stored_topic, stored_payload, reason) in zip(sent, letters, strict=True):
-        assert stored_topic == topic
-        assert payload.startswith(bytes(stored_payload)), "the dead letter keeps the payload (its head if huge)"
-        assert why in reason, (topic, reason)
+    # Matched by content, not by order: the two ingest lanes store their dead letters each at its own pace.
+    left = [(topic, bytes(payload), reason) for topic, payload, reason in letters]
+    for topic, payload, why in sent:
+        # The dead letter keeps the payload (its head if huge) and says why.
+        candidates = [x for x in left if x[0] == topic and payload.startswith(x[1]) and why in x[2]]
+        assert candidates, (topic, payload[:80], why, [x for x in left if x[0] == topic])
+        left.remove(max(candidates, key=lambda x: len(x[1])))  # the longest head: an empty one fits any payload
