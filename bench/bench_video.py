@@ -11,8 +11,8 @@ Prints, on this machine:
 5. 16 cameras, 4 busy (the footage) and 12 quiet (a still view with sensor noise), looked at in whole frames
    (the baseline) and in regions around motion, on OpenCV DNN, ONNX Runtime and ONNX Runtime with the int8 graph
    (``detectors.int8``): detector looks a second per busy camera, node CPU, read fps of every stream,
-   frame-to-event p95, and node CPU with a clip recorder on every camera; once with the quiet streams capped at
-   a camera's bitrate and once uncapped (--quiet-kbps);
+   frame-to-event p95, and node CPU with a clip recorder on every camera; each configuration over the busy
+   footage's whole loop (--window), the quiet streams capped at a camera's bitrate (--quiet-kbps; 0: uncapped);
 6. agreement of region detection with full-frame detection on the footage, offline: the share of the full-frame
    look's person boxes that the region pipeline also finds (IoU >= 0.5).
 Figures, not a test: the machine is shared and noisy, so each figure is measured against its baseline
