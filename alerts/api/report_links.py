@@ -16,7 +16,6 @@ import argparse
 import asyncio
 import importlib
 import logging
-from importlib import resources
 from uuid import UUID
 
 import psycopg
@@ -24,8 +23,8 @@ from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import HTMLResponse
 from pydantic import BaseModel, Field
 
-from alerts.api.guard import page_policy
 from alerts.api.http import Actor, ApiSettings, Pool, base_url
+from alerts.api.phone_page import phone_page
 from alerts.auth import Principal
 from alerts.core.models import Role
 from alerts.core.settings import setting
@@ -39,8 +38,7 @@ router = APIRouter(tags=["citizen reports"])
 LINKERS = frozenset({Role.ADMIN, Role.POLICE})
 """Who may make and revoke reporters' links (within their places)."""
 
-_HTML = resources.files("alerts.api").joinpath("report.html").read_text(encoding="utf-8")
-_POLICY = page_policy(_HTML)
+_HTML, _POLICY = phone_page("report.html")
 
 
 class NewLink(BaseModel):

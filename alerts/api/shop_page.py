@@ -12,20 +12,18 @@ reminder goes to a group chat) opens the shop's page again on the phone that ope
 from __future__ import annotations
 
 import logging
-from importlib import resources
 
 from fastapi import APIRouter
 from fastapi.responses import HTMLResponse
 
-from alerts.api.guard import page_policy
+from alerts.api.phone_page import phone_page
 from alerts.notify.reminders import SHOP_PAGE
 
 log = logging.getLogger(__name__)
 
 router = APIRouter(tags=["shops"])
 
-_HTML = resources.files("alerts.api").joinpath("shop.html").read_text(encoding="utf-8")
-_POLICY = page_policy(_HTML)
+_HTML, _POLICY = phone_page("shop.html")
 
 
 def shop_url(base: str, key: str) -> str:
