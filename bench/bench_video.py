@@ -22,6 +22,7 @@ in the same run.
 from __future__ import annotations
 
 import argparse
+import itertools
 import logging
 import os
 import resource
@@ -29,8 +30,10 @@ import statistics
 import subprocess
 import tempfile
 import time
+from collections.abc import Generator
 from pathlib import Path
 
+import av
 import cv2
 import numpy as np
 
@@ -96,27 +99,37 @@ def load() -> str:
     return "load average " + ", ".join(f"{x:.1f}" for x in os.getloadavg())
 
 
+def pictures(url: str) -> Generator[np.ndarray]:
+    """BGR pictures of a file or stream, decoded by PyAV as the node's capture does, until it ends."""
+    options = {} if "://" not in url else FFMPEG_OPTIONS
+    with av.open(url, options=options, timeout=(5, 3)) as container:
+        stream = container.streams.video[0]
+        stream.codec_context.thread_count = 1
+        for picture in container.decode(stream):
+            yield picture.to_ndarray(format="bgr24")
+
+
 def decode_only(frames: int) -> tuple[float, float]:
-    """(frames/s, CPU ms/frame) decoding the footage file as fast as possible."""
-    capture = cv2.VideoCapture(str(FOOTAGE), cv2.CAP_FFMPEG)
-    wall, cpu = time.perf_counter(), cpu_s()
-    for _ in range(frames):
-        if not capture.read()[0]:
-            capture.set(cv2.CAP_PROP_POS_FRAMES, 0)
+    """(frames/s, CPU ms/frame) decoding the footage file to BGR as fast as possible."""
+    wall, cpu, count = time.perf_counter(), cpu_s(), 0
+    while count < frames:
+        for _ in itertools.islice(pictures(str(FOOTAGE)), frames - count):
+            count += 1
     wall, cpu = time.perf_counter() - wall, cpu_s() - cpu
-    capture.release()
     return frames / wall, cpu / frames * 1000
 
 
 def live_decode(url: str, seconds: float) -> float:
-    """CPU ms per frame of reading a live RTSP stream."""
-    capture = cv2.VideoCapture(url, cv2.CAP_FFMPEG)
-    capture.read()
+    """CPU ms per frame of reading a live RTSP stream to BGR."""
+    reader = pictures(url)
+    next(reader)
     cpu, count, end = cpu_s(), 0, time.monotonic() + seconds
-    while time.monotonic() < end and capture.read()[0]:
+    for _ in reader:
         count += 1
+        if time.monotonic() >= end:
+            break
     cpu = cpu_s() - cpu
-    capture.release()
+    reader.close()
     return cpu / max(count, 1) * 1000
 
 
@@ -132,14 +145,11 @@ detector costs more CPU a frame than one run back to back (its thread pool wakes
 def overhead(frames: int) -> tuple[float, float]:
     """CPU ms per frame: bare decode + inference, then the whole pipeline, on the same file frames."""
     backend = load_backend(DetectorConfig().backend)
-    capture = cv2.VideoCapture(str(FOOTAGE), cv2.CAP_FFMPEG)
     cpu, start = cpu_s(), time.monotonic()
-    for index in range(frames):
+    for index, image in enumerate(itertools.islice(pictures(str(FOOTAGE)), frames)):
         time.sleep(max(0.0, start + index / PACE_FPS - time.monotonic()))
-        _, image = capture.read()
         backend.detect([image])
     bare = (cpu_s() - cpu) / frames * 1000
-    capture.release()
     del backend
 
     # Motion gating off (every frame detected) so both sides do the same model work.
@@ -190,16 +200,14 @@ def busy_and_quiet(
     busy_url: str, quiet_url: str, detector: DetectorConfig, seconds: float, clips: Path | None = None
 ) -> dict[str, float]:
     """4 busy + 12 quiet cameras: looks a second per busy camera, CPU, read fps, p95 frame-to-event; with a clip
-    recorder on each camera too (its own RTSP connection, packets kept for clips, as a node with ``clips:``)
-    when ``clips`` names a spool folder."""
+    recorder on each camera too (attached to the camera's one connection, packets kept for clips, as a node with
+    ``clips:``) when ``clips`` names a spool folder."""
     busy = [camera(f"busy{i}", busy_url) for i in range(4)]
     quiet = [camera(f"quiet{i}", quiet_url) for i in range(12)]
     pipeline = VideoPipeline(busy + quiet, detector, SITE, "bench", "UTC", lambda e: None)
-    recorders = [
-        ClipRecorder(c.id, c.capture, ClipsConfig(spool=clips), lambda meta, path: None) for c in busy + quiet
-    ] if clips is not None else []  # fmt: skip
-    for recorder in recorders:
-        recorder.start()
+    if clips is not None:
+        for cid, camera_pipeline in pipeline.cameras.items():
+            camera_pipeline.source.attach(ClipRecorder(cid, ClipsConfig(spool=clips), lambda meta, path: None))
     pipeline.start()
     time.sleep(3)  # connect and warm up
     start = pipeline.stats()
@@ -216,8 +224,6 @@ def busy_and_quiet(
     totals = (pipeline.worker.totals.frames - totals0[0], pipeline.worker.totals.busy_s - totals0[1])
     latencies = sorted(x for cid, c in pipeline.cameras.items() if cid.startswith("busy") for x in c.counts.latencies_s)
     pipeline.stop()
-    for recorder in recorders:
-        recorder.stop()
     rate = {c: {k: (end[c][k] - start[c][k]) / seconds for k in ("frames_read", "detected")} for c in end}
     busy_looks = [rate[c.id]["detected"] for c in busy]
     return {
@@ -311,7 +317,6 @@ def main() -> None:
     )
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    os.environ.setdefault("OPENCV_FFMPEG_CAPTURE_OPTIONS", FFMPEG_OPTIONS)
     work = folder("patrolnet-bench-")
     print(f"machine: {os.cpu_count()} cores; footage {FOOTAGE.name}")
 

@@ -6,6 +6,10 @@ never delays another camera. The worker takes the oldest waiting frame of up
 to ``max_batch`` different cameras and runs them through the model in one call,
 so a node with many cameras pays for fewer, larger forward passes.
 
+A frame is submitted as its image, or as a function that makes it: a camera's
+decoded picture is converted to BGR only if the worker looks at it (most frames
+of a busy camera are dropped for a newer one before a look).
+
 Given a :class:`~detectors.regions.RegionDetector`, frames submitted with
 their motion boxes are looked at in regions around the motion (the crops of
 every camera of a batch in one call) where that is cheaper than the whole frame.
@@ -52,6 +56,8 @@ log = logging.getLogger(__name__)
 
 ResultCallback = Callable[[str, Any, Detections], None]
 """Called with (camera id, the item submitted with the frame, its detections), in the worker's thread."""
+Image = np.ndarray | Callable[[], np.ndarray]
+"""A frame's image, or a function that makes it when the worker looks at the frame."""
 ErrorCallback = Callable[[list[str], Exception], None]
 """Called with (the cameras of a batch that failed, what it raised), in the worker's thread."""
 
@@ -92,7 +98,7 @@ class DetectorWorker:
         self.queue_depth = queue_depth
         self.stats: dict[str, CameraStats] = {}
         self.totals = WorkerStats()
-        self._queues: dict[str, deque[tuple[float, Any, np.ndarray, np.ndarray | None]]] = {}
+        self._queues: dict[str, deque[tuple[float, Any, Image, np.ndarray | None]]] = {}
         self._cond = threading.Condition()
         self._stopping = False
         self._busy_since: float | None = None
@@ -100,7 +106,7 @@ class DetectorWorker:
         self._last_batch = time.monotonic()
         self._thread = threading.Thread(target=self._run, name="detector", daemon=True)
 
-    def submit(self, camera_id: str, item: Any, image: np.ndarray, motion: np.ndarray | None = None) -> None:
+    def submit(self, camera_id: str, item: Any, image: Image, motion: np.ndarray | None = None) -> None:
         """Queues a frame for detection; never blocks. A full queue loses its oldest frame.
 
         ``motion``: the frame's motion boxes, for a worker that detects on regions; None looks at the whole frame.
@@ -140,7 +146,7 @@ class DetectorWorker:
             self._cond.notify_all()
         self._thread.join(timeout=10)
 
-    def _take_batch(self) -> list[tuple[str, Any, np.ndarray, np.ndarray | None]]:
+    def _take_batch(self) -> list[tuple[str, Any, Image, np.ndarray | None]]:
         """The oldest waiting frame of each of up to max_batch cameras, longest-waiting cameras first."""
         heads = sorted((q[0][0], cam) for cam, q in self._queues.items() if q)
         batch = []
@@ -149,12 +155,15 @@ class DetectorWorker:
             batch.append((cam, item, image, motion))
         return batch
 
-    def _detect(self, batch: list[tuple[str, Any, np.ndarray, np.ndarray | None]]) -> list[Detections]:
-        images = [image for _, _, image, _ in batch]
+    def _detect(self, batch: list[tuple[str, Any, Image, np.ndarray | None]]) -> list[Detections]:
+        images = [image() if callable(image) else image for _, _, image, _ in batch]
         if self.regions is None:
             return self.backend.detect(images)
         now = time.monotonic()
-        plans = [self.regions.plan(cam, image.shape, motion, now) for cam, _, image, motion in batch]
+        plans = [
+            self.regions.plan(cam, image.shape, motion, now)
+            for (cam, _, _, motion), image in zip(batch, images, strict=True)
+        ]
         return self.regions.run(images, plans)
 
     def run_once(self) -> int:

@@ -37,7 +37,6 @@ from uuid import UUID
 from alerts.core.models import Alert, EventKind
 from alerts.core.settings import optional_setting
 from edge.clips import ClipMeta, ClipRecorder, ClipsConfig
-from ingest.capture import CaptureConfig
 
 log = logging.getLogger(__name__)
 
@@ -222,23 +221,20 @@ class ClipUploader:
 class NodeClips:
     """A node's clip recorders (one per camera), their spool, and the uploader (when ``api_url`` is set)."""
 
-    def __init__(self, settings: ClipsConfig, cameras: list[tuple[str, CaptureConfig]]) -> None:
+    def __init__(self, settings: ClipsConfig, cameras: list[str]) -> None:
         self.spool = ClipSpool(settings.spool, settings.max_spool_bytes)
-        self.recorders = {cid: ClipRecorder(cid, capture, settings, self.spool.add) for cid, capture in cameras}
+        self.recorders = {cid: ClipRecorder(cid, settings, self.spool.add) for cid in cameras}
+        """Each is attached to its camera's source (``CameraSource.attach``), which hands it the packets."""
         key = optional_setting(EDGE_KEY) if settings.api_url else None
         if settings.api_url and not key:
             log.error("clips.api_url is set but %s is not: clips stay on the node", EDGE_KEY)
         self.uploader = ClipUploader(self.spool, settings, key) if key else None
 
     def start(self) -> None:
-        for recorder in self.recorders.values():
-            recorder.start()
         if self.uploader:
             self.uploader.start()
 
     def stop(self) -> None:
-        for recorder in self.recorders.values():
-            recorder.stop()
         if self.uploader:
             self.uploader.stop()
 

@@ -1,17 +1,18 @@
 """Video clips of security alerts, cut from each camera's compressed stream without re-encoding.
 
-A :class:`ClipRecorder` per camera demuxes the camera's H.264 stream with PyAV (FFmpeg's demuxer, no decoding)
-on a second RTSP connection, and keeps the last ``pre_roll_s`` seconds of packets in a ring that always starts
-at a key frame. When the sink stores a security alert of that camera (``mark``), the recorder starts a clip at
-the newest key frame at or before ``alert.ts - pre_roll_s`` and goes on taking packets until the alert's end
-plus ``post_roll_s``, at most ``max_s`` from the clip's start; it then remuxes the packets into an MP4 with
-``movflags=faststart`` (the index first, so a browser plays it while it downloads), like ``ffmpeg -c copy``,
-and hands it to the clip spool (``edge.clip_upload``). Cuts snap to key frames: a clip starts up to one key
-frame interval before ``alert.ts - pre_roll_s``.
+A :class:`ClipRecorder` per camera takes the compressed packets of the camera's one connection as the camera's
+source reads them (it is the source's packet sink, ``CameraSource.attach``), and keeps the last ``pre_roll_s``
+seconds of them in a ring that always starts at a key frame. When the sink stores a security alert of that
+camera (``mark``), the recorder starts a clip at the newest key frame at or before ``alert.ts - pre_roll_s``
+and goes on taking packets until the alert's end plus ``post_roll_s``, at most ``max_s`` from the clip's
+start; it then remuxes the packets into an MP4 with ``movflags=faststart`` (the index first, so a browser
+plays it while it downloads), like ``ffmpeg -c copy``, and hands it to the clip spool (``edge.clip_upload``).
+Cuts snap to key frames: a clip starts up to one key frame interval before ``alert.ts - pre_roll_s``. A cut
+runs on the source's reader thread (a 40 s clip takes under 0.1 s, ``bench/bench_clips.py``), which the
+stream's socket buffer covers.
 
-Why a second connection: the detector's capture is OpenCV's (timeouts, reconnects, measured); demuxing
-without decoding costs about 0.5% of a core per 768x576 camera at 10 fps here (``bench/bench_clips.py``).
-A camera that takes only one client needs the capture moved to PyAV, decoding the same packets.
+No second connection: cheap cameras allow one or two clients, and a second connection's demuxing cost about a
+quarter of the detector's looks on a node of 16 cameras (``bench/bench_video.py``, section 5).
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
-import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -32,7 +32,6 @@ from pydantic import Field
 
 from alerts.core.config import ConfigModel
 from alerts.core.models import Alert, EventKind, Severity
-from ingest.capture import FFMPEG_OPTIONS, CaptureConfig, backoff_delay, redact
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +94,7 @@ class ClipMeta:
 class _Packet:
     packet: av.Packet
     wall: float
-    """``time.time()`` when it was demuxed."""
+    """``time.time()`` when it was read."""
 
 
 @dataclass
@@ -131,11 +130,11 @@ Deliver = Callable[[ClipMeta, Path], None]
 
 
 class ClipRecorder:
-    """One camera's packet ring and clips in the making; see the module docstring."""
+    """One camera's packet ring and clips in the making, a :class:`~ingest.capture.PacketSink`; see the module
+    docstring."""
 
-    def __init__(self, camera_id: str, capture: CaptureConfig, settings: ClipsConfig, deliver: Deliver) -> None:
+    def __init__(self, camera_id: str, settings: ClipsConfig, deliver: Deliver) -> None:
         self.camera_id = camera_id
-        self.capture = capture
         self.settings = settings
         self.deliver = deliver
         self.packets = 0
@@ -145,18 +144,6 @@ class ClipRecorder:
         self._done: set[UUID] = set()
         self._template: av.VideoStream | None = None
         self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"clips-{camera_id}", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=self.capture.read_timeout_s + 2)
-
-    def alive(self) -> bool:
-        return self._thread.is_alive()
 
     def mark(self, alert: Alert) -> None:
         """Starts (or ends) the clip of a security alert of this camera; other alerts are ignored. Thread-safe."""
@@ -186,35 +173,23 @@ class ClipRecorder:
                  alert.ts.timestamp() - packets[0].wall)  # fmt: skip
         return recording
 
-    # The demux thread.
+    # The packet sink: called on the camera source's reader thread.
 
-    def _run(self) -> None:
-        attempt = 0
-        while not self._stop.is_set():
-            got = self._session()
-            attempt = 0 if got else attempt + 1
-            self._stop.wait(backoff_delay(self.capture, attempt))
+    def opened(self, stream: av.VideoStream) -> None:
+        self._template = stream
 
-    def _session(self) -> int:
-        options = dict(item.split(";", 1) for item in FFMPEG_OPTIONS.split("|"))
-        timeouts = (self.capture.open_timeout_s, self.capture.read_timeout_s)
-        count = 0
-        try:
-            with av.open(self.capture.url, options=options, timeout=timeouts) as container:
-                stream = container.streams.video[0]
-                self._template = stream
-                for packet in container.demux(stream):
-                    if self._stop.is_set():
-                        break
-                    if packet.dts is None:
-                        continue
-                    self._take(_Packet(packet, time.time()))
-                    count += 1
-        except (av.FFmpegError, OSError) as exc:
-            log.warning("camera %s: clip stream %s: %s", self.camera_id, redact(self.capture.url), exc)
-        finally:
-            self._finish_all()
-        return count
+    def packet(self, packet: av.Packet, wall: float) -> None:
+        self._take(_Packet(packet, wall))
+
+    def closed(self) -> None:
+        """The connection ended: what is being recorded is cut now, shorter, rather than lost."""
+        with self._lock:
+            recordings = list(self._recordings.values())
+            self._done.update(self._recordings)
+            self._recordings.clear()
+            self._ring.clear()
+        for recording in recordings:
+            self._cut(recording)
 
     def _take(self, item: _Packet) -> None:
         finished = []
@@ -240,16 +215,6 @@ class ClipRecorder:
                 return
             for _ in range(second):
                 self._ring.popleft()
-
-    def _finish_all(self) -> None:
-        """The stream ended: what is being recorded is cut now, shorter, rather than lost."""
-        with self._lock:
-            recordings = list(self._recordings.values())
-            self._done.update(self._recordings)
-            self._recordings.clear()
-            self._ring.clear()
-        for recording in recordings:
-            self._cut(recording)
 
     def _cut(self, recording: _Recording) -> None:
         if not recording.packets or self._template is None:

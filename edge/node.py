@@ -3,7 +3,7 @@
     sensor --MQTT--> SensorPipeline (edge.sensors) --Batch--> EventSink (edge.sink): AlarmVerification
         --> AlertPolicy --> Uplink (edge.outbox: spool, QoS 1) on patrolnet/v1/<site>/{readings,events,alerts,...}
     camera --RTSP--> VideoPipeline (edge.video) --Event--> (the same sink)
-    camera --RTSP--> ClipRecorder (edge.clips): packets kept; a security alert stored --> MP4 clip --> clip spool
+    the camera's packets --> ClipRecorder (edge.clips): kept; a security alert stored --> MP4 clip --> clip spool
         --> ClipUploader (edge.clip_upload) --HTTP, resumable--> the alert API
 
 A camera that sees smoke or flame confirms a detector's alarm like a second
@@ -98,7 +98,7 @@ class EdgeNode:
             max_unacked=config.broker.max_inflight // 2,
             stored=self._clip,
         )
-        cameras = [(c.id, c.capture) for c in config.cameras]
+        cameras = [c.id for c in config.cameras]
         self.clips = NodeClips(config.clips, cameras) if config.clips and cameras else None
         self.letters = DeadLetters(self.sink, config.node_id)
         self.sensors = SensorPipeline(config, self.sink, self.letters, self.state, since=self.started_at)
@@ -116,6 +116,9 @@ class EdgeNode:
             if config.cameras
             else None
         )
+        if self.video and self.clips:
+            for cid, recorder in self.clips.recorders.items():
+                self.video.cameras[cid].source.attach(recorder)
         latest = self.video.latest if self.video else None
         self.snapshots = SnapshotAnswers(config.node_id, site, latest, self.sink, self.letters)
         self._next_heartbeat = self.started_at + timedelta(seconds=config.uplink.heartbeat_s)

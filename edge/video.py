@@ -92,9 +92,9 @@ class CameraPipeline:
         self.counts.analysed += 1
         ts = frame.ts.timestamp()
         if self.tamper is not None:
-            for event in self.tamper.process(frame.image, ts):
+            for event in self.tamper.process(frame.grey, ts):
                 self._send(event, frame)
-        if self.gate.check(frame.image, ts):
+        if self.gate.check(frame.grey, ts):
             return True
         self.counts.gated_out += 1
         return False
@@ -104,7 +104,7 @@ class CameraPipeline:
         self.counts.detected += 1
         ts = frame.ts.timestamp()
         events = self.fire.process(frame.image, detections, ts) if self.fire else []
-        kept = self.config.filter.apply(detections, frame.image.shape)
+        kept = self.config.filter.apply(detections, (frame.height, frame.width, 3))
         tracked = self.tracker.update(kept, ts)
         events += self.rules.process(frame.image, tracked, ts)
         for event in events:
@@ -200,7 +200,7 @@ class VideoPipeline:
                 try:
                     if camera.wants(frame):
                         motion = camera.gate.motion_boxes if self.worker.regions and camera.gate.motion else None
-                        self.worker.submit(frame.camera_id, frame, frame.image, motion)
+                        self.worker.submit(frame.camera_id, frame, frame.bgr, motion)
                 except Exception as exc:
                     log.exception("camera %s: frame %d failed", camera.config.id, frame.seq)
                     self._frame_failed(camera, exc)

@@ -1,19 +1,25 @@
 """Camera sources: frames from an RTSP camera, or a video file, read on a thread of their own.
 
-A :class:`CameraSource` reads one camera through OpenCV's FFmpeg backend and never stops
+A :class:`CameraSource` reads one camera with PyAV (FFmpeg's demuxer and decoder) and never stops
 draining it, because a live stream does not wait: a reader that pauses falls behind real time.
 Frames reach the consumer through a small buffer that drops the oldest frame when full and
 counts what it drops, so the reader never blocks on a slow consumer.
 
-When the stream dies (``read()`` fails) or freezes (a read takes longer than ``stale_after_s``),
-the source releases the capture and reopens it with exponential backoff and jitter. A watchdog
+One connection a camera serves everything the node does with it (cheap cameras allow one or two
+clients): the compressed packets go to the sources's packet sinks (the clip recorder keeps them for
+clips, ``attach``) and are decoded once for the detector. A :class:`Frame` holds the decoder's
+picture: its grey plane (what the motion gate and the tamper check look at) costs nothing, and the
+BGR image is made only when something asks for it (the detector, a snapshot), so the frames of a
+quiet camera are never converted.
+
+When the stream dies (a read fails) or freezes (a read takes longer than ``stale_after_s``),
+the source closes it and reopens it with exponential backoff and jitter. A watchdog
 thread, which a reader stuck in a blocking read cannot hold up, tracks the age of the last good
 frame: after ``offline_grace_s`` without frames it emits one ``camera_offline`` trouble Event, and
 the first frame after that emits the matching END event.
 
-FFmpeg takes its options from ``OPENCV_FFMPEG_CAPTURE_OPTIONS`` when a capture opens. Unless it is
-already set, the source sets it to :data:`FFMPEG_OPTIONS` (RTSP over TCP, short probe) before its
-first open, which cuts the time to the first frame from about 1.9 s to 0.14 s.
+Streams open with :data:`FFMPEG_OPTIONS` (RTSP over TCP, short probe), which cuts the time to the
+first frame from about 1.9 s to 0.14 s.
 
 With a camera on the network (not run here)::
 
@@ -21,7 +27,7 @@ With a camera on the network (not run here)::
     settings = CaptureConfig(url="rtsp://user:secret@10.0.0.5:554/stream1")
     with CameraSource("gate", settings, place=site_place, node_id="node-1", on_event=events.put) as cam:
         frame = cam.get(timeout=1.0)  # None if no frame came within a second
-        print(cam.stats())
+        print(frame.grey.shape, frame.image.shape, cam.stats())
 
 Settings are checked when they are made:
 
@@ -36,7 +42,6 @@ Settings are checked when they are made:
 from __future__ import annotations
 
 import logging
-import os
 import random
 import threading
 import time
@@ -44,10 +49,10 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
-import cv2
+import av
 import numpy as np
 from pydantic import Field, model_validator
 
@@ -57,8 +62,10 @@ from alerts.core.models import Event, EventKind, EventState, Place, Severity, ut
 
 log = logging.getLogger(__name__)
 
-FFMPEG_OPTIONS = "rtsp_transport;tcp|analyzeduration;100000|probesize;32768"
-"""FFmpeg options used unless ``OPENCV_FFMPEG_CAPTURE_OPTIONS`` is set: TCP, and a short stream probe."""
+FFMPEG_OPTIONS = {"rtsp_transport": "tcp", "analyzeduration": "100000", "probesize": "32768"}
+"""FFmpeg's options for a stream: TCP, and a short stream probe."""
+_Y_FIRST = {"yuv420p", "yuvj420p", "yuv422p", "yuvj422p", "yuv444p", "yuvj444p", "nv12", "nv21"}
+"""8-bit pixel formats whose first plane is the picture in grey (luma)."""
 
 OFFLINE_TYPE = "camera_offline"
 _FPS_WINDOW = 20
@@ -110,6 +117,13 @@ class CaptureConfig(ConfigModel):
     loop: bool = Field(
         default=False, title="Loop", description="Files only: start again at the end, for replays that never end."
     )
+    decode_threads: int = Field(
+        default=1,
+        ge=0,
+        title="Decoding threads",
+        description="FFmpeg threads decoding this camera; 0 lets FFmpeg choose. One costs the least CPU a frame "
+        "when many cameras share a few cores; a high-resolution main stream may need more.",
+    )
     file_fps: float | None = Field(
         default=None,
         ge=0,
@@ -133,21 +147,63 @@ class CaptureConfig(ConfigModel):
         return self
 
 
-@dataclass(frozen=True, slots=True)
 class Frame:
-    """One decoded picture and where and when it came from."""
+    """One decoded picture and where and when it came from.
 
-    camera_id: str
-    seq: int
-    """Counts up from 1 per source, across reconnects; a gap means frames were dropped."""
-    monotonic: float
-    """``time.monotonic()`` when it was read: for ages and intervals."""
-    ts: datetime
-    """UTC time when it was read: for events."""
-    image: np.ndarray
-    """BGR, height x width x 3, as OpenCV hands it out (not copied)."""
-    width: int
-    height: int
+    ``grey`` is a view of the decoder's luma plane; ``image`` (BGR) is converted from the picture the first
+    time it is asked for, once, whichever thread asks.
+    """
+
+    __slots__ = ("_image", "_lock", "_picture", "camera_id", "height", "monotonic", "seq", "ts", "width")
+
+    def __init__(self, camera_id: str, seq: int, monotonic: float, ts: datetime, picture: av.VideoFrame) -> None:
+        self.camera_id = camera_id
+        self.seq = seq
+        """Counts up from 1 per source, across reconnects; a gap means frames were dropped."""
+        self.monotonic = monotonic
+        """``time.monotonic()`` when it was read: for ages and intervals."""
+        self.ts = ts
+        """UTC time when it was read: for events."""
+        self.width = picture.width
+        self.height = picture.height
+        self._picture = picture
+        self._image: np.ndarray | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def grey(self) -> np.ndarray:
+        """The picture in grey, height x width, uint8: the luma plane itself where the format allows."""
+        picture = self._picture
+        if picture.format.name not in _Y_FIRST:
+            return picture.to_ndarray(format="gray")
+        plane = picture.planes[0]
+        rows = np.frombuffer(memoryview(plane), np.uint8).reshape(plane.height, plane.line_size)
+        return rows[:, : plane.width]
+
+    @property
+    def image(self) -> np.ndarray:
+        """BGR, height x width x 3, made on first use (not copied after)."""
+        return self.bgr()
+
+    def bgr(self) -> np.ndarray:
+        """The BGR image, converted from the picture once."""
+        with self._lock:
+            if self._image is None:
+                self._image = self._picture.to_ndarray(format="bgr24")
+            return self._image
+
+
+class PacketSink(Protocol):
+    """Takes a camera's compressed packets as they are read, on the source's reader thread (be quick)."""
+
+    def opened(self, stream: av.VideoStream) -> None:
+        """A connection opened on this stream; its packets follow."""
+
+    def packet(self, packet: av.Packet, wall: float) -> None:
+        """One packet with a timestamp, and ``time.time()`` when it was read."""
+
+    def closed(self) -> None:
+        """The connection ended (a failure, a freeze, the end of a file, or stop)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,12 +268,19 @@ class CameraSource:
         self._frames_read = self._frames_dropped = self._reconnects = 0
         self._ended = False
         self._event_lock = threading.Lock()
+        self._sinks: list[PacketSink] = []
+        self.damaged = 0
+        """Packets the decoder refused (FFmpeg conceals the damage from the next key frame on)."""
         self._online = Debounce(0.0, settings.offline_grace_s)
         """Frames are its sightings: offline after the grace without one, online again at the next."""
         self._threads = [
             threading.Thread(target=self._read_forever, name=f"capture-{camera_id}", daemon=True),
             threading.Thread(target=self._watch, name=f"capture-watchdog-{camera_id}", daemon=True),
         ]
+
+    def attach(self, sink: PacketSink) -> None:
+        """Hands every packet read from now on to ``sink`` too (before ``start``; e.g. a clip recorder)."""
+        self._sinks.append(sink)
 
     def start(self) -> None:
         if self._started:
@@ -296,72 +359,93 @@ class CameraSource:
             self._stop.wait(delay)
 
     def _session(self) -> int:
-        """Opens the capture once and reads it until it fails; returns how many frames it read."""
-        capture = self._open()
-        if capture is None:
+        """Opens the stream once and reads it until it fails; returns how many frames it read."""
+        container = self._open()
+        if container is None:
             return 0
-        try:
-            return self._drain(capture)
-        except cv2.error:
-            # A decoder error must not end the thread: the camera would stay dead without a word.
-            log.exception("camera %s: capture failed", self.camera_id)
-            return 0
-        finally:
-            capture.release()
+        with container:
+            stream = container.streams.video[0]
+            stream.codec_context.thread_count = self.settings.decode_threads
+            self._tell_sinks("opened", stream)
+            try:
+                return self._drain(container, stream)
+            finally:
+                self._tell_sinks("closed")
 
-    def _open(self) -> cv2.VideoCapture | None:
-        # FFmpeg reads this when the capture opens, so it must be in place before the first open.
-        os.environ.setdefault("OPENCV_FFMPEG_CAPTURE_OPTIONS", FFMPEG_OPTIONS)
-        params = [
-            cv2.CAP_PROP_OPEN_TIMEOUT_MSEC,
-            int(self.settings.open_timeout_s * 1000),
-            cv2.CAP_PROP_READ_TIMEOUT_MSEC,
-            int(self.settings.read_timeout_s * 1000),
-        ]
-        capture = cv2.VideoCapture(self.settings.url, cv2.CAP_FFMPEG, params)
-        if not capture.isOpened():
-            log.warning("camera %s: cannot open %s", self.camera_id, redact(self.settings.url))
-            capture.release()
+    def _open(self) -> av.container.InputContainer | None:
+        timeouts = (self.settings.open_timeout_s, self.settings.read_timeout_s)
+        options = {} if self.settings.is_file else FFMPEG_OPTIONS
+        try:
+            container = av.open(self.settings.url, options=options, timeout=timeouts)
+        except (av.FFmpegError, OSError) as exc:
+            log.warning("camera %s: cannot open %s: %s", self.camera_id, redact(self.settings.url), exc)
+            return None
+        if not container.streams.video:
+            log.warning("camera %s: %s has no video", self.camera_id, redact(self.settings.url))
+            container.close()
             return None
         log.info("camera %s: opened %s", self.camera_id, redact(self.settings.url))
-        return capture
+        return container
 
-    def _frame_interval(self, capture: cv2.VideoCapture) -> float:
+    def _frame_interval(self, stream: av.VideoStream) -> float:
         """Seconds between frames to pace a file at; 0 for streams, which pace themselves."""
         if not self.settings.is_file:
             return 0.0
-        fps = self.settings.file_fps if self.settings.file_fps is not None else capture.get(cv2.CAP_PROP_FPS)
+        fps = self.settings.file_fps if self.settings.file_fps is not None else float(stream.average_rate or 0)
         return 1.0 / fps if fps > 0 else 0.0
 
-    def _drain(self, capture: cv2.VideoCapture) -> int:
+    def _drain(self, container: av.container.InputContainer, stream: av.VideoStream) -> int:
         """Reads until the stream fails, freezes or the source stops; returns how many frames it read."""
-        interval = self._frame_interval(capture)
+        interval = self._frame_interval(stream)
         due = time.monotonic()
         count = 0
+        packets = container.demux(stream)
         while not self._stop.is_set():
             before = time.monotonic()
-            ok, image = capture.read()
+            try:
+                packet = next(packets, None)
+            except (av.FFmpegError, OSError) as exc:
+                # A dropped connection, or a read that outwaited read_timeout_s.
+                log.warning("camera %s: read failed after %d frames: %s", self.camera_id, count, exc)
+                return count
             now = time.monotonic()
-            if not ok:
+            if packet is None:
                 if not (self.settings.is_file and count):
-                    log.warning("camera %s: read failed after %d frames", self.camera_id, count)
+                    log.warning("camera %s: stream ended after %d frames", self.camera_id, count)
                 return count
             if now - before > self.settings.stale_after_s:
-                # After a stall FFmpeg may still hand out a leftover picture; the stream is frozen regardless.
                 log.warning("camera %s: stream froze for %.1f s", self.camera_id, now - before)
                 return count
-            self._deliver(image, now)
-            count += 1
-            if interval:
-                due = max(due + interval, now)
-                self._stop.wait(due - time.monotonic())
+            if packet.dts is not None:
+                self._tell_sinks("packet", packet, time.time())
+            for picture in self._decode(packet):
+                self._deliver(picture, time.monotonic())
+                count += 1
+                if interval:
+                    due = max(due + interval, now)
+                    self._stop.wait(due - time.monotonic())
         return count
 
-    def _deliver(self, image: np.ndarray, now: float) -> None:
-        height, width = image.shape[:2]
+    def _decode(self, packet: av.Packet) -> list[av.VideoFrame]:
+        try:
+            return [p for p in packet.decode() if isinstance(p, av.VideoFrame)]
+        except av.error.InvalidDataError:
+            # A damaged packet costs its picture, not the connection.
+            self.damaged += 1
+            return []
+
+    def _tell_sinks(self, what: str, *args: Any) -> None:
+        for sink in self._sinks:
+            try:
+                getattr(sink, what)(*args)
+            except Exception:
+                # A failing sink (a clip recorder) costs what it keeps, never the camera's frames.
+                log.exception("camera %s: packet sink %s failed on %s", self.camera_id, type(sink).__name__, what)
+
+    def _deliver(self, picture: av.VideoFrame, now: float) -> None:
         with self._cond:
             self._frames_read += 1
-            frame = Frame(self.camera_id, self._frames_read, now, utc_now(), image, width, height)
+            frame = Frame(self.camera_id, self._frames_read, now, utc_now(), picture)
             if len(self._buffer) == self._buffer.maxlen:
                 self._frames_dropped += 1
             self._buffer.append(frame)

@@ -23,7 +23,7 @@ from deploy.local.services import Service, free_port
 from edge.clip_upload import ClipSpool, ClipUploader
 from edge.clips import ClipRecorder, ClipsConfig
 from edge.config import parse_config
-from ingest.capture import CaptureConfig
+from ingest.capture import CameraSource, CaptureConfig
 
 KEY_FRAME_S = 1.0
 """The stand-in's footage has a key frame every 10 frames at 10 fps."""
@@ -180,12 +180,14 @@ def test_a_clip_pending_through_an_uplink_outage_arrives_once_and_whole(
         pre_roll_s=2, post_roll_s=1, spool=tmp_path / "clips", api_url="", chunk_bytes=20_000, retry_max_s=0.3
     )
     spool = ClipSpool(settings.spool, settings.max_spool_bytes)
-    recorder = ClipRecorder("cam-walkway", CaptureConfig(url=rtsp_camera.url), settings, spool.add)
+    recorder = ClipRecorder("cam-walkway", settings, spool.add)
+    source = CameraSource("cam-walkway", CaptureConfig(url=rtsp_camera.url), place=CAMERA, node_id="node-1")
+    source.attach(recorder)
     uplink = Uplink(clip_api.port)
     uploader = ClipUploader(
         spool, settings.model_copy(update={"api_url": f"http://127.0.0.1:{uplink.port}"}), edge_key(clip_api)
     )
-    recorder.start()
+    source.start()
     uploader.start()
     try:
         eventually(lambda: recorder.packets > 40, timeout=20)  # four seconds of video in the ring
@@ -208,7 +210,7 @@ def test_a_clip_pending_through_an_uplink_outage_arrives_once_and_whole(
         eventually(lambda: not spool.pending(), timeout=20)
     finally:
         uploader.stop()
-        recorder.stop()
+        source.stop()
     with psycopg.connect(database_url) as conn:
         rows = conn.execute("SELECT id, bytes, sha256, complete FROM clips WHERE alert_id = %s", [alert.id]).fetchall()
     assert rows == [(meta.id, meta.bytes, meta.sha256, True)], "one clip, whole"
