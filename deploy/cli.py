@@ -36,7 +36,7 @@ TRACKERS = "trackers==2.6.1"
 EDGE_INSTALL = f"pip install 'patrolnet[edge]' && pip install --no-deps '{TRACKERS}'"
 CENTRAL_INSTALL = "pip install 'patrolnet[central]'"
 ROLES = {
-    "edge.cli": ("edge", EDGE_INSTALL, ("numpy", "cv2", "yaml", "supervision", "scipy", "trackers")),
+    "edge.cli": ("edge", EDGE_INSTALL, ("numpy", "cv2", "av", "yaml", "supervision", "scipy", "trackers")),
     "alerts.cli": ("central", CENTRAL_INSTALL, ("psycopg", "psycopg_pool", "fastapi", "uvicorn", "prometheus_client")),
 }
 """The module that adds each role's commands: the role, how to install it, and the modules it installs. Each role's
