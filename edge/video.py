@@ -261,6 +261,8 @@ class VideoPipeline:
                 "frames_read": capture.frames_read,
                 "frames_dropped": capture.frames_dropped + (worker.dropped if worker else 0),
                 "reconnects": capture.reconnects,
+                "packets_damaged": capture.damaged,
+                "packet_sink_failures": capture.sink_failures,
                 "analysed": camera.counts.analysed,
                 "gated_out": camera.counts.gated_out,
                 "detected": camera.counts.detected,

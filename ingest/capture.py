@@ -219,6 +219,10 @@ class CaptureStats:
     last_frame_age_s: float | None
     """None before the first frame."""
     online: bool
+    damaged: int = 0
+    """Packets the decoder refused (their pictures are lost; FFmpeg conceals what it can in the next ones)."""
+    sink_failures: int = 0
+    """Calls of a packet sink (the clip recorder) that raised."""
 
 
 def backoff_delay(settings: CaptureConfig, attempt: int) -> float:
@@ -269,8 +273,8 @@ class CameraSource:
         self._ended = False
         self._event_lock = threading.Lock()
         self._sinks: list[PacketSink] = []
-        self.damaged = 0
-        """Packets the decoder refused (FFmpeg conceals the damage from the next key frame on)."""
+        self._failing: set[int] = set()
+        self._damaged = self._sink_failures = 0
         self._online = Debounce(0.0, settings.offline_grace_s)
         """Frames are its sightings: offline after the grace without one, online again at the next."""
         self._threads = [
@@ -334,7 +338,8 @@ class CameraSource:
         age = None if last is None else time.monotonic() - last
         online = age is not None and age < self.settings.stale_after_s
         fps = (len(times) - 1) / (times[-1] - times[0]) if online and len(times) > 1 and times[-1] > times[0] else 0.0
-        return CaptureStats(*counts, fps=fps, last_frame_age_s=age, online=online)
+        damage = {"damaged": self._damaged, "sink_failures": self._sink_failures}
+        return CaptureStats(*counts, fps=fps, last_frame_age_s=age, online=online, **damage)
 
     # The reader thread.
 
@@ -366,6 +371,7 @@ class CameraSource:
         with container:
             stream = container.streams.video[0]
             stream.codec_context.thread_count = self.settings.decode_threads
+            self._failing.clear()
             self._tell_sinks("opened", stream)
             try:
                 return self._drain(container, stream)
@@ -431,7 +437,7 @@ class CameraSource:
             return [p for p in packet.decode() if isinstance(p, av.VideoFrame)]
         except av.error.InvalidDataError:
             # A damaged packet costs its picture, not the connection.
-            self.damaged += 1
+            self._damaged += 1
             return []
 
     def _tell_sinks(self, what: str, *args: Any) -> None:
@@ -439,8 +445,12 @@ class CameraSource:
             try:
                 getattr(sink, what)(*args)
             except Exception:
-                # A failing sink (a clip recorder) costs what it keeps, never the camera's frames.
-                log.exception("camera %s: packet sink %s failed on %s", self.camera_id, type(sink).__name__, what)
+                # A failing sink (a clip recorder) costs what it keeps, never the camera's frames; said once a
+                # connection, not ten times a second.
+                self._sink_failures += 1
+                if id(sink) not in self._failing:
+                    self._failing.add(id(sink))
+                    log.exception("camera %s: packet sink %s failed on %s", self.camera_id, type(sink).__name__, what)
 
     def _deliver(self, picture: av.VideoFrame, now: float) -> None:
         with self._cond:

@@ -12,6 +12,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import av
+import cv2
+import numpy as np
 import pytest
 from conftest import eventually
 from pydantic import ValidationError
@@ -190,3 +193,54 @@ def test_settings_refuse_mistakes_and_backoff_grows_with_jitter() -> None:
     assert all(0.5 <= d <= 1 for d in delays[0]) and all(4 <= d <= 8 for d in delays[5])
     assert len(set(delays[5])) > 40, "jitter, so cameras do not retry in step"
     assert redact("rtsp://admin:s3cret@10.0.0.5:554/s1") == "rtsp://admin:***@10.0.0.5:554/s1"
+
+
+def clients_of(port: int) -> int:
+    """Established TCP connections to ``port`` on this machine, counted from the client's side."""
+    count = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as rows:
+            for row in list(rows)[1:]:
+                remote, state = row.split()[2:4]
+                count += state == "01" and int(remote.rsplit(":", 1)[1], 16) == port
+    return count
+
+
+class Packets:
+    """A packet sink that keeps what it was told; ``fail`` makes it raise on every packet."""
+
+    def __init__(self, fail: bool = False) -> None:
+        self.fail = fail
+        self.opens = self.closes = 0
+        self.keys: list[bool] = []
+
+    def opened(self, stream: av.VideoStream) -> None:
+        self.opens += 1
+
+    def packet(self, packet: av.Packet, wall: float) -> None:
+        self.keys.append(packet.is_keyframe)
+        if self.fail:
+            raise RuntimeError("a sink that fails")
+
+    def closed(self) -> None:
+        self.closes += 1
+
+
+def test_one_connection_feeds_the_frames_and_the_packet_sinks(rtsp_camera: Service) -> None:
+    kept, failing = Packets(), Packets(fail=True)
+    source = CameraSource("gate", CaptureConfig(url=rtsp_camera.url), place=SITE, node_id="node-1")
+    source.attach(kept)
+    source.attach(failing)
+    with source:
+        eventually(lambda: source.stats().frames_read >= 25, timeout=10)
+        assert clients_of(rtsp_camera.port) == 1, "the sinks ride on the capture's own connection"
+        frame = take(source)
+    assert len(kept.keys) >= 25 and kept.keys.count(True) >= 2, "every packet, key frames among them"
+    assert abs(len(failing.keys) - len(kept.keys)) <= 1, "a sink that raises is told of every packet all the same"
+    assert source.stats().sink_failures == len(failing.keys) and source.stats().damaged == 0
+    assert (kept.opens, kept.closes) == (1, 1)
+    # The grey plane is the picture's luma: what OpenCV computes from the BGR image, within rounding and range.
+    grey, image = frame.grey, frame.image
+    assert grey.shape == (576, 768) and image.shape == (576, 768, 3)
+    from_bgr = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY).astype(np.float32)
+    assert np.abs(grey - (from_bgr * 219 / 255 + 16)).mean() < 3
