@@ -48,6 +48,7 @@ from alerts.api import (
 )
 from alerts.api.guard import Guard, page_policy
 from alerts.api.http import ApiSettings, ErrorBody, Pool, Who
+from alerts.api.list_shortcut import AlertListShortcut
 from alerts.api.stream import ChangeNotifier
 from alerts.auth import Principal
 from alerts.core.settings import setting
@@ -100,6 +101,7 @@ def create_app(database_url: str, settings: ApiSettings | None = None, pool_size
         routes_grids, routes_escalation, routes_clips, report_links, routes_shops, shop_page, routes_cases,
         routes_stats, routes_wording,
     )  # fmt: skip
+    app.add_middleware(AlertListShortcut, api=app)
     app.add_middleware(Guard, api=app, routes=[route for module in modules for route in module.router.routes])
     app.state.metrics.install(app)
 

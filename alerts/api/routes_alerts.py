@@ -98,10 +98,15 @@ async def page_of_alerts(pool: Pool, who: Reader, page: AlertPage) -> AlertList:
 async def list_alerts(pool: Pool, who: Reader, page: Annotated[AlertPage, Query()]) -> Response:
     # The busiest route: the database writes each alert's JSON (an AlertList item's, see ALERT_JSON), and the
     # page is joined here, never a model per row; response_model documents what this is.
+    # The plain case of this route is answered by alerts.api.list_shortcut before it gets here.
     items, last = await alerts_page_json(pool, who, page, _before(page))
+    return Response(list_json(items, last), media_type="application/json")
+
+
+def list_json(items: list[str], last: tuple[datetime, UUID] | None) -> str:
+    """An AlertList's JSON from its items' JSON and the (time, id) of the last one when more follow."""
     cursor = json.dumps(encode_cursor(*last)) if last is not None else "null"
-    body = f'{{"items":[{",".join(items)}],"next_cursor":{cursor}}}'
-    return Response(body, media_type="application/json")
+    return f'{{"items":[{",".join(items)}],"next_cursor":{cursor}}}'
 
 
 @router.get(

@@ -29,7 +29,10 @@ import time
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Self
+from typing import TYPE_CHECKING, Self
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
 
 log = logging.getLogger(__name__)
 
@@ -295,9 +298,10 @@ def spawn(args: list[str], env: dict[str, str], stack: ExitStack) -> subprocess.
 
 
 class ApiThread:
-    """The alert API served by uvicorn on a free port, in a thread of this process; a context manager."""
+    """The alert API (``app``, else the one ``create_app`` makes) served by uvicorn on a free port, in a thread of
+    this process; a context manager."""
 
-    def __init__(self, database_url: str) -> None:
+    def __init__(self, database_url: str, app: FastAPI | None = None) -> None:
         import uvicorn
 
         from alerts.api.app import create_app
@@ -305,9 +309,8 @@ class ApiThread:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.database_url = database_url
-        config = uvicorn.Config(
-            create_app(database_url), host="127.0.0.1", port=self.port, log_level="warning", timeout_graceful_shutdown=1
-        )
+        app = app or create_app(database_url)
+        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", timeout_graceful_shutdown=1)
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, daemon=True)
 
