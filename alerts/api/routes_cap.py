@@ -9,7 +9,7 @@ from uuid import UUID
 
 from fastapi import APIRouter, Query, Request, Response
 
-from alerts.api.cap import atom_feed, cap_alert, cap_document
+from alerts.api.cap import CAP_TYPE, atom_feed, cap_alert, cap_document
 from alerts.api.http import Pool, Reader, base_url, get_settings, visible_alert
 from alerts.api.media import image_type
 from alerts.api.routes_alerts import page_of_alerts, snapshot_url
@@ -20,7 +20,6 @@ from alerts.store.queries import AlertPage
 log = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/api/v1", tags=["cap"])
-CAP_TYPE = "application/cap+xml"
 ATOM_TYPE = "application/atom+xml"
 
 
