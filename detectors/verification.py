@@ -36,11 +36,11 @@ import logging
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
-from uuid import uuid4
 
 from pydantic import Field
 
 from alerts.core.config import ConfigModel
+from alerts.core.ids import time_id
 from alerts.core.models import Event, EventKind, EventState
 
 log = logging.getLogger(__name__)
@@ -121,7 +121,7 @@ class AlarmVerification:
                 log.info("%s confirmed: %s in alarm", peer.start.dedup_key, ", ".join(sorted(peer.confirmed_by)))
                 updates.append(
                     _marked(peer.start, peer.confirmed_by).model_copy(
-                        update={"id": uuid4(), "ts": event.ts, "state": EventState.UPDATE}
+                        update={"id": time_id(), "ts": event.ts, "state": EventState.UPDATE}
                     )
                 )
         return [_marked(event, group), *updates]

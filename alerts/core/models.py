@@ -17,9 +17,11 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
-from uuid import UUID, uuid4
+from uuid import UUID
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, FiniteFloat, field_validator, model_validator
+
+from alerts.core.ids import time_id
 
 
 def utc_now() -> datetime:
@@ -99,7 +101,7 @@ ROUTES: dict[EventKind, Role] = {
 
 
 class _Stamped(_Wire):
-    id: UUID = Field(default_factory=uuid4, title="Id", description="Given where the object is born; never reused.")
+    id: UUID = Field(default_factory=time_id, title="Id", description="Given where the object is born; never reused.")
     ts: AwareDatetime = Field(default_factory=utc_now, title="Time", description="When it happened, in UTC.")
 
     @field_validator("ts")
