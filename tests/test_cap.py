@@ -276,3 +276,15 @@ def test_each_language_has_its_info_built_from_the_type_and_attributes(api: ApiS
         == "徘徊：人员在walkway停留95秒，地点：cam-1, willow-court, g07, east-gate, riverside；持续中，共1次事件。"
     )
     assert [text(i, "cap:category") for i in by_language(documents[0]).values()] == ["Security", "Security"]
+
+
+def test_characters_xml_cannot_carry_are_replaced_and_the_feed_stays_readable(api: ApiServer) -> None:
+    # A node's title is any string; a bell or a noncharacter in one alert must not make a whole feed page
+    # unreadable to a CAP client.
+    _, alert = raise_alert(api.database_url, type="smoke", title="Smoke\x07 alarm\x1b[0m at B3\ufffe")
+    fire = api.key("fire")
+    root = ET.fromstring(get(api, f"/api/v1/alerts/{alert.id}/cap", fire).content)
+    check_cap(root)
+    assert text(by_language(root)["en-US"], "cap:headline") == "Smoke\ufffd alarm\ufffd[0m at B3\ufffd"
+    feed = ET.fromstring(get(api, "/api/v1/alerts.cap", fire).content)
+    assert text(feed, "atom:entry/atom:content/cap:alert/cap:incidents") == str(alert.id)
