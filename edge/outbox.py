@@ -285,6 +285,19 @@ Implementation specific error (a broker plugin's, often a passing fault), 0x80 U
 identifier in use; retrying costs a delay, while dead-lettering a message that would have passed costs the message."""
 
 
+def packet_size(topic: str, payload: bytes, properties: Properties | None) -> int:
+    """Bytes of the MQTT 5 PUBLISH packet (QoS 1) that carries ``payload`` on ``topic``: what a broker's Maximum
+    Packet Size counts.
+
+    >>> packet_size("a/b", b"x" * 10, None), packet_size("a/b", b"x" * 200, None)
+    (20, 211)
+    """
+    # Topic (length and bytes), packet id, the properties (their length's varint and them), the payload.
+    remaining = 2 + len(topic.encode()) + 2 + (len(properties.pack()) if properties else 1) + len(payload)
+    length_bytes = next(n for n in (1, 2, 3, 4) if remaining < 128**n)
+    return 1 + length_bytes + remaining
+
+
 def refused_for_good(reason_code: ReasonCode | int) -> bool:
     """Whether a PUBACK's reason code refuses the message whatever the retry.
 
@@ -366,6 +379,8 @@ class Uplink:
         spool is not slept through (it would wait a whole second)."""
         self._stopping = False
         self._connected = False
+        self._max_packet: int | None = None
+        """The broker's Maximum Packet Size from its CONNACK, if it named one."""
         self._client, self._address, self._props = make_client(url, client_id, no_delay=True)
         self._client.max_inflight_messages_set(max_inflight)
         self._client.suppress_exceptions = True
@@ -409,6 +424,7 @@ class Uplink:
             log.warning("uplink %s:%s refused the connection: %s", self._address.host, self._address.port, reason_code)
             return
         log.info("uplink connected to %s:%s", self._address.host, self._address.port)
+        self._max_packet = getattr(properties, "MaximumPacketSize", None)
         if self.confirm_topic:
             # Before any publish of this connection: the broker takes packets in order, so no confirmation of
             # what is sent next can miss the subscription.
@@ -596,9 +612,16 @@ class Uplink:
                     self._wake.wait(timeout=1.0)
             return
         for seq, topic, payload in batch:
+            properties = self._properties(seq)
+            size, limit = packet_size(topic, payload, properties), self._max_packet
+            if limit is not None and size > limit:
+                # Mosquitto would close the connection, and the message would be sent again at every reconnect.
+                why = f"its PUBLISH packet of {size} bytes is over the broker's maximum packet size of {limit} bytes"
+                self._replace_with_dead_letter(seq, topic, payload, why)
+                return
             # Not under self._wake: paho calls on_publish holding its own lock, which publish() needs too.
             try:
-                info = self._client.publish(topic, payload, qos=1, properties=self._properties(seq))
+                info = self._client.publish(topic, payload, qos=1, properties=properties)
             except ValueError as exc:
                 self._replace_with_dead_letter(seq, topic, payload, str(exc))
                 return
@@ -639,7 +662,8 @@ class Uplink:
             with self._wake:
                 self.dropped += 1
             return False
-        kept = payload[:DEAD_LETTER_KEEPS]
+        # Its dead letter must pass the broker's limit too: base64 makes the part it keeps a third larger.
+        kept = payload[: min(DEAD_LETTER_KEEPS, (self._max_packet or DEAD_LETTER_KEEPS * 2) // 2)]
         letter = DeadLetter(topic=topic, payload=kept, reason=f"uplink: {reason}", source="uplink")
         self.spool.replace(seq, uplink_topic(site, "deadletters"), encode("deadletters", letter))
         return True

@@ -20,7 +20,7 @@ from fire_helpers import ALARM, node_config, publish
 from alerts.core.models import Event, EventKind, Place, utc_now
 from alerts.core.protocol import confirm_topic, uplink_topic
 from alerts.intake.writer import IngestWorker
-from deploy.local.services import Service, free_port, start_mosquitto
+from deploy.local.services import Service, free_port, start_mosquitto, start_mosquitto_config
 from edge.node import EdgeNode
 from edge.outbox import Spool, Uplink
 from edge.state import EdgeState
@@ -214,3 +214,34 @@ def test_a_confirmation_deletes_only_what_it_names_and_survives_any_payload(tmp_
     uplink._on_confirmation(None, None, mqtt_message(f'{{"ids": ["{token}/{seqs[1]}"]}}'.encode()))
     assert [seq for seq, _, _ in spool.after(0, 10)] == [seqs[0], seqs[2]]
     assert uplink.confirmed == 1
+
+
+def test_a_message_over_the_brokers_maximum_packet_size_becomes_a_dead_letter_and_the_alarm_after_it_passes(
+    database_url: str, tmp_path: Path
+) -> None:
+    """Mosquitto disconnects a client that sends a packet over its max_packet_size, and paho does not check the
+    CONNACK's Maximum Packet Size: sent again at every reconnect, one such message would hold up every alarm after
+    it. The outbox knows the limit from the CONNACK and dead-letters the message instead of sending it."""
+    conf = tmp_path / "small-packets.conf"
+    conf.write_text("listener 1883\nallow_anonymous true\nmax_packet_size 100000\n")
+    with start_mosquitto_config(conf, tmp_path / "broker") as broker:
+        spool = Spool(tmp_path / "outbox.sqlite3")
+        uplink = Uplink(spool, broker.url, client_id="patrolnet-edge-test-uplink", confirm_topic=CONFIRM)
+        worker = IngestWorker(broker.url, database_url, name="test-ingest")
+        worker.start()
+        assert worker.wait_ready()
+        big = Event(kind=EventKind.FIRE, type="smoke", place=PLACE, source="n1", snapshot=os.urandom(120_000))
+        alarm = Event(kind=EventKind.FIRE, type="smoke", place=PLACE, source="n1")
+        try:
+            uplink.send(uplink_topic(PLACE.site, "events"), big.model_dump_json().encode())
+            uplink.send(uplink_topic(PLACE.site, "events"), alarm.model_dump_json().encode())
+            uplink.start()
+            eventually(lambda: spool.pending() == 0, timeout=20)
+            with psycopg.connect(database_url) as conn:
+                assert conn.execute("SELECT id FROM events").fetchall() == [(alarm.id,)]
+                [(reason, kept)] = conn.execute("SELECT reason, length(payload) FROM dead_letters").fetchall()
+        finally:
+            uplink.stop()
+            worker.stop()
+    assert "over the broker's maximum packet size of 100000 bytes" in reason
+    assert kept == 50_000, "the dead letter keeps what passes the same broker"
