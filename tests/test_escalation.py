@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterator
+from datetime import timedelta
 from typing import Any
 from uuid import UUID
 
@@ -198,3 +199,31 @@ def test_a_chain_it_cannot_read_holds_only_its_own_alerts(api: ApiServer) -> Non
     _, fire = raise_alert(api.database_url)
     eventually(lambda: actions(api.database_url, fire.id) == ["escalate"], timeout=15)
     assert actions(api.database_url, poison.id) == []
+
+
+def look_at(database_url: str, alert_id: UUID) -> tuple[Any, ...]:
+    """(look_at, due_at, the alert's status_at) of an alert's escalation; () once it is gone."""
+    with psycopg.connect(database_url) as conn:
+        sql = """SELECT e.look_at, e.due_at, a.status_at FROM alert_escalations e JOIN alerts a ON a.id = e.alert_id
+WHERE e.alert_id = %s"""
+        return conn.execute(sql, (alert_id,)).fetchone() or ()
+
+
+def test_the_runner_looks_at_a_row_only_when_its_time_comes_or_its_alert_changes(api: ApiServer) -> None:
+    # The runner reads only rows whose look_at has come (by an index): a year of alerts whose chains ran out, or
+    # that wait acknowledged, costs its pass nothing until one of them changes.
+    admin = api.key("admin")
+    desk = api.key("fire", community=EAST.community)
+    set_chains(api, admin, fire_chain((1, [{"type": "grid_team"}]), ack_timeout_s=600))
+    _, alert = raise_alert(api.database_url)
+    looked, due, _ = look_at(api.database_url, alert.id)
+    assert looked == due is not None, "stored new: looked at when its first step is due"
+    eventually(lambda: actions(api.database_url, alert.id) == ["escalate"], timeout=15)
+    eventually(lambda: look_at(api.database_url, alert.id)[:2] == (None, None))  # the chain ran out
+    act(api, desk, alert.id, "acknowledge")
+    # The acknowledgement's trigger makes it now (its status_at); the runner's look then sets its timeout.
+    looked, due, status_at = eventually(lambda: (row := look_at(api.database_url, alert.id))[0] > row[2] and row)
+    assert looked == status_at + timedelta(seconds=600), "acknowledged: looked at again when it times out"
+    act(api, desk, alert.id, "resolve")
+    eventually(lambda: look_at(api.database_url, alert.id) == ())
+    assert actions(api.database_url, alert.id) == ["escalate", "acknowledge", "resolve"]

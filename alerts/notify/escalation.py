@@ -8,11 +8,13 @@ community's desk. ``PUT /api/v1/escalation/chains`` replaces them.
 - **Start**: a trigger on ``alerts`` starts the chain when an alert is stored new, whoever stores it; the
   writers are not touched. A step's delay counts from then (the centre's clock, not the edge's).
 - **Steps**: each API process runs an ``EscalationRunner`` (a task of its event loop, every ``poll_s``). It
-  reads what is due, then takes each alert in a transaction of its own: the escalation row ``FOR UPDATE SKIP
-  LOCKED`` (another runner holding it has it), the alert's row as a desk's action locks it, the state and the
-  status read again under those locks, then the step's entry in the audit trail (actor ``escalation``, action
-  ``escalate``, a note naming whom it went to), its ``escalated`` change on the stream and to webhooks, the
-  robots' messages, and the next step's time, all in that one transaction. A second runner therefore finds
+  reads the rows whose ``look_at`` has come (by an index: a step's due time, an acknowledgement's timeout, now
+  after a change of the alert or of the chains; migration 0020), then takes each alert in a transaction of its
+  own: the alert's row as a desk's action locks it, the escalation row ``FOR UPDATE SKIP LOCKED`` (another
+  runner holding it has it), the state and the status read again under those locks, then the step's entry in
+  the audit trail (actor ``escalation``, action ``escalate``, a note naming whom it went to), its ``escalated``
+  change on the stream and to webhooks, the robots' messages, and the next step's time, all in that one
+  transaction. A second runner therefore finds
   the step done or the row locked: never a step twice, and an acknowledgement committed first stops it.
 - **Whom**: a person, the alert's grid team, a desk's people on duty, a chat-group robot; a robot's message
   mentions the mobiles of the people its step notifies. Nobody on duty is said so in the trail.
@@ -127,11 +129,17 @@ class EscalationRunner:
             return True
         if alert.status is AlertStatus.ACKNOWLEDGED:
             timeout = chain.ack_timeout_s
-            if timeout is None or alert.status_at is None or alert.status_at + timedelta(seconds=timeout) > alert.now:
+            if timeout is None or alert.status_at is None:
+                await store.look_again(conn, alert_id, None)
+                return False
+            ends = alert.status_at + timedelta(seconds=timeout)
+            if ends > alert.now:
+                await store.look_again(conn, alert_id, ends)
                 return False
             await self._unacknowledge(conn, alert, chain, timeout)
             return True
         if alert.due_at is None or alert.due_at > alert.now:
+            await store.look_again(conn, alert_id, alert.due_at)
             return False
         if alert.step < len(chain.steps):
             await self._escalate(conn, alert, chain)

@@ -153,6 +153,8 @@ async def replace_chains(pool: AsyncConnectionPool, chains: list[ChainIn]) -> li
         if missing := set(robots) - {row[0] for row in found}:
             raise ValueError(f"no active chat-group robot {sorted(map(str, missing))[0]}")
         await conn.execute("DELETE FROM escalation_chains")
+        # Every alert under escalation may follow another chain now, or none.
+        await conn.execute("UPDATE alert_escalations SET look_at = now()")
         stored = []
         for chain in chains:
             values = chain.model_dump(mode="json")
@@ -188,25 +190,20 @@ class Escalating(BaseModel):
     now: datetime
 
 
-# What the runner looks at: steps due on new alerts, acknowledgements past their chain's timeout, and rows to
-# drop (the alert resolved or dismissed, cleared under a chain that stops then, or no chain any more).
+# The rows whose look is due (migration 0020): the runner works out what each needs under its locks, and says when
+# to look again.
 _DUE_SQL = """
-SELECT e.alert_id FROM alert_escalations e JOIN alerts a ON a.id = e.alert_id
-LEFT JOIN LATERAL escalation_chain(a.kind, a.route, a.severity) c ON true
-WHERE e.alert_id <> ALL(%s)
-  AND (c.id IS NULL OR a.status NOT IN ('new', 'acknowledged') OR (c.stop_when_cleared AND NOT a.active)
-       OR (a.status = 'new' AND e.due_at <= now())
-       OR (a.status = 'acknowledged' AND a.status_at + make_interval(secs => c.ack_timeout_s) <= now()))
-ORDER BY e.due_at NULLS LAST LIMIT %s"""
+SELECT alert_id FROM alert_escalations WHERE look_at <= now() AND alert_id <> ALL(%s) ORDER BY look_at LIMIT %s"""
 
-# Another runner holding the row has it: skip it. The alert's row is locked as a desk's action locks it, so an
-# acknowledgement and a step never cross.
-_CLAIM_SQL = """
-SELECT e.alert_id, e.started_at, e.step, e.round, e.due_at FROM alert_escalations e WHERE e.alert_id = %s
-FOR UPDATE SKIP LOCKED"""
+# The alert's row first, as a desk's action and ingest lock it (their change of it then takes the escalation's
+# row, migration 0020's trigger), so an acknowledgement and a step never cross; then the escalation's row, which
+# another runner holding has: skip it.
 _ALERT_SQL = """
 SELECT kind, route, severity, status, status_at, active, sub_district, community, grid, now() FROM alerts
 WHERE id = %s FOR NO KEY UPDATE"""
+_CLAIM_SQL = """
+SELECT e.alert_id, e.started_at, e.step, e.round, e.due_at FROM alert_escalations e WHERE e.alert_id = %s
+FOR UPDATE SKIP LOCKED"""
 _CHAIN_SQL = f"SELECT {_CHAIN_FIELDS} FROM escalation_chain(%s, %s, %s)"
 
 
@@ -219,11 +216,11 @@ async def due(conn: psycopg.AsyncConnection, limit: int, held: list[UUID]) -> li
 async def claim(conn: psycopg.AsyncConnection, alert_id: UUID) -> tuple[Escalating, Chain | None] | None:
     """Locks an alert's escalation and the alert, in the caller's transaction: its state and its chain now; None
     when another runner holds it or it is gone."""
-    state = await (await conn.execute(_CLAIM_SQL, (alert_id,))).fetchone()
-    if state is None:
-        return None
     alert = await (await conn.execute(_ALERT_SQL, (alert_id,))).fetchone()
     if alert is None:
+        return None
+    state = await (await conn.execute(_CLAIM_SQL, (alert_id,))).fetchone()
+    if state is None:
         return None
     fields = dict(zip(Escalating.model_fields, (*state, *alert), strict=True))
     escalating = Escalating.model_validate(fields)
@@ -234,8 +231,14 @@ async def claim(conn: psycopg.AsyncConnection, alert_id: UUID) -> tuple[Escalati
 async def schedule(
     conn: psycopg.AsyncConnection, alert_id: UUID, step: int, round_: int, due_at: datetime | None, started_at: datetime
 ) -> None:
-    sql = "UPDATE alert_escalations SET step = %s, round = %s, due_at = %s, started_at = %s WHERE alert_id = %s"
-    await conn.execute(sql, (step, round_, due_at, started_at, alert_id))
+    sql = """UPDATE alert_escalations SET step = %s, round = %s, due_at = %s, look_at = %s, started_at = %s
+WHERE alert_id = %s"""
+    await conn.execute(sql, (step, round_, due_at, due_at, started_at, alert_id))
+
+
+async def look_again(conn: psycopg.AsyncConnection, alert_id: UUID, at: datetime | None) -> None:
+    """When the runner next looks at an alert's escalation; None: only once the alert changes."""
+    await conn.execute("UPDATE alert_escalations SET look_at = %s WHERE alert_id = %s", (at, alert_id))
 
 
 async def record(
