@@ -14,8 +14,8 @@ community's desk. ``PUT /api/v1/escalation/chains`` replaces them.
   runner holding it has it), the state and the status read again under those locks, then the step's entry in
   the audit trail (actor ``escalation``, action ``escalate``, a note naming whom it went to), its ``escalated``
   change on the stream and to webhooks, the robots' messages, and the next step's time, all in that one
-  transaction. A second runner therefore finds
-  the step done or the row locked: never a step twice, and an acknowledgement committed first stops it.
+  transaction. A second runner therefore finds the step done or the row locked: never a step twice, and an
+  acknowledgement committed first stops it.
 - **Whom**: a person, the alert's grid team, a desk's people on duty, a chat-group robot; a robot's message
   mentions the mobiles of the people its step notifies. Nobody on duty is said so in the trail.
 - **Repeat**: after the last step the chain runs again ``repeat`` times, each round as long as its last delay.
