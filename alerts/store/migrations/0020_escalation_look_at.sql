@@ -4,23 +4,9 @@
 -- changes), and the runner reads only the rows whose time has come, by an index. A step sets it to its due time,
 -- an acknowledgement to when it times out; a change of an alert's status, activity or severity, and a change of
 -- the chains, to now.
-ALTER TABLE alert_escalations ADD COLUMN look_at timestamptz;
-UPDATE alert_escalations SET look_at = now();
+-- A new row (and every row there is now) is looked at right away; the runner then sets its first step's time.
+ALTER TABLE alert_escalations ADD COLUMN look_at timestamptz DEFAULT now();
 CREATE INDEX alert_escalations_look_at ON alert_escalations (look_at);
-
-CREATE OR REPLACE FUNCTION start_escalation() RETURNS trigger LANGUAGE plpgsql AS $$
-DECLARE
-    first_delay double precision;
-BEGIN
-    SELECT (c.steps -> 0 ->> 'delay_s')::double precision INTO first_delay
-    FROM escalation_chain(NEW.kind, NEW.route, NEW.severity) c;
-    IF FOUND AND NEW.status = 'new' THEN
-        INSERT INTO alert_escalations (alert_id, due_at, look_at)
-        VALUES (NEW.id, now() + make_interval(secs => first_delay), now() + make_interval(secs => first_delay))
-        ON CONFLICT DO NOTHING;
-    END IF;
-    RETURN NULL;
-END $$;
 
 -- Whoever changes the alert (a desk, ingest, the runner) holds the alert's row when this takes the escalation's:
 -- the runner takes them in that order too.
