@@ -195,6 +195,18 @@ def test_a_message_and_its_state_survive_a_sigkill_together_or_not_at_all(tmp_pa
     assert kills >= 10
 
 
+def test_a_key_changed_several_times_in_one_save_keeps_its_last_change(tmp_path: Path) -> None:
+    """The changes of one save are written as their last change a key (two statements for a batch); the state
+    left is the one the changes made in turn, whatever the order of sets and deletes."""
+    state = EdgeState(Spool(tmp_path / "outbox.sqlite3"))
+    state.save([("p", "kept", {"n": 0}), ("p", "gone", {"n": 0}), ("p", "back", {"n": 0})])
+    state.save([
+        ("p", "kept", {"n": 1}), ("p", "gone", None), ("p", "kept", {"n": 2}),
+        ("p", "back", None), ("p", "back", {"n": 3}), ("p", "new", {"n": 4}), ("p", "new", None),
+    ])  # fmt: skip
+    assert state.load("p") == {"kept": {"n": 2}, "back": {"n": 3}}
+
+
 def mqtt_message(payload: bytes) -> mqtt.MQTTMessage:
     message = mqtt.MQTTMessage(topic=confirm_topic("s", "n1").encode())
     message.payload = payload

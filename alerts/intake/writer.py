@@ -77,14 +77,14 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from datetime import UTC, datetime, timedelta
-from functools import partial
-from typing import Any
+from functools import cache, partial
+from typing import Any, get_args
 
 import paho.mqtt.client as mqtt
 import psycopg
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
-from pydantic import BaseModel, ValidationError
+from pydantic import AwareDatetime, BaseModel, NaiveDatetime, ValidationError
 
 from alerts.core import protocol
 from alerts.core.models import DEAD_LETTER_KEEPS, DeadLetter
@@ -138,21 +138,49 @@ def lane_of(topic: str) -> str:
     return "bulk" if topic.rpartition("/")[2] in BULK_CHANNELS else "alarm"
 
 
-def _times(value: Any, path: str) -> list[tuple[str, datetime]]:
+def _holds_time(annotation: Any) -> bool:
+    """Whether a field of this type can hold a time: a datetime, or a model or list holding one."""
+    if isinstance(annotation, type):
+        if issubclass(annotation, datetime | AwareDatetime | NaiveDatetime):
+            return True
+        return issubclass(annotation, BaseModel) and bool(_time_fields(annotation))
+    return any(_holds_time(arg) for arg in get_args(annotation))
+
+
+@cache
+def _time_fields(model: type[BaseModel]) -> tuple[str, ...]:
+    """The fields of ``model`` that can hold a time, found once a model: a batch of readings walks one field
+    each (``ts``) instead of every field of every reading and of its place.
+
+    >>> from alerts.core.models import Heartbeat, Reading
+    >>> _time_fields(Reading), _time_fields(Heartbeat)
+    (('ts',), ('ts', 'started_at', 'devices'))
+    """
+    return tuple(name for name, info in model.model_fields.items() if _holds_time(info.annotation))
+
+
+def _first_outside(value: Any, low: datetime, high: datetime) -> tuple[str, datetime] | None:
+    """(path, time) of the first time in ``value`` outside ``low`` .. ``high``; None when there is none."""
     if isinstance(value, datetime):
-        return [(path, value)]
+        return None if low <= value <= high else ("", value)
+    found = None
     if isinstance(value, BaseModel):
-        return [t for name in type(value).model_fields for t in _times(getattr(value, name), f"{path}.{name}")]
-    if isinstance(value, list):
-        return [t for i, item in enumerate(value) for t in _times(item, f"{path}[{i}]")]
-    return []
+        for name in _time_fields(type(value)):
+            if (found := _first_outside(getattr(value, name), low, high)) is not None:
+                return f".{name}{found[0]}", found[1]
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            if (found := _first_outside(item, low, high)) is not None:
+                return f"[{i}]{found[0]}", found[1]
+    return found
 
 
 def check_times(parsed: Sequence[BaseModel], now: datetime) -> None:
     """ValueError naming the first time (of any model field) before 2000 or more than a day after ``now``."""
-    for path, ts in _times(parsed[0] if len(parsed) == 1 else parsed, ""):
-        if ts < EARLIEST or ts > now + AHEAD:
-            raise ValueError(f"time {path.lstrip('.')} = {ts.isoformat()} is outside 2000-01-01 .. now + 1 day")
+    found = _first_outside(parsed[0] if len(parsed) == 1 else list(parsed), EARLIEST, now + AHEAD)
+    if found is not None:
+        path, ts = found
+        raise ValueError(f"time {path.lstrip('.')} = {ts.isoformat()} is outside 2000-01-01 .. now + 1 day")
 
 
 def _explain(exc: Exception) -> str:
