@@ -209,6 +209,12 @@ def test_later_states_update_or_cancel_the_first_message(api: ApiServer) -> None
     _, unconfirmed = raise_alert(api.database_url, type="smoke")
     _, false_alarm = raise_alert(api.database_url, type="heat")
     fire = api.key("fire")
+    # Read first, so that a message the API kept from before the desk's change would show.
+    for alert in (unconfirmed, false_alarm):
+        first = ET.fromstring(get(api, f"/api/v1/alerts/{alert.id}/cap", fire).content)
+        assert text(first, "cap:msgType") == "Alert"
+    feed = ET.fromstring(get(api, "/api/v1/alerts.cap", fire).content)
+    assert {text(e, "atom:content/cap:alert/cap:msgType") for e in feed.findall("atom:entry", NS)} == {"Alert"}
     httpx.post(f"{api.url}/api/v1/alerts/{unconfirmed.id}/acknowledge", headers=fire)
     httpx.post(f"{api.url}/api/v1/alerts/{false_alarm.id}/false-alarm", headers=fire)
     acknowledged = ET.fromstring(get(api, f"/api/v1/alerts/{unconfirmed.id}/cap", fire).content)
@@ -219,6 +225,11 @@ def test_later_states_update_or_cancel_the_first_message(api: ApiServer) -> None
     assert text(acknowledged, "cap:info/cap:certainty") == "Likely"
     assert f"urn:patrolnet:alert:{unconfirmed.id}:1:new" in text(acknowledged, "cap:references")
     assert (text(cancelled, "cap:msgType"), text(cancelled, "cap:info/cap:urgency")) == ("Cancel", "Past")
+    feed = ET.fromstring(get(api, "/api/v1/alerts.cap", fire).content)
+    assert sorted(text(e, "atom:content/cap:alert/cap:msgType") for e in feed.findall("atom:entry", NS)) == [
+        "Cancel",
+        "Update",
+    ]
 
 
 def test_the_feed_is_an_atom_feed_of_the_same_alerts_as_the_list(api: ApiServer) -> None:

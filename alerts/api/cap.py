@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -205,6 +206,47 @@ def cap_alert(alert: StoredAlert, sender: str, base: str, snapshots: list[tuple[
     parts += [info for info, _ in infos]
     parts.append("</alert>")
     return CapMessage(ident, sender, sent, infos[0][1], "".join(parts))
+
+
+class CapMessages:
+    """The CAP messages written lately, by everything one is written from: the alert's every field (its JSON), the
+    sender, the base URL and the snapshots. A feed page is mostly alerts that have not changed since the last
+    page a client read; its messages are then looked up (about 5 us an alert, for its JSON) instead of written
+    (65 us). A changed field, a new clip or another sender is another key: a message is never stale. The oldest
+    of more than ``size`` are forgotten.
+
+    Example:
+        >>> from alerts.core.models import Place, Role
+        >>> place = Place(sub_district="r", community="e", grid="g", site="s", device="smoke-1")
+        >>> alert = StoredAlert(kind="fire", type="smoke", severity="critical", place=place, source="n1",
+        ...                     route=Role.FIRE, dedup_key="k")
+        >>> messages = CapMessages(size=2)
+        >>> first = messages.of(alert, "patrolnet", "https://a.example")
+        >>> messages.of(alert, "patrolnet", "https://a.example") is first, first == cap_alert(alert, "patrolnet",
+        ...     "https://a.example")
+        (True, True)
+        >>> seen = alert.model_copy(update={"status": AlertStatus.ACKNOWLEDGED, "revision": 2})
+        >>> messages.of(seen, "patrolnet", "https://a.example").identifier.endswith(":2:acknowledged")
+        True
+    """
+
+    def __init__(self, size: int = 4096) -> None:
+        self.size = size
+        self._kept: OrderedDict[tuple[str, str, str, tuple[tuple[str, str], ...]], CapMessage] = OrderedDict()
+
+    def of(
+        self, alert: StoredAlert, sender: str, base: str, snapshots: list[tuple[str, str]] | None = None
+    ) -> CapMessage:
+        """``cap_alert``'s message, written once for the same inputs."""
+        key = (alert.model_dump_json(), sender, base, tuple(snapshots or ()))
+        message = self._kept.get(key)
+        if message is not None:
+            self._kept.move_to_end(key)
+            return message
+        message = self._kept[key] = cap_alert(alert, sender, base, snapshots)
+        if len(self._kept) > self.size:
+            self._kept.popitem(last=False)
+        return message
 
 
 def _encoded(document: str) -> bytes:

@@ -9,7 +9,7 @@ from uuid import UUID
 
 from fastapi import APIRouter, Query, Request, Response
 
-from alerts.api.cap import CAP_TYPE, atom_feed, cap_alert, cap_document
+from alerts.api.cap import CAP_TYPE, CapMessages, atom_feed, cap_document
 from alerts.api.http import Pool, Reader, base_url, get_settings, visible_alert
 from alerts.api.media import image_type
 from alerts.api.routes_alerts import page_of_alerts, snapshot_url
@@ -21,6 +21,8 @@ log = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/api/v1", tags=["cap"])
 ATOM_TYPE = "application/atom+xml"
+MESSAGES = CapMessages()
+"""This process's messages written lately: the feed's pages and single messages share them."""
 
 
 async def _snapshots(pool: Pool, base: str, alert_ids: list[UUID]) -> dict[UUID, list[tuple[str, str]]]:
@@ -45,7 +47,7 @@ async def cap_feed(request: Request, pool: Pool, who: Reader, page: Annotated[Al
     base = base_url(request)
     snapshots = await _snapshots(pool, base, [a.id for a in alerts])
     sender = get_settings(request).cap_sender
-    messages = [cap_alert(a, sender, base, snapshots.get(a.id)) for a in alerts]
+    messages = [MESSAGES.of(a, sender, base, snapshots.get(a.id)) for a in alerts]
     updated = max((a.status_at or a.last_seen for a in alerts), default=datetime.now(UTC))
     query = f"?{request.url.query}" if request.url.query else ""
     body = atom_feed(messages, f"patrolnet alerts for {who.name}", f"{base}{request.url.path}{query}", updated)
@@ -62,5 +64,5 @@ async def cap_one(request: Request, pool: Pool, alert_id: UUID, who: Reader) -> 
     alert = await visible_alert(pool, alert_id, who)
     base = base_url(request)
     snapshots = (await _snapshots(pool, base, [alert.id])).get(alert.id)
-    body = cap_document(cap_alert(alert, get_settings(request).cap_sender, base, snapshots))
+    body = cap_document(MESSAGES.of(alert, get_settings(request).cap_sender, base, snapshots))
     return Response(body, media_type=CAP_TYPE)
