@@ -203,6 +203,10 @@ def test_a_fire_alarm_as_cap_with_readings_confirmation_snapshot_and_place(publi
     assert text(area, "cap:areaDesc") == "smoke-1, willow-court, g07, east-gate, riverside"
     geocodes = {text(g, "cap:valueName"): text(g, "cap:value") for g in area.findall("cap:geocode", NS)}
     assert geocodes["patrolnet:community"] == "east-gate"
+    # The feed writes its messages from the alerts' JSON as the database makes it: readings, attributes and all,
+    # the same message as the one written from the alert's model.
+    [entry] = ET.fromstring(get(api, "/api/v1/alerts.cap", fire).content).findall("atom:entry", NS)
+    assert ET.tostring(child(entry, "atom:content/cap:alert")) == ET.tostring(root)
 
 
 def test_later_states_update_or_cancel_the_first_message(api: ApiServer) -> None:
@@ -245,8 +249,13 @@ def test_the_feed_is_an_atom_feed_of_the_same_alerts_as_the_list(api: ApiServer)
     assert [text(e, "atom:content/cap:alert/cap:incidents") for e in entries] == listed
     for entry in entries:
         assert child(entry, "atom:content").get("type") == "application/cap+xml"
-        check_cap(child(entry, "atom:content/cap:alert"))
-        assert text(entry, "atom:id") == text(entry, "atom:content/cap:alert/cap:identifier")
+        message = child(entry, "atom:content/cap:alert")
+        check_cap(message)
+        assert text(entry, "atom:id") == text(message, "cap:identifier")
+        # The feed writes each message from the alert's JSON as the database makes it, the single message from
+        # the alert's model: the same message both ways.
+        alone = get(api, f"/api/v1/alerts/{text(message, 'cap:incidents')}/cap", fire).content
+        assert ET.tostring(message) == ET.tostring(ET.fromstring(alone))
     assert get(api, "/api/v1/alerts.cap", fire, colour="red").status_code == 422
 
 
@@ -265,6 +274,8 @@ def test_each_language_has_its_info_built_from_the_type_and_attributes(api: ApiS
     ]
     for root in documents:
         check_cap(root)
+    [entry] = ET.fromstring(get(api, "/api/v1/alerts.cap", police).content).findall("atom:entry", NS)
+    assert ET.tostring(child(entry, "atom:content/cap:alert")) == ET.tostring(documents[0]), "from JSON as from rows"
     heads = [
         {language: (text(i, "cap:event"), text(i, "cap:headline")) for language, i in by_language(root).items()}
         for root in documents

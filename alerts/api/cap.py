@@ -31,6 +31,7 @@ from __future__ import annotations
 import logging
 import re
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -238,12 +239,29 @@ class CapMessages:
         self, alert: StoredAlert, sender: str, base: str, snapshots: list[tuple[str, str]] | None = None
     ) -> CapMessage:
         """``cap_alert``'s message, written once for the same inputs."""
-        key = (alert.model_dump_json(), sender, base, tuple(snapshots or ()))
+        return self._kept_or(alert.model_dump_json(), sender, base, snapshots, lambda: alert)
+
+    def of_json(
+        self, alert_json: str, sender: str, base: str, snapshots: list[tuple[str, str]] | None = None
+    ) -> CapMessage:
+        """The message of an alert given as its JSON (``alerts.store.rows.ALERT_JSON``, as the database writes
+        it): the model is made only when the message is not kept."""
+        return self._kept_or(alert_json, sender, base, snapshots, lambda: StoredAlert.model_validate_json(alert_json))
+
+    def _kept_or(
+        self,
+        alert_json: str,
+        sender: str,
+        base: str,
+        snapshots: list[tuple[str, str]] | None,
+        alert: Callable[[], StoredAlert],
+    ) -> CapMessage:
+        key = (alert_json, sender, base, tuple(snapshots or ()))
         message = self._kept.get(key)
         if message is not None:
             self._kept.move_to_end(key)
             return message
-        message = self._kept[key] = cap_alert(alert, sender, base, snapshots)
+        message = self._kept[key] = cap_alert(alert(), sender, base, snapshots)
         if len(self._kept) > self.size:
             self._kept.popitem(last=False)
         return message

@@ -24,7 +24,6 @@ from alerts.store.alert_queries import (
     EventRow,
     alert_events,
     alert_history,
-    alerts_page,
     alerts_page_json,
     apply_action,
 )
@@ -81,17 +80,11 @@ class AlertDetail(BaseModel):
     grid_team: GridTeam = Field(description="Who answers for its grid: the leader and team (none when not recorded).")
 
 
-def _before(page: AlertPage) -> tuple[datetime, UUID] | None:
+def before_of(page: AlertPage) -> tuple[datetime, UUID] | None:
     try:
         return decode_cursor(page.cursor) if page.cursor is not None else None
     except ValueError as exc:
         raise HTTPException(400, str(exc)) from exc
-
-
-async def page_of_alerts(pool: Pool, who: Reader, page: AlertPage) -> AlertList:
-    """One page of the alerts a caller may see, newest first."""
-    items, more = await alerts_page(pool, who, page, _before(page))
-    return AlertList(items=items, next_cursor=encode_cursor(items[-1].ts, items[-1].id) if more else None)
 
 
 @router.get("", summary="List alerts, newest first, with filters and a cursor", response_model=AlertList)
@@ -99,7 +92,7 @@ async def list_alerts(pool: Pool, who: Reader, page: Annotated[AlertPage, Query(
     # The busiest route: the database writes each alert's JSON (an AlertList item's, see ALERT_JSON), and the
     # page is joined here, never a model per row; response_model documents what this is.
     # The plain case of this route is answered by alerts.api.list_shortcut before it gets here.
-    items, last = await alerts_page_json(pool, who, page, _before(page))
+    items, last = await alerts_page_json(pool, who, page, before_of(page))
     return Response(list_json(items, last), media_type="application/json")
 
 

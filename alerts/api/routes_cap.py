@@ -12,10 +12,11 @@ from fastapi import APIRouter, Query, Request, Response
 from alerts.api.cap import CAP_TYPE, CapMessages, atom_feed, cap_document
 from alerts.api.http import Pool, Reader, base_url, get_settings, visible_alert
 from alerts.api.media import image_type
-from alerts.api.routes_alerts import page_of_alerts, snapshot_url
-from alerts.store.alert_queries import snapshot_heads
+from alerts.api.routes_alerts import before_of, snapshot_url
+from alerts.store.alert_queries import alerts_page_rows, snapshot_heads
 from alerts.store.clips import clip_urls
 from alerts.store.queries import AlertPage
+from alerts.store.rows import ALERT_JSON
 
 log = logging.getLogger(__name__)
 
@@ -43,12 +44,14 @@ async def _snapshots(pool: Pool, base: str, alert_ids: list[UUID]) -> dict[UUID,
     responses={200: {"content": {ATOM_TYPE: {}}, "description": "Atom feed; each entry's content is a CAP alert"}},
 )
 async def cap_feed(request: Request, pool: Pool, who: Reader, page: Annotated[AlertPage, Query()]) -> Response:
-    alerts = (await page_of_alerts(pool, who, page)).items
+    # Each alert as the database writes its JSON, the key of its kept message: no model for an unchanged alert.
+    columns = f"{ALERT_JSON}, a.id, coalesce(a.status_at, a.last_seen)"
+    rows = (await alerts_page_rows(pool, who, page, before_of(page), columns))[0]
     base = base_url(request)
-    snapshots = await _snapshots(pool, base, [a.id for a in alerts])
+    snapshots = await _snapshots(pool, base, [row[1] for row in rows])
     sender = get_settings(request).cap_sender
-    messages = [MESSAGES.of(a, sender, base, snapshots.get(a.id)) for a in alerts]
-    updated = max((a.status_at or a.last_seen for a in alerts), default=datetime.now(UTC))
+    messages = [MESSAGES.of_json(alert, sender, base, snapshots.get(id_)) for alert, id_, _ in rows]
+    updated = max((row[2] for row in rows), default=datetime.now(UTC))
     query = f"?{request.url.query}" if request.url.query else ""
     body = atom_feed(messages, f"patrolnet alerts for {who.name}", f"{base}{request.url.path}{query}", updated)
     return Response(body, media_type=ATOM_TYPE)

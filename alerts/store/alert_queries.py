@@ -119,10 +119,8 @@ async def alerts_page(
 ) -> tuple[list[StoredAlert], bool]:
     """Up to ``page.limit`` alerts the caller may see, newest first, older than ``before`` (time, id) when given;
     and whether more follow."""
-    sql, params = page_sql(ALERT_COLUMNS, page, who, before)
-    async with pool.connection() as conn:
-        rows = await (await conn.execute(sql, params)).fetchall()
-    return [row_to_alert(r) for r in rows[: page.limit]], len(rows) > page.limit
+    rows, more = await alerts_page_rows(pool, who, page, before, ALERT_COLUMNS)
+    return [row_to_alert(r) for r in rows], more
 
 
 async def alerts_page_json(
@@ -130,11 +128,18 @@ async def alerts_page_json(
 ) -> tuple[list[str], tuple[datetime, UUID] | None]:
     """The page of ``alerts_page`` as each alert's JSON (``ALERT_JSON``), the database writing it; and the
     (time, id) of its last alert when more follow, else None."""
-    sql, params = page_sql(f"{ALERT_JSON}, a.ts, a.id", page, who, before)
+    rows, more = await alerts_page_rows(pool, who, page, before, f"{ALERT_JSON}, a.ts, a.id")
+    return [row[0] for row in rows], (rows[-1][1], rows[-1][2]) if more else None
+
+
+async def alerts_page_rows(
+    pool: AsyncConnectionPool, who: Principal, page: AlertPage, before: tuple[datetime, UUID] | None, columns: str
+) -> tuple[list[tuple[Any, ...]], bool]:
+    """The page of ``alerts_page`` as rows of ``columns`` (on alias ``a``), and whether more follow."""
+    sql, params = page_sql(columns, page, who, before)
     async with pool.connection() as conn:
         rows = await (await conn.execute(sql, params)).fetchall()
-    items = rows[: page.limit]
-    return [row[0] for row in items], (items[-1][1], items[-1][2]) if len(rows) > page.limit else None
+    return rows[: page.limit], len(rows) > page.limit
 
 
 async def alert_events(pool: AsyncConnectionPool, alert_id: UUID, newest: int = 200) -> list[EventRow]:
