@@ -101,7 +101,7 @@ def create_app(database_url: str, settings: ApiSettings | None = None, pool_size
         routes_grids, routes_escalation, routes_clips, report_links, routes_shops, shop_page, routes_cases,
         routes_stats, routes_wording,
     )  # fmt: skip
-    app.add_middleware(AlertListShortcut, api=app)
+    app.add_middleware(AlertListShortcut)
     app.add_middleware(Guard, api=app, routes=[route for module in modules for route in module.router.routes])
     app.state.metrics.install(app)
 

@@ -8,11 +8,13 @@ from typing import Annotated
 from uuid import UUID
 
 from fastapi import APIRouter, Query, Request, Response
+from psycopg_pool import AsyncConnectionPool
 
 from alerts.api.cap import CAP_TYPE, CapMessages, atom_feed, cap_document
 from alerts.api.http import Pool, Reader, base_url, get_settings, visible_alert
 from alerts.api.media import image_type
 from alerts.api.routes_alerts import before_of, snapshot_url
+from alerts.auth import Principal
 from alerts.store.alert_queries import alerts_page_rows, snapshot_heads
 from alerts.store.clips import clip_urls
 from alerts.store.queries import AlertPage
@@ -26,7 +28,7 @@ MESSAGES = CapMessages()
 """This process's messages written lately: the feed's pages and single messages share them."""
 
 
-async def _snapshots(pool: Pool, base: str, alert_ids: list[UUID]) -> dict[UUID, list[tuple[str, str]]]:
+async def _snapshots(pool: AsyncConnectionPool, base: str, alert_ids: list[UUID]) -> dict[UUID, list[tuple[str, str]]]:
     found: dict[UUID, list[tuple[str, str]]] = {}
     for alert_id, event_id, head in await snapshot_heads(pool, alert_ids):
         found.setdefault(alert_id, []).append(
@@ -44,17 +46,24 @@ async def _snapshots(pool: Pool, base: str, alert_ids: list[UUID]) -> dict[UUID,
     responses={200: {"content": {ATOM_TYPE: {}}, "description": "Atom feed; each entry's content is a CAP alert"}},
 )
 async def cap_feed(request: Request, pool: Pool, who: Reader, page: Annotated[AlertPage, Query()]) -> Response:
+    # The plain case of this route is answered by alerts.api.list_shortcut before it gets here.
+    return Response(await feed(request, pool, who, page, before_of(page)), media_type=ATOM_TYPE)
+
+
+async def feed(
+    request: Request, pool: AsyncConnectionPool, who: Principal, page: AlertPage, before: tuple[datetime, UUID] | None
+) -> bytes:
+    """The feed's page: the list's page (``before``: its cursor's position) as CAP messages in an Atom feed."""
     # Each alert as the database writes its JSON, the key of its kept message: no model for an unchanged alert.
     columns = f"{ALERT_JSON}, a.id, coalesce(a.status_at, a.last_seen)"
-    rows = (await alerts_page_rows(pool, who, page, before_of(page), columns))[0]
+    rows = (await alerts_page_rows(pool, who, page, before, columns))[0]
     base = base_url(request)
     snapshots = await _snapshots(pool, base, [row[1] for row in rows])
     sender = get_settings(request).cap_sender
     messages = [MESSAGES.of_json(alert, sender, base, snapshots.get(id_)) for alert, id_, _ in rows]
     updated = max((row[2] for row in rows), default=datetime.now(UTC))
     query = f"?{request.url.query}" if request.url.query else ""
-    body = atom_feed(messages, f"patrolnet alerts for {who.name}", f"{base}{request.url.path}{query}", updated)
-    return Response(body, media_type=ATOM_TYPE)
+    return atom_feed(messages, f"patrolnet alerts for {who.name}", f"{base}{request.url.path}{query}", updated)
 
 
 @router.get(
