@@ -125,6 +125,8 @@ def test_a_line_crossing_gets_a_clip_a_police_desk_plays_and_a_fire_desk_cannot_
         assert http.get(f"/api/v1/alerts/{alert['id']}/clips", headers=fire).status_code == 404
         cap = http.get(f"/api/v1/alerts/{alert['id']}/cap", headers=police).text
         assert "<mimeType>video/mp4</mimeType>" in cap and clip["url"] in cap
+        feed = http.get("/api/v1/alerts.cap", headers=police).text
+        assert cap.partition("<alert ")[2] in feed, "the feed carries the same message, its clip included"
         assert changes(database_url, alert["id"]).count("clip_ready") == 1
 
 

@@ -15,8 +15,8 @@ from alerts.api.http import Pool, Reader, base_url, get_settings, visible_alert
 from alerts.api.media import image_type
 from alerts.api.routes_alerts import before_of, snapshot_url
 from alerts.auth import Principal
-from alerts.store.alert_queries import alerts_page_rows, snapshot_heads
-from alerts.store.clips import clip_urls
+from alerts.store.alert_queries import PICTURE_COLUMNS, alert_pictures, alerts_page_rows
+from alerts.store.clips import clip_url
 from alerts.store.queries import AlertPage
 from alerts.store.rows import ALERT_JSON
 
@@ -28,15 +28,13 @@ MESSAGES = CapMessages()
 """This process's messages written lately: the feed's pages and single messages share them."""
 
 
-async def _snapshots(pool: AsyncConnectionPool, base: str, alert_ids: list[UUID]) -> dict[UUID, list[tuple[str, str]]]:
-    found: dict[UUID, list[tuple[str, str]]] = {}
-    for alert_id, event_id, head in await snapshot_heads(pool, alert_ids):
-        found.setdefault(alert_id, []).append(
-            (snapshot_url(base, event_id), image_type(head) or "application/octet-stream")
-        )
-    for alert_id, urls in (await clip_urls(pool, base, alert_ids)).items():
-        found.setdefault(alert_id, []).extend((url, "video/mp4") for url in urls)
-    return found
+def _pictures(base: str, event_ids: list[UUID], heads: list[bytes], clip_ids: list[UUID]) -> list[tuple[str, str]]:
+    """(URL, MIME type) of an alert's snapshots and clips, from its ``PICTURE_COLUMNS``."""
+    snapshots = [
+        (snapshot_url(base, event_id), image_type(bytes(head)) or "application/octet-stream")
+        for event_id, head in zip(event_ids, heads, strict=True)
+    ]
+    return snapshots + [(clip_url(base, clip_id), "video/mp4") for clip_id in clip_ids]
 
 
 @router.get(
@@ -54,14 +52,14 @@ async def feed(
     request: Request, pool: AsyncConnectionPool, who: Principal, page: AlertPage, before: tuple[datetime, UUID] | None
 ) -> bytes:
     """The feed's page: the list's page (``before``: its cursor's position) as CAP messages in an Atom feed."""
-    # Each alert as the database writes its JSON, the key of its kept message: no model for an unchanged alert.
-    columns = f"{ALERT_JSON}, a.id, coalesce(a.status_at, a.last_seen)"
+    # Each alert as the database writes its JSON, the key of its kept message: no model for an unchanged alert. Its
+    # pictures come in the same query.
+    columns = f"{ALERT_JSON}, coalesce(a.status_at, a.last_seen), {PICTURE_COLUMNS}"
     rows = (await alerts_page_rows(pool, who, page, before, columns))[0]
     base = base_url(request)
-    snapshots = await _snapshots(pool, base, [row[1] for row in rows])
     sender = get_settings(request).cap_sender
-    messages = [MESSAGES.of_json(alert, sender, base, snapshots.get(id_)) for alert, id_, _ in rows]
-    updated = max((row[2] for row in rows), default=datetime.now(UTC))
+    messages = [MESSAGES.of_json(row[0], sender, base, _pictures(base, *row[2:])) for row in rows]
+    updated = max((row[1] for row in rows), default=datetime.now(UTC))
     query = f"?{request.url.query}" if request.url.query else ""
     return atom_feed(messages, f"patrolnet alerts for {who.name}", f"{base}{request.url.path}{query}", updated)
 
@@ -75,6 +73,6 @@ async def feed(
 async def cap_one(request: Request, pool: Pool, alert_id: UUID, who: Reader) -> Response:
     alert = await visible_alert(pool, alert_id, who)
     base = base_url(request)
-    snapshots = (await _snapshots(pool, base, [alert.id])).get(alert.id)
-    body = cap_document(MESSAGES.of(alert, get_settings(request).cap_sender, base, snapshots))
+    pictures = _pictures(base, *await alert_pictures(pool, alert.id))
+    body = cap_document(MESSAGES.of(alert, get_settings(request).cap_sender, base, pictures))
     return Response(body, media_type=CAP_TYPE)

@@ -77,11 +77,14 @@ _HISTORY_SQL = """
 SELECT at, actor, action, from_status, to_status, note, person_id FROM alert_history WHERE alert_id = %s
 ORDER BY at, id"""
 
-_SNAPSHOT_HEADS_SQL = """
-SELECT l.alert_id, e.id, substring(e.snapshot FROM 1 FOR 8)
-FROM alert_events l JOIN events e ON e.id = l.event_id
-WHERE l.alert_id = ANY(%s) AND e.snapshot IS NOT NULL
-ORDER BY e.ts, e.id"""
+_SNAPSHOTS = """FROM alert_events l JOIN events e ON e.id = l.event_id
+WHERE l.alert_id = a.id AND e.snapshot IS NOT NULL ORDER BY e.ts, e.id"""
+PICTURE_COLUMNS = (
+    f"ARRAY(SELECT e.id {_SNAPSHOTS}), ARRAY(SELECT substring(e.snapshot FROM 1 FOR 8) {_SNAPSHOTS}),"
+    " ARRAY(SELECT c.id FROM clips c WHERE c.alert_id = a.id AND c.complete ORDER BY c.started_at)"
+)
+"""Three columns of the alert of alias ``a``: the ids of its events that have a snapshot and each snapshot's first 8
+bytes (which tell its type), oldest first, and the ids of its complete clips, in the order they were recorded."""
 
 # The lock an UPDATE takes, no more: inserts elsewhere that reference the alert (links, changes) go on.
 _LOCK_STATUS_SQL = "SELECT status FROM alerts WHERE id = %s FOR NO KEY UPDATE"
@@ -156,12 +159,13 @@ async def alert_history(pool: AsyncConnectionPool, alert_id: UUID) -> list[Histo
     return [HistoryRow(*row) for row in rows]
 
 
-async def snapshot_heads(pool: AsyncConnectionPool, alert_ids: list[UUID]) -> list[tuple[UUID, UUID, bytes]]:
-    """(alert id, event id, the snapshot's first 8 bytes, which tell its type) of every event of the alerts that
-    has a snapshot, oldest first."""
+async def alert_pictures(pool: AsyncConnectionPool, alert_id: UUID) -> tuple[list[UUID], list[bytes], list[UUID]]:
+    """``PICTURE_COLUMNS`` of one alert."""
     async with pool.connection() as conn:
-        rows = await (await conn.execute(_SNAPSHOT_HEADS_SQL, (alert_ids,))).fetchall()
-    return [(alert_id, event_id, bytes(head)) for alert_id, event_id, head in rows]
+        row = await (
+            await conn.execute(f"SELECT {PICTURE_COLUMNS} FROM alerts a WHERE a.id = %s", (alert_id,))
+        ).fetchone()
+    return (row[0], row[1], row[2]) if row is not None else ([], [], [])
 
 
 async def apply_action(

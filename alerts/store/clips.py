@@ -176,21 +176,6 @@ async def clip_alert(pool: AsyncConnectionPool, clip_id: UUID) -> UUID | None:
     return row[0] if row else None
 
 
-async def clip_urls(pool: AsyncConnectionPool, base: str, alert_ids: list[UUID]) -> dict[UUID, list[str]]:
-    """The URLs of the complete clips of these alerts, per alert."""
-    async with pool.connection() as conn:
-        rows = await (
-            await conn.execute(
-                "SELECT alert_id, id FROM clips WHERE alert_id = ANY(%s) AND complete ORDER BY started_at",
-                [alert_ids],
-            )
-        ).fetchall()
-    found: dict[UUID, list[str]] = {}
-    for alert_id, clip_id in rows:
-        found.setdefault(alert_id, []).append(clip_url(base, clip_id))
-    return found
-
-
 def clip_url(base: str, clip_id: UUID) -> str:
     return f"{base}/api/v1/clips/{clip_id}"
 
