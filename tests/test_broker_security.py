@@ -5,8 +5,10 @@ ACLs, the ingest share group kept to ingest, TLS, identity bound to the topic in
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -17,6 +19,7 @@ import psycopg
 import pytest
 from broker_helpers import (
     NOT_AUTHORIZED,
+    PASSWORDS,
     PLACE_A,
     PLACE_B,
     SHARE,
@@ -33,7 +36,7 @@ from alerts.core.models import Alert, EventKind, Heartbeat, NodeStatus, Place, R
 from alerts.core.protocol import encode, uplink_topic
 from alerts.intake.broker_auth import node_client_id
 from alerts.intake.writer import SHARE_GROUP, IngestWorker
-from deploy.local.services import Service
+from deploy.local.services import Service, start_mosquitto_config
 from edge.config import parse_config
 from edge.node import EdgeNode
 
@@ -303,4 +306,58 @@ sensors: [{{id: smoke-1, adapter: native, topic: patrolnet/sensors/smoke-1}}]
     finally:
         node.stop()
     assert _rows(database_url, "SELECT node_id, site FROM nodes") == [("elm-row-01", "elm-row")]
+    assert _rows(database_url, "SELECT reason FROM dead_letters") == []
+
+
+def test_a_node_bridged_through_its_compound_broker_has_its_alarm_stored_and_confirmed(
+    secure_broker: SecureBroker, ingest: IngestWorker, database_url: str, tmp_path: Path, monkeypatch
+) -> None:
+    """The bridge at the end of deploy/mosquitto-compound.conf, uncommented as OPERATIONS.md says: the node publishes
+    to its compound broker, which carries the uplink to the centre over TLS with the node's credentials, and the
+    centre's confirmations back. The confirmation's MQTT 5 properties (response topic, correlation data) must
+    cross the bridge both ways, or the node keeps every message and sends it again for ever."""
+    monkeypatch.delenv("PATROLNET_UPLINK_URL", raising=False)
+    folder = Path(tempfile.mkdtemp(prefix="patrolnet-compound-"))  # the broker's own user must reach it
+    os.chmod(folder, 0o755)
+    shutil.copy(secure_broker.folder / "ca.crt", folder / "ca.crt")
+    shutil.copy(REPO / "deploy" / "compound.acl.example", folder / "compound.acl")
+    (folder / "compound.passwd").write_text("")
+    filled = {
+        "address": f"127.0.0.1:{secure_broker.ports[8883]}",
+        "bridge_cafile": str(folder / "ca.crt"),
+        "remote_clientid": node_client_id("node-a"),
+        "remote_username": "node-a",
+        "remote_password": PASSWORDS["node-a"],
+    }
+    lines = []
+    for line in (REPO / "deploy" / "mosquitto-compound.conf").read_text().splitlines():
+        words = line.removeprefix("#").split(maxsplit=1)
+        bridged = line.startswith("#") and words[:1] and words[0] in {"connection", "bridge_protocol_version",
+                  "cleansession", "local_clientid", "topic", *filled}  # fmt: skip
+        lines.append(f"{words[0]} {filled.get(words[0], words[1])}" if bridged else line)
+    conf = folder / "bridged.conf"
+    conf.write_text("\n".join(lines) + "\n")
+    ports: dict[int, int] = {}
+    with start_mosquitto_config(conf, folder, ports) as compound:
+        config = parse_config(f"""
+node_id: node-a
+site: {{id: willow-court, sub_district: riverside, community: east-gate, grid: g07}}
+broker: {{url: "{compound.url}"}}
+uplink: {{spool: "{tmp_path / 'outbox.sqlite3'}"}}
+sensors: [{{id: smoke-1, adapter: zigbee2mqtt, topic: zigbee2mqtt/hall}}]
+""")  # fmt: skip
+        node = EdgeNode(config)
+        node.start()
+        try:
+            assert node.wait_ready()
+            sensor = Probe(ports[1883], None)
+            with sensor:
+                sensor.client.publish("zigbee2mqtt/hall", b'{"smoke": true}', qos=1).wait_for_publish(5)
+            eventually(lambda: _rows(database_url, "SELECT type, site FROM alerts"), timeout=30)
+            assert _rows(database_url, "SELECT type, site FROM alerts") == [("smoke", "willow-court")]
+            # Deleted from the spool only once the centre's confirmation came back over the bridge.
+            eventually(lambda: node.uplink.spool.pending() == 0, timeout=30)
+            assert node.uplink.resent == 0, "nothing was sent twice for want of a confirmation"
+        finally:
+            node.stop()
     assert _rows(database_url, "SELECT reason FROM dead_letters") == []
