@@ -28,13 +28,13 @@ MESSAGES = CapMessages()
 """This process's messages written lately: the feed's pages and single messages share them."""
 
 
-def _pictures(base: str, event_ids: list[UUID], heads: list[bytes], clip_ids: list[UUID]) -> list[tuple[str, str]]:
+def _pictures(base: str, snapshots: list[bytes], clip_ids: list[UUID]) -> list[tuple[str, str]]:
     """(URL, MIME type) of an alert's snapshots and clips, from its ``PICTURE_COLUMNS``."""
-    snapshots = [
-        (snapshot_url(base, event_id), image_type(bytes(head)) or "application/octet-stream")
-        for event_id, head in zip(event_ids, heads, strict=True)
+    pictures = [
+        (snapshot_url(base, UUID(bytes=bytes(each[:16]))), image_type(bytes(each[16:])) or "application/octet-stream")
+        for each in snapshots
     ]
-    return snapshots + [(clip_url(base, clip_id), "video/mp4") for clip_id in clip_ids]
+    return pictures + [(clip_url(base, clip_id), "video/mp4") for clip_id in clip_ids]
 
 
 @router.get(

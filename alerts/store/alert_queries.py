@@ -80,11 +80,12 @@ ORDER BY at, id"""
 _SNAPSHOTS = """FROM alert_events l JOIN events e ON e.id = l.event_id
 WHERE l.alert_id = a.id AND e.snapshot IS NOT NULL ORDER BY e.ts, e.id"""
 PICTURE_COLUMNS = (
-    f"ARRAY(SELECT e.id {_SNAPSHOTS}), ARRAY(SELECT substring(e.snapshot FROM 1 FOR 8) {_SNAPSHOTS}),"
+    f"ARRAY(SELECT uuid_send(e.id) || substring(e.snapshot FROM 1 FOR 8) {_SNAPSHOTS}),"
     " ARRAY(SELECT c.id FROM clips c WHERE c.alert_id = a.id AND c.complete ORDER BY c.started_at)"
 )
-"""Three columns of the alert of alias ``a``: the ids of its events that have a snapshot and each snapshot's first 8
-bytes (which tell its type), oldest first, and the ids of its complete clips, in the order they were recorded."""
+"""Two columns of the alert of alias ``a``: for each of its events that has a snapshot, oldest first, the event's id
+(16 bytes) followed by the snapshot's first 8 bytes (which tell its type), in one scan; and the ids of its complete
+clips, in the order they were recorded."""
 
 # The lock an UPDATE takes, no more: inserts elsewhere that reference the alert (links, changes) go on.
 _LOCK_STATUS_SQL = "SELECT status FROM alerts WHERE id = %s FOR NO KEY UPDATE"
@@ -159,13 +160,13 @@ async def alert_history(pool: AsyncConnectionPool, alert_id: UUID) -> list[Histo
     return [HistoryRow(*row) for row in rows]
 
 
-async def alert_pictures(pool: AsyncConnectionPool, alert_id: UUID) -> tuple[list[UUID], list[bytes], list[UUID]]:
+async def alert_pictures(pool: AsyncConnectionPool, alert_id: UUID) -> tuple[list[bytes], list[UUID]]:
     """``PICTURE_COLUMNS`` of one alert."""
     async with pool.connection() as conn:
         row = await (
             await conn.execute(f"SELECT {PICTURE_COLUMNS} FROM alerts a WHERE a.id = %s", (alert_id,))
         ).fetchone()
-    return (row[0], row[1], row[2]) if row is not None else ([], [], [])
+    return (row[0], row[1]) if row is not None else ([], [])
 
 
 async def apply_action(
