@@ -143,7 +143,7 @@ def decode(channel: str, payload: bytes) -> list[Payload]:
     payload is not what the channel carries, or the channel is unknown."""
     spec = _channel(channel)
     if spec.batched:
-        return list(spec.many.validate_json(payload))
+        return spec.many.validate_json(payload)
     return [spec.model.model_validate_json(payload)]  # type: ignore[list-item]
 
 

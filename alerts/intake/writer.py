@@ -138,13 +138,27 @@ def lane_of(topic: str) -> str:
     return "bulk" if topic.rpartition("/")[2] in BULK_CHANNELS else "alarm"
 
 
-def _holds_time(annotation: Any) -> bool:
-    """Whether a field of this type can hold a time: a datetime, or a model or list holding one."""
+def _holds_time(annotation: Any, seen: frozenset[type] = frozenset()) -> bool:
+    """Whether a field of this type can hold a time: a datetime, or a model or list holding one. A model already
+    being looked into (``seen``: one that holds itself) counts as holding one, so that it is walked, not missed.
+
+    >>> class Step(BaseModel):
+    ...     ts: datetime
+    ...     then: list[Step] = []
+    >>> _time_fields(Step), _holds_time(list[Step] | None), _holds_time(int | str)
+    (('ts', 'then'), True, False)
+    """
     if isinstance(annotation, type):
         if issubclass(annotation, datetime | AwareDatetime | NaiveDatetime):
             return True
-        return issubclass(annotation, BaseModel) and bool(_time_fields(annotation))
-    return any(_holds_time(arg) for arg in get_args(annotation))
+        if not issubclass(annotation, BaseModel):
+            return False
+        return annotation in seen or bool(_fields_holding_time(annotation, seen | {annotation}))
+    return any(_holds_time(arg, seen) for arg in get_args(annotation))
+
+
+def _fields_holding_time(model: type[BaseModel], seen: frozenset[type]) -> tuple[str, ...]:
+    return tuple(name for name, info in model.model_fields.items() if _holds_time(info.annotation, seen))
 
 
 @cache
@@ -156,7 +170,7 @@ def _time_fields(model: type[BaseModel]) -> tuple[str, ...]:
     >>> _time_fields(Reading), _time_fields(Heartbeat)
     (('ts',), ('ts', 'started_at', 'devices'))
     """
-    return tuple(name for name, info in model.model_fields.items() if _holds_time(info.annotation))
+    return _fields_holding_time(model, frozenset({model}))
 
 
 def _first_outside(value: Any, low: datetime, high: datetime) -> tuple[str, datetime] | None:
@@ -168,7 +182,7 @@ def _first_outside(value: Any, low: datetime, high: datetime) -> tuple[str, date
         for name in _time_fields(type(value)):
             if (found := _first_outside(getattr(value, name), low, high)) is not None:
                 return f".{name}{found[0]}", found[1]
-    elif isinstance(value, list):
+    elif isinstance(value, list | tuple):
         for i, item in enumerate(value):
             if (found := _first_outside(item, low, high)) is not None:
                 return f"[{i}]{found[0]}", found[1]
@@ -177,7 +191,7 @@ def _first_outside(value: Any, low: datetime, high: datetime) -> tuple[str, date
 
 def check_times(parsed: Sequence[BaseModel], now: datetime) -> None:
     """ValueError naming the first time (of any model field) before 2000 or more than a day after ``now``."""
-    found = _first_outside(parsed[0] if len(parsed) == 1 else list(parsed), EARLIEST, now + AHEAD)
+    found = _first_outside(parsed[0] if len(parsed) == 1 else parsed, EARLIEST, now + AHEAD)
     if found is not None:
         path, ts = found
         raise ValueError(f"time {path.lstrip('.')} = {ts.isoformat()} is outside 2000-01-01 .. now + 1 day")
