@@ -310,7 +310,12 @@ sensors: [{{id: smoke-1, adapter: native, topic: patrolnet/sensors/smoke-1}}]
 
 
 def test_a_node_bridged_through_its_compound_broker_has_its_alarm_stored_and_confirmed(
-    secure_broker: SecureBroker, ingest: IngestWorker, database_url: str, tmp_path: Path, monkeypatch
+    secure_broker: SecureBroker,
+    ingest: IngestWorker,
+    database_url: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    request: pytest.FixtureRequest,
 ) -> None:
     """The bridge at the end of deploy/mosquitto-compound.conf, uncommented as OPERATIONS.md says: the node publishes
     to its compound broker, which carries the uplink to the centre over TLS with the node's credentials, and the
@@ -318,6 +323,7 @@ def test_a_node_bridged_through_its_compound_broker_has_its_alarm_stored_and_con
     cross the bridge both ways, or the node keeps every message and sends it again for ever."""
     monkeypatch.delenv("PATROLNET_UPLINK_URL", raising=False)
     folder = Path(tempfile.mkdtemp(prefix="patrolnet-compound-"))  # the broker's own user must reach it
+    request.addfinalizer(lambda: shutil.rmtree(folder, ignore_errors=True))
     os.chmod(folder, 0o755)
     shutil.copy(secure_broker.folder / "ca.crt", folder / "ca.crt")
     shutil.copy(REPO / "deploy" / "compound.acl.example", folder / "compound.acl")
