@@ -18,7 +18,7 @@ from fire_helpers import alert_of
 from alerts.core.models import DeviceStatus, Event, EventKind, EventState, Heartbeat, Place, Reading
 from alerts.core.policy import AlertPolicy
 from alerts.identity import RegisteredSite
-from alerts.intake.writer import add_message
+from alerts.intake.writer import IngestWorker, add_message
 from alerts.store import timescale
 from alerts.store.database import CHANGES_CHANNEL, RECORD_CHANGES, WriteBatch, migrate, migrations, write_batch
 from alerts.store.timescale import Retention
@@ -80,6 +80,31 @@ def test_an_older_copy_of_an_alert_never_overwrites_a_newer_one(database_url: st
         changes = [c for (c,) in conn.execute("SELECT change FROM alert_changes ORDER BY seq")]
     assert (active, revision) == (False, 2)
     assert changes == ["raised"]
+
+
+@pytest.mark.parametrize("readings", [0, 60], ids=["pipelined", "copied"])
+def test_copies_of_a_new_alert_from_two_sites_in_one_batch_store_the_first_by_revision(
+    database_url: str, readings: int
+) -> None:
+    """Ingest sends every copy's upsert with the query of who owns the ids, before reading either: the site guard
+    must leave the copy it refuses unwritten. Judged and upserted in the order of revisions, the first copy
+    raises the alert, and the other site's, first in the batch, is a dead letter with no link and no change.
+    Written as ingest writes a batch of a few rows (one pipelined round trip) and of many (COPY)."""
+    policy = AlertPolicy()
+    event = Event(kind=EventKind.FIRE, type="smoke", place=PLACE, source="n1")
+    genuine = alert_of(policy, event)
+    forged = genuine.model_copy(update={"place": PLACE.model_copy(update={"site": "t"}), "revision": 2})
+    padding = [Reading(place=PLACE, quantity="temperature", value=20.0 + i, unit="°C") for i in range(readings)]
+    batch = WriteBatch(events=[event], alerts=[forged, genuine], readings=padding)
+    assert batch.small() == (readings == 0)
+    worker = IngestWorker("mqtt://127.0.0.1:1", database_url, name="two-sites")  # never connected: no broker
+    worker._commit(batch)
+    with psycopg.connect(database_url) as conn:
+        assert conn.execute("SELECT id, site, revision FROM alerts").fetchall() == [(genuine.id, "s", 1)]
+        assert conn.execute("SELECT alert_id, event_id FROM alert_events").fetchall() == [(genuine.id, event.id)]
+        assert conn.execute("SELECT change FROM alert_changes").fetchall() == [("raised",)]
+        refusal = f"alert {genuine.id} was raised by site 's'; a copy from site 't' may not change it"
+        assert conn.execute("SELECT topic, reason FROM dead_letters").fetchall() == [("patrolnet/v1/t/alerts", refusal)]
 
 
 def test_alert_changes_are_logged_in_commit_order_and_wake_the_listeners(database_url: str) -> None:

@@ -249,7 +249,17 @@ def _claims_kept(
     The upserts' site guards cover a claim committed meanwhile by a concurrent worker."""
     if not sent:
         return [], []
-    owners: dict[Any, str] = dict(cur.execute(owners_sql, ([key(item) for item in sent],)))
+    return _judged(channel, dict(cur.execute(owners_sql, ([key(item) for item in sent],))), sent, key, foreign)
+
+
+def _judged(
+    channel: str,
+    owners: dict[Any, str],
+    sent: list[Claim],
+    key: Callable[[Claim], Any],
+    foreign: Callable[[str | None, Claim], str | None],
+) -> tuple[list[Claim], list[DeadLetter]]:
+    """``_claims_kept`` given the stored ``owners`` (key: site); a key not stored goes to the first in ``sent``."""
     kept, refused = [], []
     for item in sent:
         reason = foreign(owners.setdefault(key(item), item.place.site), item)
@@ -262,29 +272,63 @@ def _claims_kept(
     return kept, refused
 
 
-def _upserted(cur: psycopg.Cursor, ordered: list[Alert]) -> list[tuple[Any, ...] | None]:
-    """Upserts the alerts, one statement per copy (two copies of one alert cannot share an ON CONFLICT DO UPDATE);
-    each one's (id, inserted, active), None where the store kept a copy as new or newer. A few go one by one, as
-    pipeline mode takes them (it loses executemany's returned rows); many in one executemany, pipelined itself."""
-    if len(ordered) <= FEW_ROWS:
-        return [cur.execute(_UPSERT_ALERT, _alert_row(a)).fetchone() for a in ordered]
-    cur.executemany(_UPSERT_ALERT, [_alert_row(a) for a in ordered], returning=True)
-    rows = []
-    while True:
-        rows.append(cur.fetchone())
-        if not cur.nextset():
-            return rows
+class _SentAlerts:
+    """A batch's alerts, in the order of their revisions: who owns each id, and the upserts of every copy, sent
+    together and read once (in pipeline mode, one wait for the database where reading the owners first took two).
+
+    Sending the copies ``_judged`` refuses does nothing: the upsert's site guard leaves an alert another site
+    raised as it is. That holds for an id new to the store that two sites claim in one batch too, because the
+    claims are judged in the order the upserts run: the first copy inserts it, and the guard stops the other."""
+
+    def __init__(self, conn: psycopg.Connection, cur: psycopg.Cursor, alerts: list[Alert]) -> None:
+        self.sent = sorted(alerts, key=lambda a: a.revision)
+        self._covered = with_coverage(cur, self.sent)
+        self._owners = conn.execute(_ALERT_SITES, ([a.id for a in self.sent],)) if alerts else None
+        self._many = len(alerts) > FEW_ROWS
+        self._rows = self._upsert(conn)
+
+    def _upsert(self, conn: psycopg.Connection) -> list[psycopg.Cursor]:
+        """One statement per copy (two copies of one alert cannot share an ON CONFLICT DO UPDATE). A few go one by
+        one, as pipeline mode takes them (it loses executemany's returned rows); many in one executemany,
+        pipelined itself."""
+        if not self._many:
+            return [conn.execute(_UPSERT_ALERT, _alert_row(a)) for a in self._covered]
+        cur = conn.cursor()
+        cur.executemany(_UPSERT_ALERT, [_alert_row(a) for a in self._covered], returning=True)
+        return [cur]
+
+    def _upserted(self) -> list[tuple[Any, ...] | None]:
+        """Each copy's (id, inserted, active), None where the store kept a copy as new or newer, or another
+        site's."""
+        if self._many:
+            rows: list[tuple[Any, ...] | None] = []
+            (cur,) = self._rows
+            while True:
+                rows.append(cur.fetchone())
+                if not cur.nextset():
+                    return rows
+        return [cur.fetchone() for cur in self._rows]
+
+    def read(self) -> tuple[list[DeadLetter], list[tuple[Alert, tuple[Any, ...] | None]]]:
+        """Dead letters for the copies refused, and each kept copy (as written) with its upsert's row."""
+        if self._owners is None:
+            return [], []
+        owners: dict[Any, str] = dict(self._owners.fetchall())
+        kept, refused = _judged("alerts", owners, self.sent, lambda a: a.id, foreign_copy)
+        kept_ids = {id(a) for a in kept}
+        written = zip(self.sent, self._covered, self._upserted(), strict=True)
+        return refused, [(covered, row) for sent, covered, row in written if id(sent) in kept_ids]
 
 
-def _write_alerts(cur: psycopg.Cursor, alerts: list[Alert]) -> int:
-    ordered = sorted(with_coverage(cur, alerts), key=lambda a: a.revision)
+def _write_alerts(cur: psycopg.Cursor, written: list[tuple[Alert, tuple[Any, ...] | None]]) -> int:
+    """The rest of the kept alerts' writing: links to their events, who is on duty, the changes for the streams."""
     changes, raised = [], []
-    for row in _upserted(cur, ordered):
+    for _, row in written:
         if row is not None:
             changes.append((row[0], _alert_change(row[1], row[2])))
             if row[1]:
                 raised.append(row[0])
-    links = {(a.id, a.last_event_id) for a in ordered if a.last_event_id is not None}
+    links = {(a.id, a.last_event_id) for a, _ in written if a.last_event_id is not None}
     copy_insert(cur, "alert_events", ("alert_id", "event_id"), sorted(links))
     if raised:
         cur.execute(_SET_ON_DUTY, (raised,))
@@ -351,12 +395,13 @@ async def write_alert(conn: psycopg.AsyncConnection, alert: Alert, events: Seque
 def write_batch(conn: psycopg.Connection, batch: WriteBatch) -> int:
     """Writes a batch in the caller's transaction; returns how many alert changes it logged."""
     with conn.cursor() as cur:
-        alerts, refused = _claims_kept(cur, "alerts", _ALERT_SITES, batch.alerts, lambda a: a.id, foreign_copy)
+        alerts = _SentAlerts(conn, cur, batch.alerts)
         heartbeats, foreign = _claims_kept(
             cur, "heartbeats", _NODE_SITES, batch.heartbeats, lambda h: h.node_id, foreign_node
         )
         statuses, forged = _claims_kept(cur, "status", _NODE_SITES, batch.statuses, lambda s: s.node_id, foreign_node)
         pictured, unasked = snapshot_requests.store(cur, batch.snapshots)
+        refused, written = alerts.read()
         copy_insert(cur, "events", EVENT_COLUMNS, [event_row(e) for e in batch.events])
         copy_insert(cur, "readings", READING_COLUMNS, [reading_row(r) for r in batch.readings])
         copy_insert(
@@ -373,4 +418,4 @@ def write_batch(conn: psycopg.Connection, batch: WriteBatch) -> int:
             )
         if pictured:
             cur.execute(RECORD_CHANGES, (pictured, [snapshot_requests.CHANGE] * len(pictured)))
-        return (_write_alerts(cur, alerts) if alerts else 0) + len(pictured)
+        return (_write_alerts(cur, written) if written else 0) + len(pictured)
