@@ -194,6 +194,8 @@ persistence_location {folder}/
 queue_qos0_messages true
 max_queued_messages 100000
 max_inflight_messages 1000
+# As in deploy/'s configs: no broker-side Nagle delay behind an unacknowledged packet.
+set_tcp_nodelay true
 log_dest file {folder}/mosquitto.log
 log_type error
 log_type warning
