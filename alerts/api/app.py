@@ -15,7 +15,6 @@ Run it with ``patrolnet api``; ``create_app(database_url)`` builds the app.
 
 from __future__ import annotations
 
-import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -51,6 +50,7 @@ from alerts.api.http import ApiSettings, ErrorBody, Pool, Who
 from alerts.api.list_shortcut import AlertListShortcut
 from alerts.api.stream import ChangeNotifier
 from alerts.auth import Principal
+from alerts.core.collector import freeze_startup
 from alerts.core.settings import setting
 from alerts.notify.escalation import EscalationRunner
 from alerts.store.queries import ForbiddenKind
@@ -72,8 +72,7 @@ def create_app(database_url: str, settings: ApiSettings | None = None, pool_size
         app.state.timescale = row is not None
         notifier.start()
         escalations.start()
-        # What start-up made lives as long as the process: out of the collector's way, shorter pauses.
-        gc.freeze()
+        freeze_startup()
         yield
         await escalations.stop()
         await notifier.stop()
