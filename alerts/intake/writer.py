@@ -579,8 +579,8 @@ class IngestWorker:
     def _pipelined(self, batch: WriteBatch) -> int:
         """Writes a small batch in one round trip from BEGIN to COMMIT, but for the answers write_batch reads: an
         alarm's transaction waits for the database's turn a few times, not a dozen. BEGIN and COMMIT go as
-        statements: psycopg's transaction() in pipeline mode syncs on entering and leaving it (three round trips
-        more: 4 waits for an event instead of 1, 6 for an alert instead of 3). A statement that fails makes the
+        statements: psycopg's transaction() in pipeline mode syncs on entering and leaving it (an event waited 4
+        times with it, an alert 6; now 1 and 2, see ``tests/test_ingest.py``). A statement that fails makes the
         server skip the rest, COMMIT included, and the error rises here, the connection left in the failed
         transaction: it is dropped, which rolls that back, and the next write connects afresh."""
         assert self._conn is not None
