@@ -315,8 +315,10 @@ class _SentAlerts:
             return [], []
         owners: dict[Any, str] = dict(self._owners.fetchall())
         kept, refused = _judged("alerts", owners, self.sent, lambda a: a.id, foreign_copy)
-        kept_ids = {id(a) for a in kept}
+        kept_ids = {id(a) for a in kept}  # the very objects of self.sent: copies of one alert may be equal
         written = zip(self.sent, self._covered, self._upserted(), strict=True)
+        for cur in (self._owners, *self._rows):
+            cur.close()
         return refused, [(covered, row) for sent, covered, row in written if id(sent) in kept_ids]
 
 
