@@ -13,6 +13,7 @@ from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 
 import httpx
+import psycopg
 import pytest
 from api_helpers import EAST, JPEG, get, raise_alert
 from conftest import ApiServer
@@ -310,3 +311,23 @@ def test_characters_xml_cannot_carry_are_replaced_and_the_feed_stays_readable(ap
     assert text(by_language(root)["en-US"], "cap:headline") == "Smoke\ufffd alarm\ufffd[0m at B3\ufffd"
     feed = ET.fromstring(get(api, "/api/v1/alerts.cap", fire).content)
     assert text(feed, "atom:entry/atom:content/cap:alert/cap:incidents") == str(alert.id)
+
+
+def test_the_feed_writes_a_kept_message_again_after_any_change_to_its_alert(api: ApiServer) -> None:
+    # The feed keeps each message under its alert's row version (id and xmin), not its JSON: a change made anywhere
+    # (here straight in the database, as ingest or a migration would) must still show in the next page read.
+    _, alert = raise_alert(api.database_url, type="smoke", title="Smoke alarm at B3")
+    fire = api.key("fire")
+
+    def headlines() -> list[str]:
+        feed = ET.fromstring(get(api, "/api/v1/alerts.cap", fire).content)
+        messages = feed.findall("atom:entry/atom:content/cap:alert", NS)
+        return [text(by_language(m)["en-US"], "cap:headline") for m in messages]
+
+    assert headlines() == headlines() == ["Smoke alarm at B3"]
+    with psycopg.connect(api.database_url, autocommit=True) as conn:
+        conn.execute("UPDATE alerts SET title = 'Smoke alarm at B4' WHERE id = %s", (alert.id,))
+    assert headlines() == ["Smoke alarm at B4"]
+    with psycopg.connect(api.database_url, autocommit=True) as conn:
+        conn.execute("UPDATE alerts SET title = title WHERE id = %s", (alert.id,))
+    assert headlines() == ["Smoke alarm at B4"], "a new row version of the same alert is written again, the same"

@@ -15,10 +15,10 @@ from alerts.api.http import Pool, Reader, base_url, get_settings, visible_alert
 from alerts.api.media import image_type
 from alerts.api.routes_alerts import before_of, snapshot_url
 from alerts.auth import Principal
-from alerts.store.alert_queries import PICTURE_COLUMNS, alert_pictures, alerts_page_rows
+from alerts.store.alert_queries import ALERT_VERSION, PICTURE_COLUMNS, alert_pictures, alerts_json, alerts_page_rows
 from alerts.store.clips import clip_url
 from alerts.store.queries import AlertPage
-from alerts.store.rows import ALERT_JSON
+from alerts.store.rows import StoredAlert
 
 log = logging.getLogger(__name__)
 
@@ -52,14 +52,23 @@ async def feed(
     request: Request, pool: AsyncConnectionPool, who: Principal, page: AlertPage, before: tuple[datetime, UUID] | None
 ) -> bytes:
     """The feed's page: the list's page (``before``: its cursor's position) as CAP messages in an Atom feed."""
-    # Each alert as the database writes its JSON, the key of its kept message: no model for an unchanged alert. Its
-    # pictures come in the same query.
-    columns = f"{ALERT_JSON}, coalesce(a.status_at, a.last_seen), {PICTURE_COLUMNS}"
+    # Each alert's version and pictures: together the key of its kept message. Only the alerts whose message is not
+    # kept are read again, as the database writes their JSON (a newer state, if one came in between, is kept under
+    # its own version; an alert gone in between is left out).
+    columns = f"a.id, {ALERT_VERSION}, coalesce(a.status_at, a.last_seen), {PICTURE_COLUMNS}"
     rows = (await alerts_page_rows(pool, who, page, before, columns))[0]
     base = base_url(request)
     sender = get_settings(request).cap_sender
-    messages = [MESSAGES.of_json(row[0], sender, base, _pictures(base, *row[2:])) for row in rows]
-    updated = max((row[1] for row in rows), default=datetime.now(UTC))
+    pictured = [(row[0], row[1], _pictures(base, *row[3:])) for row in rows]
+    kept = [MESSAGES.kept(version, sender, base, pictures) for _, version, pictures in pictured]
+    missing = [id_ for (id_, _, _), message in zip(pictured, kept, strict=True) if message is None]
+    read = await alerts_json(pool, missing) if missing else {}
+    messages = [
+        message or MESSAGES.keep(read[id_][0], sender, base, pictures, StoredAlert.model_validate_json(read[id_][1]))
+        for (id_, _, pictures), message in zip(pictured, kept, strict=True)
+        if message is not None or id_ in read
+    ]
+    updated = max((row[2] for row in rows), default=datetime.now(UTC))
     query = f"?{request.url.query}" if request.url.query else ""
     return atom_feed(messages, f"patrolnet alerts for {who.name}", f"{base}{request.url.path}{query}", updated)
 
