@@ -20,7 +20,7 @@ from pathlib import Path
 from uuid import UUID
 
 from alerts.api import grids_cli, people_cli, report_links
-from alerts.core.collector import freeze_startup
+from alerts.core.collector import settle_collector
 from alerts.core.models import Role
 from alerts.core.settings import optional_setting, setting, wait_for_signal
 from alerts.store.timescale import Retention
@@ -59,7 +59,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     watchdog.start()
     if takeover:
         takeover.start()
-    freeze_startup()
+    settle_collector()
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())

@@ -52,7 +52,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # this checkout's code, not an installed one
 
 from alerts.auth import Principal, create_key  # noqa: E402
-from alerts.core.collector import freeze_startup  # noqa: E402
+from alerts.core.collector import settle_collector  # noqa: E402
 from alerts.core.models import Place, Role  # noqa: E402
 from alerts.core.mqtt import connect, make_client  # noqa: E402
 from alerts.core.protocol import confirm_topic, uplink_topic  # noqa: E402
@@ -392,7 +392,7 @@ def run_checkout(args: argparse.Namespace, source: Path, work: Path) -> Run:
         port = free_port()
         api = spawn(["api", "--port", str(port), "--no-access-log"], env, source, pipeline)
         wait_for_port(port, 60, api)
-        freeze_startup()  # this process's own full collections would be counted as the alarm's latency
+        settle_collector()  # this process's own full collections would be counted as the alarm's latency
         latencies = alarm_latencies(broker.url, f"http://127.0.0.1:{port}", key, node_id, args.alarms, args.background)
     return Run(source, bare * READINGS_PER_MESSAGE, rate, rows, wall, cpu, latencies)
 

@@ -9,7 +9,7 @@ import signal
 import sys
 import threading
 
-from alerts.core.collector import freeze_startup
+from alerts.core.collector import settle_collector
 from alerts.core.settings import wait_for_signal
 
 log = logging.getLogger(__name__)
@@ -26,7 +26,7 @@ def cmd_edge_run(args: argparse.Namespace) -> int:
 
     node = EdgeNode(load_config(args.config))
     node.start()
-    freeze_startup()
+    settle_collector()
     # A node that cannot recover wakes the wait below as a service manager's SIGTERM would.
     threading.Thread(target=_terminate_when_set, args=(node.failed,), daemon=True).start()
     wait_for_signal()

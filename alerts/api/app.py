@@ -50,7 +50,7 @@ from alerts.api.http import ApiSettings, ErrorBody, Pool, Who
 from alerts.api.list_shortcut import AlertListShortcut
 from alerts.api.stream import ChangeNotifier
 from alerts.auth import Principal
-from alerts.core.collector import freeze_startup
+from alerts.core.collector import settle_collector
 from alerts.core.settings import setting
 from alerts.notify.escalation import EscalationRunner
 from alerts.store.queries import ForbiddenKind
@@ -72,7 +72,7 @@ def create_app(database_url: str, settings: ApiSettings | None = None, pool_size
         app.state.timescale = row is not None
         notifier.start()
         escalations.start()
-        freeze_startup()
+        settle_collector()
         yield
         await escalations.stop()
         await notifier.stop()
