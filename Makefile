@@ -94,6 +94,7 @@ BENCH_FROM ?= .
 bench: setup $(BIN)/.installed-dev
 	$(BIN)/python bench/bench_video.py
 	$(BIN)/python bench/bench_sensors.py --from $(BENCH_FROM)
+	$(BIN)/python bench/bench_node.py --from $(BENCH_FROM)
 	$(BIN)/python bench/bench_store.py --api-from $(BENCH_FROM)
 
 lint: $(BIN)/.installed-dev
