@@ -30,9 +30,9 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
+from sensor_load import READINGS_PER_MESSAGE, SENSORS, WINDOW, node_yaml, state, topic
+
 REPO = Path(__file__).resolve().parent.parent
-SENSORS = 50
-WINDOW = 1_000
 
 
 class Pauses:
@@ -47,12 +47,6 @@ class Pauses:
             self._started = time.perf_counter()
         else:
             self.by_generation[info["generation"]].append(time.perf_counter() - self._started)
-
-
-def zigbee_state(i: int) -> bytes:
-    """A zigbee2mqtt smoke and climate sensor's state: five readings (as ``bench/bench_sensors.py`` sends)."""
-    values = {"smoke": False, "temperature": 20 + i % 50 / 10, "humidity": 40 + i % 20, "battery": 87}
-    return json.dumps({**values, "linkquality": 120}).encode()
 
 
 def thread_cpu(native_id: int) -> float:
@@ -73,24 +67,16 @@ def one_round(messages: int) -> dict:
     from edge.sink import Ack, EventSink
     from edge.state import EdgeState
 
-    sensors = "".join(
-        f"  - {{id: s{i:03d}, adapter: zigbee2mqtt, topic: zigbee2mqtt/s{i:03d}}}\n" for i in range(SENSORS)
-    )
-    config = parse_config(f"""node_id: n1
-site: {{id: s1, sub_district: sd, community: c, grid: g}}
-broker: {{max_inflight: {WINDOW}}}
-uplink: {{spool: "{Path(tempfile.mkdtemp()) / "outbox.sqlite3"}"}}
-sensors:
-{sensors}""")
+    config = parse_config(node_yaml("n1", "mqtt://127.0.0.1:1", Path(tempfile.mkdtemp()) / "outbox.sqlite3"))
     spool = Spool(config.uplink.spool)
-    state = EdgeState(spool)
+    edge_state = EdgeState(spool)
 
     def send(channel: str, payload: bytes) -> None:
         spool.put(f"uplink/{channel}", payload)  # as the uplink spools it; nothing sends it on
 
-    sink = EventSink(AlarmVerification(), AlertPolicy(), state, send, max_unacked=WINDOW // 2)
-    pipeline = SensorPipeline(config, sink, DeadLetters(sink, "n1"), state, since=utc_now())
-    states = [(f"zigbee2mqtt/s{i % SENSORS:03d}", zigbee_state(i)) for i in range(messages)]
+    sink = EventSink(AlarmVerification(), AlertPolicy(), edge_state, send, max_unacked=WINDOW // 2)
+    pipeline = SensorPipeline(config, sink, DeadLetters(sink, "n1"), edge_state, since=utc_now())
+    states = [(topic(i), state(i)) for i in range(messages)]
     acked = threading.Semaphore(WINDOW)
     done = [0]
 
@@ -107,9 +93,10 @@ sensors:
     sink_id = sink._thread.native_id
     assert sink_id is not None
     handling, sinking, wall = time.thread_time(), thread_cpu(sink_id), time.perf_counter()
-    for i, (topic, payload) in enumerate(states):
+    for i, (sensor_topic, payload) in enumerate(states):
         acked.acquire()  # the broker's window: no more than WINDOW unacknowledged
-        pipeline.handle(topic, payload, Ack(ack, [pipeline.deliveries.note(i % 65_535 + 1, topic, payload)]))
+        delivery = pipeline.deliveries.note(i % 65_535 + 1, sensor_topic, payload)
+        pipeline.handle(sensor_topic, payload, Ack(ack, [delivery]))
     handling = time.thread_time() - handling
     deadline = time.monotonic() + 60
     while done[0] < messages and time.monotonic() < deadline:
@@ -149,7 +136,8 @@ def main() -> int:
         print(json.dumps(one_round(args.messages)))
         return 0
     sources = [Path(s).resolve() for s in args.sources.split(",")]
-    print(f"the node's sensor path without MQTT, {args.messages:,} messages of 5 readings from {SENSORS} sensors:")
+    per = f"{READINGS_PER_MESSAGE} readings from {SENSORS} sensors"
+    print(f"the node's sensor path without MQTT, {args.messages:,} messages of {per}:")
     complete = True
     for n in range(args.rounds):
         for source in sources:

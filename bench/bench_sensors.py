@@ -51,6 +51,8 @@ import psycopg
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # this checkout's code, not an installed one
 
+from sensor_load import ALARM_TOPIC, READINGS_PER_MESSAGE, SENSORS, SITE, node_yaml, state, topic  # noqa: E402
+
 from alerts.auth import Principal, create_key  # noqa: E402
 from alerts.core.collector import settle_collector  # noqa: E402
 from alerts.core.models import Place, Role  # noqa: E402
@@ -62,10 +64,7 @@ from deploy.local.services import free_port, start_mosquitto, start_postgres, wa
 
 log = logging.getLogger(__name__)
 
-BENCH_SITE = Place(sub_district="sd", community="c", grid="g", site="bench-court")
-SENSORS = 50
-READINGS_PER_MESSAGE = 5
-ALARM_TOPIC = "zigbee2mqtt/bench-alarm"
+BENCH_SITE = Place(**SITE)
 GOAL_SHARE = 0.8
 GOAL_P99_MS = 20.0
 
@@ -76,27 +75,6 @@ def folder(parent: Path, name: str) -> Path:
     path.mkdir()
     os.chmod(path, 0o755)
     return path
-
-
-def state(i: int, smoke: bool = False) -> bytes:
-    """A zigbee2mqtt smoke and climate sensor's state: five readings."""
-    return json.dumps(
-        {"smoke": smoke, "temperature": 20 + i % 50 / 10, "humidity": 40 + i % 20, "battery": 87, "linkquality": 120}
-    ).encode()
-
-
-def node_yaml(node_id: str, broker_url: str, spool: Path) -> str:
-    sensors = "".join(
-        f"  - {{id: s{i:03d}, adapter: zigbee2mqtt, topic: zigbee2mqtt/s{i:03d}}}\n" for i in range(SENSORS)
-    )
-    return f"""node_id: {node_id}
-site: {{id: {BENCH_SITE.site}, sub_district: {BENCH_SITE.sub_district}, community: {BENCH_SITE.community}, \
-grid: {BENCH_SITE.grid}}}
-broker: {{url: "{broker_url}", max_inflight: 1000}}
-uplink: {{spool: "{spool}", max_inflight: 1000}}
-sensors:
-  - {{id: bench-alarm, adapter: zigbee2mqtt, topic: {ALARM_TOPIC}}}
-{sensors}"""
 
 
 def client(url: str, name: str) -> mqtt.Client:
@@ -116,7 +94,7 @@ def publish_all(publisher: mqtt.Client, messages: int) -> float:
     started = time.perf_counter()
     last = None
     for i in range(messages):
-        last = publisher.publish(f"zigbee2mqtt/s{i % SENSORS:03d}", state(i), qos=1)
+        last = publisher.publish(topic(i), state(i), qos=1)
     if last is not None:
         last.wait_for_publish(timeout=120)
     return started
@@ -257,7 +235,7 @@ def background_load(url: str, readings_per_s: float, stop: threading.Event) -> N
     period = READINGS_PER_MESSAGE / readings_per_s
     due, i = time.perf_counter(), 0
     while not stop.is_set():
-        publisher.publish(f"zigbee2mqtt/s{i % SENSORS:03d}", state(i), qos=1)
+        publisher.publish(topic(i), state(i), qos=1)
         i += 1
         due += period
         time.sleep(max(0.0, due - time.perf_counter()))

@@ -59,15 +59,13 @@ async def feed(
     rows = (await alerts_page_rows(pool, who, page, before, columns))[0]
     base = base_url(request)
     sender = get_settings(request).cap_sender
-    pictured = [(row[0], row[1], _pictures(base, *row[3:])) for row in rows]
-    kept = [MESSAGES.kept(version, sender, base, pictures) for _, version, pictures in pictured]
-    missing = [id_ for (id_, _, _), message in zip(pictured, kept, strict=True) if message is None]
-    read = await alerts_json(pool, missing) if missing else {}
-    messages = [
-        message or MESSAGES.keep(read[id_][0], sender, base, pictures, StoredAlert.model_validate_json(read[id_][1]))
-        for (id_, _, pictures), message in zip(pictured, kept, strict=True)
-        if message is not None or id_ in read
-    ]
+    wanted = {row[0]: (row[1], _pictures(base, *row[3:])) for row in rows}
+    found = {id_: MESSAGES.kept(version, sender, base, pictures) for id_, (version, pictures) in wanted.items()}
+    missing = [id_ for id_, message in found.items() if message is None]
+    for id_, (version, alert_json) in (await alerts_json(pool, missing) if missing else {}).items():
+        alert = StoredAlert.model_validate_json(alert_json)
+        found[id_] = MESSAGES.keep(version, sender, base, wanted[id_][1], alert)
+    messages = [message for message in found.values() if message is not None]
     updated = max((row[2] for row in rows), default=datetime.now(UTC))
     query = f"?{request.url.query}" if request.url.query else ""
     return atom_feed(messages, f"patrolnet alerts for {who.name}", f"{base}{request.url.path}{query}", updated)
