@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
 import paho.mqtt.client as mqtt
+from paho.mqtt import _packet
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
@@ -51,12 +52,111 @@ def parse_url(url: str) -> BrokerAddress:
     )
 
 
-def _no_delay(client: mqtt.Client, userdata: Any, sock: SocketLike) -> None:
-    """Turns Nagle's algorithm off, which paho leaves on: a small packet (a PUBACK, ingest's confirmation, the
-    node's next alarm) then waits for the broker's delayed ACK of the one before it, about 40 ms on Linux.
-    Measured with bench/bench_sensors.py: the alarm leaving the node, p50 37.7 ms with it on, 7.0 ms off."""
-    if isinstance(sock, socket.socket) and sock.family in (socket.AF_INET, socket.AF_INET6):
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+READ_AHEAD_BYTES = 65_536
+
+
+class ReadAhead:
+    """A connected socket that paho reads through, one system call for many packets.
+
+    paho reads a packet in three or four ``recv`` calls (its first byte, each byte of its length, then the rest),
+    each a system call that lets go of the GIL and waits to take it back from the node's other threads. Here one
+    call fetches what the kernel holds, up to ``READ_AHEAD_BYTES``, and paho's reads are served from it;
+    ``pending`` tells paho's loop that bytes wait here (as an ``ssl.SSLSocket`` does for what it decrypted), so it
+    reads them without waiting in ``select``. Writes and everything else go straight to the socket.
+
+    >>> import socket
+    >>> near, far = socket.socketpair()
+    >>> far.sendall(b"\\x30\\x03abc\\x30")
+    >>> sock = ReadAhead(near)
+    >>> sock.recv(1), sock.pending(), sock.recv(1), sock.recv(10), sock.pending()
+    (b'0', 5, b'\\x03', b'abc0', 0)
+    """
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self._buffer = b""
+        self._at = 0
+
+    def recv(self, size: int) -> bytes:
+        if self._at == len(self._buffer):
+            # Raises as the socket does: nothing to read yet (BlockingIOError, ssl.SSLWantReadError), or broken.
+            data = self.sock.recv(max(size, READ_AHEAD_BYTES))
+            if len(data) <= size:
+                return data
+            self._buffer, self._at = data, 0
+        chunk = self._buffer[self._at : self._at + size]
+        self._at += len(chunk)
+        return chunk
+
+    def pending(self) -> int:
+        tls = getattr(self.sock, "pending", None)
+        return len(self._buffer) - self._at + (tls() if tls is not None else 0)
+
+    def send(self, data: bytes | bytearray) -> int:
+        return self.sock.send(data)
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def setblocking(self, flag: bool) -> None:
+        self.sock.setblocking(flag)
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.sock, name)
+
+
+_TABLES = ("packetType", "types", "names", "properties")
+
+
+class SharedTables(Properties):
+    """paho's MQTT v5 ``Properties`` with its three lookup tables built once, not for every packet it decodes.
+
+    paho builds them (27 property names, 27 property types) in every ``Properties()``: 11 us of the 17 that decoding
+    one sensor message took, and the node decodes thousands a second. Nothing changes them after, so every
+    instance shares the ones built here; what a packet carries is set, read and cleared as paho does.
+    ``alerts.core.mqtt`` has paho decode through this class (``paho.mqtt._packet.Properties``), in every client
+    of the process.
+
+    >>> props = SharedTables(PacketTypes.PUBLISH)
+    >>> props.unpack(b"\\x05\\x09\\x00\\x02id")[0].CorrelationData, props.names is SharedTables(3).names
+    (b'id', True)
+    """
+
+    _shared = Properties(PacketTypes.PUBLISH)
+
+    def __init__(self, packetType: int) -> None:
+        object.__setattr__(self, "packetType", packetType)
+        for table in _TABLES[1:]:
+            object.__setattr__(self, table, getattr(self._shared, table))
+
+    def clear(self) -> None:
+        # paho's walks all 27 names for one set; a new instance has none.
+        for name in [name for name in vars(self) if name not in _TABLES]:
+            delattr(self, name)
+
+
+_packet.Properties = SharedTables  # type: ignore[misc]  # paho looks it up by this name
+
+
+class Client(mqtt.Client):
+    """paho's client on a ``ReadAhead`` socket; ``no_delay`` turns Nagle's algorithm off, which paho leaves on:
+    a small packet (a PUBACK, ingest's confirmation, the node's next alarm) then waits for the broker's delayed
+    ACK of the one before it, about 40 ms on Linux. Measured with bench/bench_sensors.py: the alarm leaving the
+    node, p50 37.7 ms with it on, 7.0 ms off."""
+
+    no_delay = False
+
+    def _create_socket(self) -> SocketLike:
+        # paho's own hook for the socket it connects through (its websocket transport wraps it there too).
+        sock = super()._create_socket()
+        if not isinstance(sock, socket.socket):
+            return sock
+        if self.no_delay and sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return ReadAhead(sock)
 
 
 def make_client(
@@ -67,23 +167,22 @@ def make_client(
     manual_ack: bool = False,
     session_expiry_s: int = 3600,
     no_delay: bool = False,
-) -> tuple[mqtt.Client, BrokerAddress, Properties]:
+) -> tuple[Client, BrokerAddress, Properties]:
     """An MQTT v5 client for ``url``, not yet connected, with the CONNECT properties to use.
 
     A persistent session keeps the subscriptions and the unacknowledged QoS 1
     messages across reconnects; it needs a session expiry, or the broker drops
-    it at the first disconnect. ``no_delay`` turns Nagle's algorithm off (see ``_no_delay``): for the uplink's
+    it at the first disconnect. ``no_delay`` turns Nagle's algorithm off (see ``Client``): for the uplink's
     two ends, where publishes and confirmations cross on one connection.
     """
     address = parse_url(url)
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5, manual_ack=manual_ack)
+    client = Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5, manual_ack=manual_ack)
+    client.no_delay = no_delay
     if address.username:
         client.username_pw_set(address.username, address.password)
     if address.tls:
         client.tls_set(cert_reqs=ssl.CERT_REQUIRED)
     client.reconnect_delay_set(min_delay=1, max_delay=30)
-    if no_delay:
-        client.on_socket_open = _no_delay
     props = Properties(PacketTypes.CONNECT)
     if persistent:
         props.SessionExpiryInterval = session_expiry_s
