@@ -14,9 +14,9 @@ WINDOW = 1_000
 """The broker's and the uplink's in-flight window (``max_inflight``), as the compound broker ships it."""
 
 
-def topic(i: int) -> str:
+def topic(i: int, root: str = "zigbee2mqtt") -> str:
     """The state topic of the sensor that sends message ``i`` (round-robin)."""
-    return f"zigbee2mqtt/s{i % SENSORS:03d}"
+    return f"{root}/s{i % SENSORS:03d}"
 
 
 def state(i: int, smoke: bool = False) -> bytes:
