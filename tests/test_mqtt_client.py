@@ -4,15 +4,26 @@ properties through shared tables, without changing what a subscriber receives.""
 from __future__ import annotations
 
 import socket
+import ssl
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 
+import paho.mqtt.client as mqtt
+from broker_helpers import PASSWORDS, PLACE_A, SHARE, SecureBroker, running_secure_broker
 from conftest import eventually, mqtt_client
 from paho.mqtt import _packet
+from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from alerts.core.mqtt import READ_AHEAD_BYTES, ReadAhead, SharedTables, make_client
+from alerts.core.mqtt import READ_AHEAD_BYTES, Client, ReadAhead, SharedTables, make_client
+from alerts.core.protocol import uplink_topic
+from alerts.intake.broker_auth import node_client_id
 from deploy.local.services import Service
+
+BURST = [20] * 300 + [3 * READ_AHEAD_BYTES + 7] + [150] * 300
+"""Payload sizes: many packets share one read, one is larger than a read (and than a TLS record)."""
 
 
 def _publish_properties(i: int) -> Properties:
@@ -23,30 +34,77 @@ def _publish_properties(i: int) -> Properties:
     return props
 
 
-def test_a_burst_of_small_and_large_messages_arrives_whole_in_order_with_its_own_properties(broker: Service) -> None:
-    # Many packets share one read; one is larger than a read and arrives over several.
-    sizes = [20] * 300 + [3 * READ_AHEAD_BYTES + 7] + [150] * 300
-    received: list[tuple[bytes, bytes, list[tuple[str, str]]]] = []
-    done = threading.Event()
+class Burst:
+    """Publishes BURST with numbered payloads and properties; takes what arrives, and tells whether it came whole."""
 
-    def on_message(client, userdata, message) -> None:
+    def __init__(self) -> None:
+        self.received: list[tuple[bytes, bytes, list[tuple[str, str]]]] = []
+        """Each message's payload, correlation data and user properties."""
+        self.done = threading.Event()
+
+    def on_message(self, client: mqtt.Client, userdata: object, message: mqtt.MQTTMessage) -> None:
         props = message.properties
-        received.append((message.payload, props.CorrelationData, getattr(props, "UserProperty", [])))
-        if len(received) == len(sizes):
-            done.set()
+        users = getattr(props, "UserProperty", [])
+        self.received.append((bytes(message.payload), getattr(props, "CorrelationData", b""), users))
+        if len(self.received) == len(BURST):
+            self.done.set()
 
-    with mqtt_client(broker, "test-read-ahead", "burst/#", on_message) as subscriber:
+    def publish(self, publisher: mqtt.Client, topic: str) -> None:
+        for i, size in enumerate(BURST):
+            payload = (f"{i:06d}".encode() * (size // 6 + 1))[:size]
+            publisher.publish(topic, payload, qos=1, properties=_publish_properties(i))
+        assert self.done.wait(30), f"{len(self.received)} of {len(BURST)} arrived"
+
+    def check(self) -> None:
+        assert [len(payload) for payload, _, _ in self.received] == BURST
+        assert [payload[:6] for payload, _, _ in self.received] == [f"{i:06d}".encode() for i in range(len(BURST))]
+        assert [correlation for _, correlation, _ in self.received] == [f"c{i}".encode() for i in range(len(BURST))]
+        assert [users for _, _, users in self.received] == [[("n", str(i))] if i % 2 else [] for i in range(len(BURST))]
+
+
+def test_a_burst_of_small_and_large_messages_arrives_whole_in_order_with_its_own_properties(broker: Service) -> None:
+    burst = Burst()
+    with mqtt_client(broker, "test-read-ahead", "burst/#", burst.on_message) as subscriber:
         assert isinstance(subscriber.socket(), ReadAhead)
         with mqtt_client(broker, "test-burst") as publisher:
-            for i, size in enumerate(sizes):
-                payload = (f"{i:06d}".encode() * (size // 6 + 1))[:size]
-                publisher.publish("burst/x", payload, qos=1, properties=_publish_properties(i))
-            assert done.wait(30), f"{len(received)} of {len(sizes)} arrived"
+            burst.publish(publisher, "burst/x")
+    burst.check()
 
-    assert [len(payload) for payload, _, _ in received] == sizes
-    assert [payload[:6] for payload, _, _ in received] == [f"{i:06d}".encode() for i in range(len(sizes))]
-    assert [correlation for _, correlation, _ in received] == [f"c{i}".encode() for i in range(len(sizes))]
-    assert [users for _, _, users in received] == [[("n", str(i))] if i % 2 else [] for i in range(len(sizes))]
+
+@contextmanager
+def tls_client(
+    broker: SecureBroker, user: str, client_id: str, subscribe: str = "", burst: Burst | None = None
+) -> Iterator[Client]:
+    """The project's client over the central broker's TLS listener, trusting the test broker's own certificate."""
+    client = Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+    client.username_pw_set(user, PASSWORDS[user])
+    client.tls_set(ca_certs=str(broker.folder / "ca.crt"))
+    subscribed = threading.Event()
+    client.on_subscribe = lambda *_: subscribed.set()
+    client.on_message = burst.on_message if burst else None
+    client.connect("127.0.0.1", broker.ports[8883])
+    client.loop_start()
+    try:
+        sock = client.socket()
+        assert isinstance(sock, ReadAhead) and isinstance(sock.sock, ssl.SSLSocket)
+        if subscribe:
+            client.subscribe(subscribe, qos=1)
+            assert subscribed.wait(10)
+        yield client
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+
+def test_over_tls_a_burst_arrives_whole_in_order_through_the_read_ahead() -> None:
+    burst = Burst()
+    with (
+        running_secure_broker() as broker,
+        tls_client(broker, "ingest", "test-tls-ingest", SHARE, burst),
+        tls_client(broker, "node-a", node_client_id("node-a")) as node,
+    ):
+        burst.publish(node, uplink_topic(PLACE_A.site, "events"))
+    burst.check()
 
 
 def test_paho_decodes_properties_through_the_shared_tables(broker: Service) -> None:
