@@ -50,6 +50,8 @@ from pathlib import Path
 import httpx
 import paho.mqtt.client as mqtt
 import psycopg
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # this checkout's code, not an installed one
@@ -59,7 +61,7 @@ from sensor_load import ALARM_TOPIC, READINGS_PER_MESSAGE, SENSORS, SITE, node_y
 from alerts.auth import Principal, create_key  # noqa: E402
 from alerts.core.collector import settle_collector  # noqa: E402
 from alerts.core.models import Place, Role  # noqa: E402
-from alerts.core.mqtt import connect, make_client  # noqa: E402
+from alerts.core.mqtt import connect, make_client, parse_url  # noqa: E402
 from alerts.core.protocol import confirm_topic, uplink_topic  # noqa: E402
 from alerts.store.database import migrate  # noqa: E402
 from alerts.store.sites import register  # noqa: E402
@@ -86,9 +88,11 @@ def client(url: str, name: str, stock: bool = False) -> mqtt.Client:
     ``Client``, its socket read as paho reads it (it decodes through the tables ``alerts.core.mqtt`` shares, as
     every client of this process does: a baseline, if anything, faster than paho as it comes)."""
     mqtt_client: mqtt.Client
-    mqtt_client, address, props = make_client(url, name)
     if stock:
         mqtt_client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=name, protocol=mqtt.MQTTv5)
+        address, props = parse_url(url), Properties(PacketTypes.CONNECT)
+    else:
+        mqtt_client, address, props = make_client(url, name)
     mqtt_client.max_inflight_messages_set(1000)
     connect(mqtt_client, address, props)
     deadline = time.monotonic() + 10

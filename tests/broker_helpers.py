@@ -21,6 +21,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
 from alerts.core.models import Place
+from alerts.core.mqtt import Client
 from alerts.core.protocol import UPLINK_FILTER
 from alerts.intake.broker_auth import BrokerAdmin, node_client_id, write_initial_config
 from alerts.intake.writer import SHARE_GROUP
@@ -78,12 +79,13 @@ def running_secure_broker() -> Iterator[SecureBroker]:
 
 
 class Probe:
-    """An MQTT v5 client that records what the broker answers: CONNACK, SUBACKs, PUBACKs, messages."""
+    """An MQTT v5 client (the project's, ``alerts.core.mqtt.Client``) that records what the broker answers:
+    CONNACK, SUBACKs, PUBACKs, messages."""
 
     def __init__(self, port: int, user: str | None, password: str | None = None, *, cafile: Path | None = None,
                  will: tuple[str, bytes] | None = None, client_id: str | None = None) -> None:  # fmt: skip
         client_id = client_id or f"probe-{uuid.uuid4().hex[:8]}"
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+        self.client = Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
         if user is not None:
             self.client.username_pw_set(user, password if password is not None else PASSWORDS[user])
         if cafile is not None:

@@ -6,18 +6,15 @@ from __future__ import annotations
 import socket
 import ssl
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import paho.mqtt.client as mqtt
-from broker_helpers import PASSWORDS, PLACE_A, SHARE, SecureBroker, running_secure_broker
+from broker_helpers import PLACE_A, SHARE, Probe, running_secure_broker
 from conftest import eventually, mqtt_client
 from paho.mqtt import _packet
-from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from alerts.core.mqtt import READ_AHEAD_BYTES, Client, ReadAhead, SharedTables, make_client
+from alerts.core.mqtt import READ_AHEAD_BYTES, ReadAhead, SharedTables, make_client
 from alerts.core.protocol import uplink_topic
 from alerts.intake.broker_auth import node_client_id
 from deploy.local.services import Service
@@ -71,39 +68,19 @@ def test_a_burst_of_small_and_large_messages_arrives_whole_in_order_with_its_own
     burst.check()
 
 
-@contextmanager
-def tls_client(
-    broker: SecureBroker, user: str, client_id: str, subscribe: str = "", burst: Burst | None = None
-) -> Iterator[Client]:
-    """The project's client over the central broker's TLS listener, trusting the test broker's own certificate."""
-    client = Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
-    client.username_pw_set(user, PASSWORDS[user])
-    client.tls_set(ca_certs=str(broker.folder / "ca.crt"))
-    subscribed = threading.Event()
-    client.on_subscribe = lambda *_: subscribed.set()
-    client.on_message = burst.on_message if burst else None
-    client.connect("127.0.0.1", broker.ports[8883])
-    client.loop_start()
-    try:
-        sock = client.socket()
-        assert isinstance(sock, ReadAhead) and isinstance(sock.sock, ssl.SSLSocket)
-        if subscribe:
-            client.subscribe(subscribe, qos=1)
-            assert subscribed.wait(10)
-        yield client
-    finally:
-        client.disconnect()
-        client.loop_stop()
-
-
 def test_over_tls_a_burst_arrives_whole_in_order_through_the_read_ahead() -> None:
     burst = Burst()
-    with (
-        running_secure_broker() as broker,
-        tls_client(broker, "ingest", "test-tls-ingest", SHARE, burst),
-        tls_client(broker, "node-a", node_client_id("node-a")) as node,
-    ):
-        burst.publish(node, uplink_topic(PLACE_A.site, "events"))
+    with running_secure_broker() as broker:
+        tls, ca = broker.ports[8883], broker.folder / "ca.crt"
+        with (
+            Probe(tls, "ingest", cafile=ca) as ingest,
+            Probe(tls, "node-a", cafile=ca, client_id=node_client_id("node-a")) as node,
+        ):
+            sock = ingest.client.socket()
+            assert isinstance(sock, ReadAhead) and isinstance(sock.sock, ssl.SSLSocket)
+            ingest.client.on_message = burst.on_message
+            assert ingest.subscribe(SHARE) == 1
+            burst.publish(node.client, uplink_topic(PLACE_A.site, "events"))
     burst.check()
 
 

@@ -108,7 +108,9 @@ class ReadAhead:
         return getattr(self.sock, name)
 
 
-_TABLES = ("packetType", "types", "names", "properties")
+_SHARED = ("types", "names", "properties")
+_OWN = ("packetType", *_SHARED)
+"""What every ``Properties`` holds besides the properties a packet carries (paho's ``privateVars``)."""
 
 
 class SharedTables(Properties):
@@ -129,12 +131,12 @@ class SharedTables(Properties):
 
     def __init__(self, packetType: int) -> None:
         object.__setattr__(self, "packetType", packetType)
-        for table in _TABLES[1:]:
+        for table in _SHARED:
             object.__setattr__(self, table, getattr(self._shared, table))
 
     def clear(self) -> None:
         # paho's walks all 27 names for one set; a new instance has none.
-        for name in [name for name in vars(self) if name not in _TABLES]:
+        for name in [name for name in vars(self) if name not in _OWN]:
             delattr(self, name)
 
 
