@@ -216,9 +216,9 @@ class SensorPipeline:
         def ack() -> None:
             # The same packet id names another message in a new session.
             if session == self._session:
-                self._client.ack(message.mid, message.qos)
+                self._client.hold_ack(message.mid, message.qos)
 
-        return Ack(ack, changes or [])
+        return Ack(ack, changes or [], flush=self._client.send_acks)
 
     # The message path.
 

@@ -98,6 +98,9 @@ class Ack:
 
     send: Callable[[], None]
     changes: list[Change] = field(default_factory=list)
+    flush: Callable[[], None] | None = None
+    """Sends what ``send`` only held: called once after the acknowledgements let go together (the MQTT client's
+    ``send_acks``, one write for them all)."""
 
     def __call__(self) -> None:
         self.send()
@@ -278,6 +281,8 @@ class EventSink:
         if release:
             for each in acks:
                 each()
+            for send_held in dict.fromkeys(a.flush for a in acks if isinstance(a, Ack) and a.flush is not None):
+                send_held()
 
     def _store(self, outgoing: list[tuple[str, bytes]], readings: list[Reading], changes: list[Change]) -> None:
         """Spools the messages and the readings, and saves the state, in one transaction synced once."""

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import socket
 import ssl
+import struct
 import threading
+import time
 
 import paho.mqtt.client as mqtt
 from broker_helpers import PLACE_A, SHARE, Probe, running_secure_broker
@@ -113,3 +115,52 @@ def test_nagles_algorithm_is_off_only_where_asked(broker: Service) -> None:
         finally:
             client.disconnect()
     assert flags == {True: 1, False: 0}
+
+
+class Session:
+    """A persistent, manually acknowledging subscriber to ``acks/#`` on its own thread's ``loop_forever``, as the
+    node's sensor path runs; ``writes`` records each ``send`` of its socket."""
+
+    def __init__(self, broker: Service) -> None:
+        self.mids: list[int] = []
+        self.writes: list[bytes] = []
+        self.client, address, props = make_client(broker.url, "test-acks", persistent=True, manual_ack=True)
+        self.client.on_connect = lambda client, *_: client.subscribe("acks/#", qos=1)
+        self.client.on_message = lambda client, userdata, message: self.mids.append(message.mid)
+        self.client.connect(address.host, address.port, clean_start=False, properties=props)
+        self.thread = threading.Thread(target=self.client.loop_forever)
+        self.thread.start()
+        eventually(self.client.is_connected)
+        sock = self.client.socket()
+        sock.send = lambda data: self.writes.append(bytes(data)) or ReadAhead.send(sock, data)
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.thread.join(10)
+
+
+def test_acknowledgements_held_leave_in_one_write_and_settle_the_session(broker: Service) -> None:
+    session = Session(broker)
+    with mqtt_client(broker, "test-acks-publisher") as publisher:
+        time.sleep(0.3)  # subscribed
+        for i in range(200):
+            publisher.publish("acks/x", str(i), qos=1)
+        eventually(lambda: len(session.mids) == 200)
+    held, plain = session.mids[:100], session.mids[100:]
+    session.writes.clear()
+    for mid in held:  # as the node's sink does, once what the messages said is stored
+        session.client.hold_ack(mid, 1)
+    assert session.writes == []
+    session.client.send_acks()
+    eventually(lambda: session.writes)
+    assert session.writes == [b"".join(struct.pack("!BBH", 0x40, 2, mid) for mid in held)], "together, in order"
+    for mid in plain:  # paho's ack() from another thread than the loop's
+        session.client.ack(mid, 1)
+    eventually(lambda: len(b"".join(session.writes)) == 4 * 200)
+    assert b"".join(session.writes) == b"".join(struct.pack("!BBH", 0x40, 2, mid) for mid in session.mids)
+    session.close()
+    # The broker took them all: the session, resumed, holds nothing to send again.
+    again = Session(broker)
+    time.sleep(1.0)
+    again.close()
+    assert again.mids == []

@@ -20,7 +20,15 @@ from alerts.core.policy import AlertPolicy
 from alerts.identity import RegisteredSite
 from alerts.intake.writer import IngestWorker, add_message
 from alerts.store import timescale
-from alerts.store.database import CHANGES_CHANNEL, RECORD_CHANGES, WriteBatch, migrate, migrations, write_batch
+from alerts.store.database import (
+    CHANGES_CHANNEL,
+    FEW_ROWS,
+    RECORD_CHANGES,
+    WriteBatch,
+    migrate,
+    migrations,
+    write_batch,
+)
 from alerts.store.timescale import Retention
 
 PLACE = Place(sub_district="sd", community="c", grid="g", site="s", device="smoke-1")
@@ -67,6 +75,22 @@ def test_the_same_message_written_twice_is_one_row(database_url: str) -> None:
     assert write(database_url, batch) == 0
     for table in ("events", "alerts", "readings", "alert_changes"):
         assert count(database_url, table) == 1, table
+
+
+def test_a_large_batch_copied_again_with_new_rows_keeps_one_of_each_and_the_rest_of_its_transaction(
+    database_url: str,
+) -> None:
+    # Past FEW_ROWS, readings are copied straight into their table; a batch holding rows stored before (a message
+    # sent again with more) takes the staged way from a savepoint, and what the transaction wrote before stays.
+    readings = [Reading(place=PLACE, quantity="temperature", value=i, unit="°C") for i in range(3 * FEW_ROWS)]
+    write(database_url, WriteBatch(readings=readings[: 2 * FEW_ROWS]))
+    assert count(database_url, "readings") == 2 * FEW_ROWS
+    event = Event(kind=EventKind.FIRE, type="smoke", place=PLACE, source="n1")
+    write(database_url, WriteBatch(events=[event], readings=readings[FEW_ROWS:]))
+    with psycopg.connect(database_url) as conn:
+        stored = [v for (v,) in conn.execute("SELECT value FROM readings ORDER BY value")]
+    assert stored == [float(i) for i in range(3 * FEW_ROWS)]
+    assert count(database_url, "events") == 1
 
 
 def test_an_older_copy_of_an_alert_never_overwrites_a_newer_one(database_url: str) -> None:

@@ -9,9 +9,12 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import socket
 import ssl
+import struct
+import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
@@ -142,6 +145,9 @@ class SharedTables(Properties):
 
 _packet.Properties = SharedTables  # type: ignore[misc]  # paho looks it up by this name
 
+_PUBACK = struct.Struct("!BBH")
+"""A PUBACK with no reason code (success) and no properties: type, remaining length 2, packet id."""
+
 
 class Client(mqtt.Client):
     """paho's client on a ``ReadAhead`` socket; ``no_delay`` turns Nagle's algorithm off, which paho leaves on:
@@ -150,6 +156,94 @@ class Client(mqtt.Client):
     node, p50 37.7 ms with it on, 7.0 ms off."""
 
     no_delay = False
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._held: list[int] = []
+        """Packet ids of acknowledgements held for ``send_acks``."""
+        self._ready: list[int] = []
+        """Packet ids of acknowledgements for the network loop to write next, as one packet."""
+        self._acks_lock = threading.Lock()
+
+    def hold_ack(self, mid: int, qos: int) -> None:
+        """Holds the acknowledgement of a message (QoS 1 when the client acknowledges by hand) for ``send_acks``.
+
+        paho writes each PUBACK on its own: a ``send`` a message, which the broker reads alone. The node's sink
+        lets a hundred sensor messages go at once after one commit, ingest a batch after its: held, then sent,
+        they leave in one ``send``, in the order held (which MQTT asks for).
+        """
+        if not (self._manual_ack and qos == 1):
+            super().ack(mid, qos)
+            return
+        with self._acks_lock:
+            self._held.append(mid)
+
+    def send_acks(self) -> None:
+        """Has the network loop write the acknowledgements held, in one packet, after those it has yet to write;
+        wakes it (a byte on paho's socket pair) if none was waiting."""
+        with self._acks_lock:
+            held, self._held = self._held, []
+            wake = bool(held) and not self._ready
+            self._ready += held
+        if not wake:
+            return
+        if self._sockpairW is None:
+            # As paho queues a packet: written here unless the loop is in a callback (it writes after).
+            if self._in_callback_mutex.acquire(False):
+                self._in_callback_mutex.release()
+                self.loop_write()
+            return
+        with contextlib.suppress(BlockingIOError):  # a full pair has woken the loop already
+            self._sockpairW.send(mqtt.sockpair_data)
+
+    def ack(self, mid: int, qos: int) -> mqtt.MQTTErrorCode:
+        """paho's ``ack``, through ``hold_ack`` and ``send_acks``."""
+        self.hold_ack(mid, qos)
+        self.send_acks()
+        return mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS
+
+    def want_write(self) -> bool:
+        return bool(self._ready) or super().want_write()
+
+    def loop_write(self) -> mqtt.MQTTErrorCode:
+        self._queue_acks()
+        return super().loop_write()
+
+    def _packet_queue(self, *args: Any, **kwargs: Any) -> mqtt.MQTTErrorCode:
+        # Whatever is sent after an acknowledgement goes after it, as with paho's (a DISCONNECT, above all).
+        self._queue_acks()
+        return super()._packet_queue(*args, **kwargs)
+
+    def _queue_acks(self) -> None:
+        """Puts the acknowledgements sent in paho's queue of packets to write, as one."""
+        with self._acks_lock:
+            mids, self._ready = self._ready, []
+        if mids:
+            packet = b"".join(_PUBACK.pack(mqtt.PUBACK, 2, mid) for mid in mids)
+            self._out_packet.append(
+                {
+                    "command": mqtt.PUBACK,
+                    "mid": mids[-1],
+                    "qos": 1,
+                    "pos": 0,
+                    "to_process": len(packet),
+                    "packet": packet,
+                    "info": None,
+                }
+            )
+
+    def loop_forever(self, *args: Any, **kwargs: Any) -> mqtt.MQTTErrorCode:
+        # The socket pair that paho's loop_start() and loop() make, and loop_forever() alone does not: other
+        # threads' acknowledgements (the node's sink's) wake the loop through it.
+        if self._sockpairR is None:
+            self._sockpairR, self._sockpairW = mqtt._socketpair_compat()
+        return super().loop_forever(*args, **kwargs)
+
+    def reconnect(self) -> mqtt.MQTTErrorCode:
+        # paho forgets what it had still to write (its packet ids may name other messages on the new connection).
+        with self._acks_lock:
+            self._held, self._ready = [], []
+        return super().reconnect()
 
     def _create_socket(self) -> SocketLike:
         # paho's own hook for the socket it connects through (its websocket transport wraps it there too).

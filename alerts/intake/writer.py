@@ -491,7 +491,8 @@ class IngestWorker:
                 if batch is None or not self._write(batch, messages):
                     return
                 for message in messages:
-                    self._client.ack(message.mid, message.qos)
+                    self._client.hold_ack(message.mid, message.qos)
+                self._client.send_acks()
                 self._confirm(messages)
                 with self._tally:
                     self._written += len(messages)
