@@ -48,7 +48,7 @@ import math
 import re
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, ClassVar
 
 from alerts.core.models import Place, Reading
@@ -157,13 +157,16 @@ class Decoded:
 
 def readings_from(fields: dict[str, Any], place: Place, ts: datetime) -> Decoded:
     """One Reading per number or flag in ``fields``; wrong types and impossible values become problems."""
+    if ts.tzinfo is None:
+        raise ValueError("a reading's time needs its zone")
     readings, problems = [], []
+    ts = ts.astimezone(UTC)  # made with Reading.checked, which takes values as they are
     for name, value in fields.items():
         number, problem = _check(name, value)
         if problem is not None:
             problems.append(problem)
         elif number is not None:
-            readings.append(Reading(ts=ts, place=place, quantity=name, value=number, unit=unit_of(name)))
+            readings.append(Reading.checked(place, name, number, unit_of(name), ts))
     return Decoded(readings=readings, problems=problems)
 
 

@@ -17,11 +17,11 @@ import pytest
 from conftest import edge_and_ingest, eventually, mqtt_client
 from fire_helpers import query
 
-from alerts.core.models import Place
+from alerts.core.models import Place, Reading
 from deploy.local.services import Service
 from edge.config import parse_config
 from ingest.adapters import ADAPTERS
-from ingest.sensors import MAX_PAYLOAD_BYTES, PayloadError
+from ingest.sensors import MAX_PAYLOAD_BYTES, PayloadError, readings_from
 
 SMOKE = "zigbee2mqtt/b3-stair-smoke"
 BOILER = "patrolnet/sensors/smoke-b1-boiler"
@@ -68,6 +68,21 @@ def test_a_long_number_costs_its_field_and_never_the_alarm_next_to_it() -> None:
     decoded = ADAPTERS["zigbee2mqtt"].parse(payload, PLACE, datetime.now(UTC))
     assert [(r.quantity, r.value) for r in decoded.readings] == [("smoke", 1.0)]
     assert decoded.problems == ["battery: a number of 5000 characters (at most 40)"]
+
+
+def test_readings_are_made_as_the_model_validates_them_in_utc() -> None:
+    # readings_from makes readings without validating them again (Reading.checked): what it makes must be what
+    # validation gives, the device's own zone turned into UTC, and a time without a zone refused as before.
+    payload = b'{"ts": "2024-05-01T10:00:00+08:00", "readings": {"temperature": 21, "smoke": true}}'
+    decoded = ADAPTERS["native"].parse(payload, PLACE, datetime.now(UTC))
+    assert [Reading.model_validate_json(r.model_dump_json()) for r in decoded.readings] == decoded.readings
+    assert {(r.quantity, r.value, r.unit, r.ts) for r in decoded.readings} == {
+        ("temperature", 21.0, "°C", datetime(2024, 5, 1, 2, tzinfo=UTC)),
+        ("smoke", 1.0, "", datetime(2024, 5, 1, 2, tzinfo=UTC)),
+    }
+    assert all(type(r.value) is float and r.ts.tzinfo is UTC for r in decoded.readings)
+    with pytest.raises(ValueError, match="zone"):
+        readings_from({"temperature": 21}, PLACE, datetime(2024, 5, 1, 10))
 
 
 def node_yaml(broker_url: str, spool: Path) -> str:

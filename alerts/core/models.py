@@ -122,6 +122,25 @@ class Reading(_Stamped):
     )
     unit: str = Field(default="", title="Unit", description="Unit of the value, e.g. °C, %, ppm.")
 
+    @classmethod
+    def checked(cls, place: Place, quantity: str, value: float, unit: str, ts: datetime) -> Reading:
+        """A new reading of values checked already (a validated place, a finite float, a time in UTC), made
+        without validating them again: 0.8 us, not 2.1; a node makes five a sensor message (``ingest.sensors``).
+
+        >>> place = Place(sub_district="n", community="c", grid="g", site="s", device="d")
+        >>> reading = Reading.checked(place, "temperature", 21.5, "°C", utc_now())
+        >>> reading == Reading(id=reading.id, ts=reading.ts, place=place, quantity="temperature", value=21.5,
+        ...                    unit="°C")
+        True
+        """
+        reading = object.__new__(cls)
+        values = {"id": time_id(), "ts": ts, "place": place, "quantity": quantity, "value": value, "unit": unit}
+        object.__setattr__(reading, "__dict__", values)
+        object.__setattr__(reading, "__pydantic_fields_set__", set(values))
+        object.__setattr__(reading, "__pydantic_extra__", None)
+        object.__setattr__(reading, "__pydantic_private__", None)
+        return reading
+
 
 class _Verified(_Wire):
     """What a fire sensor's event says, and its alert keeps: the values behind it and alarm verification."""
