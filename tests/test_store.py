@@ -15,7 +15,7 @@ import psycopg
 import pytest
 from fire_helpers import alert_of
 
-from alerts.core.models import DeviceStatus, Event, EventKind, EventState, Heartbeat, Place, Reading
+from alerts.core.models import DeadLetter, DeviceStatus, Event, EventKind, EventState, Heartbeat, Place, Reading
 from alerts.core.policy import AlertPolicy
 from alerts.identity import RegisteredSite
 from alerts.intake.writer import IngestWorker, add_message
@@ -29,6 +29,7 @@ from alerts.store.database import (
     migrations,
     write_batch,
 )
+from alerts.store.schema import DEAD_LETTERS, EVENTS, READINGS, names
 from alerts.store.timescale import Retention
 
 PLACE = Place(sub_district="sd", community="c", grid="g", site="s", device="smoke-1")
@@ -91,6 +92,49 @@ def test_a_large_batch_copied_again_with_new_rows_keeps_one_of_each_and_the_rest
         stored = [v for (v,) in conn.execute("SELECT value FROM readings ORDER BY value")]
     assert stored == [float(i) for i in range(3 * FEW_ROWS)]
     assert count(database_url, "events") == 1
+
+
+def test_a_binary_copy_stores_what_single_inserts_store(database_url: str) -> None:
+    # Past FEW_ROWS the rows go by binary COPY, typed by the schema; up to it, by INSERTs of text parameters.
+    # Every kind of column (uuid, time, text, enum, float, bool and null, text[], jsonb, bytea) must come out alike.
+    n = FEW_ROWS + 10
+    events = [
+        Event(
+            kind=EventKind.FIRE if i % 2 else EventKind.SECURITY,
+            type="smoke",
+            state=EventState.END if i % 3 else EventState.START,
+            place=PLACE if i % 2 else PLACE.model_copy(update={"device": None}),
+            source="n1",
+            readings={"temperature": 20.5 + i} if i % 2 else {},
+            confirmed=None if i % 3 == 0 else bool(i % 2),
+            confirmed_by=["smoke-1", "smoke-2"][: i % 3],
+            title=f"smoke {i} 烟",
+            test=bool(i % 4 == 0),
+            attributes={"n": i, "nested": {"ok": [1, None, "x"]}},
+            snapshot=bytes([i % 256]) * 3 if i % 5 == 0 else None,
+        )
+        for i in range(n)
+    ]
+    readings = [Reading(place=PLACE, quantity="温度", value=-1.5 * i, unit="" if i % 2 else "°C") for i in range(n)]
+    letters = [DeadLetter(topic=f"t/{i}", payload=b"\x00\xff" * i, reason="r", source="n1") for i in range(n)]
+    tables = {t.name: ", ".join(names(t.written)) for t in (EVENTS, READINGS, DEAD_LETTERS)}
+
+    def stored() -> dict[str, list[tuple[Any, ...]]]:
+        """The columns written (not those the database fills, such as the time a row was stored)."""
+        with psycopg.connect(database_url) as conn:
+            return {
+                t: conn.execute(f"SELECT {columns} FROM {t} ORDER BY id").fetchall() for t, columns in tables.items()
+            }
+
+    write(database_url, WriteBatch(events=events, readings=readings, dead_letters=letters))
+    copied = stored()
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        for table in tables:
+            conn.execute(f"DELETE FROM {table}")
+    for part in (slice(0, n // 2), slice(n // 2, n)):
+        write(database_url, WriteBatch(events=events[part], readings=readings[part], dead_letters=letters[part]))
+    assert [len(rows) for rows in copied.values()] == [n, n, n]
+    assert copied == stored()
 
 
 def test_an_older_copy_of_an_alert_never_overwrites_a_newer_one(database_url: str) -> None:
