@@ -56,6 +56,8 @@ def parse_url(url: str) -> BrokerAddress:
 
 
 READ_AHEAD_BYTES = 65_536
+READ_BURST = 32
+"""Packets read ahead that the client handles at one turn of its loop, at most (see ``Client.loop_read``)."""
 
 
 class ReadAhead:
@@ -204,6 +206,19 @@ class Client(mqtt.Client):
 
     def want_write(self) -> bool:
         return bool(self._ready) or super().want_write()
+
+    def loop_read(self, max_packets: int = 1) -> mqtt.MQTTErrorCode:
+        # paho handles one packet, then asks select() again, which lets go of the GIL; taking it back from the
+        # node's other threads is paid for every sensor message. Packets already read ahead go on being handled,
+        # up to READ_BURST: then the loop comes round (writes, keepalive) and other threads have their turn.
+        rc = super().loop_read(max_packets)
+        for _ in range(READ_BURST):
+            if rc != mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS or not isinstance(self._sock, ReadAhead):
+                break
+            if not self._sock.pending():
+                break
+            rc = super().loop_read(1)
+        return rc
 
     def loop_write(self) -> mqtt.MQTTErrorCode:
         self._queue_acks()
