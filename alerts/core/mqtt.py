@@ -155,7 +155,8 @@ class Client(mqtt.Client):
     """paho's client on a ``ReadAhead`` socket; ``no_delay`` turns Nagle's algorithm off, which paho leaves on:
     a small packet (a PUBACK, ingest's confirmation, the node's next alarm) then waits for the broker's delayed
     ACK of the one before it, about 40 ms on Linux. Measured with bench/bench_sensors.py: the alarm leaving the
-    node, p50 37.7 ms with it on, 7.0 ms off."""
+    node, p50 37.7 ms with it on, 7.0 ms off. It also handles the packets read ahead in bursts (``loop_read``) and
+    sends acknowledgements together (``hold_ack``, ``send_acks``)."""
 
     no_delay = False
 
