@@ -132,7 +132,14 @@ class Session:
         self.thread.start()
         eventually(self.client.is_connected)
         sock = self.client.socket()
-        sock.send = lambda data: self.writes.append(bytes(data)) or ReadAhead.send(sock, data)
+        assert isinstance(sock, ReadAhead)
+        send = sock.send
+
+        def record(data: bytes | bytearray) -> int:
+            self.writes.append(bytes(data))
+            return send(data)
+
+        sock.send = record  # type: ignore[method-assign]  # what paho writes, seen on its way
 
     def close(self) -> None:
         self.client.disconnect()
