@@ -186,11 +186,15 @@ class SensorRules:
         for name, on in conditions.items():
             if on and testing and name != "test" and RULES[name].kind is EventKind.FIRE:
                 continue
-            attributes: dict[str, Any] = {"trigger": name, **details}
-            if on and name in sensor.resumed:
-                events += self._events(sensor, name, EventState.UPDATE, first.ts, attributes, values)
+            resumed = on and name in sensor.resumed
             sensor.resumed.discard(name)
-            events += self._events(sensor, name, self._switch(sensor, name, on, first.ts), first.ts, attributes, values)
+            turned = self._switch(sensor, name, on, first.ts)
+            if not resumed and turned is None:
+                continue  # most messages: nothing to tell
+            attributes: dict[str, Any] = {"trigger": name, **details}
+            if resumed:
+                events += self._events(sensor, name, EventState.UPDATE, first.ts, attributes, values)
+            events += self._events(sensor, name, turned, first.ts, attributes, values)
         return events
 
     def export(self, device: str) -> dict[str, Any] | None:

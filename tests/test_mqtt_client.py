@@ -171,3 +171,26 @@ def test_acknowledgements_held_leave_in_one_write_and_settle_the_session(broker:
     time.sleep(1.0)
     again.close()
     assert again.mids == []
+
+
+def test_messages_reach_on_message_and_per_topic_callbacks_as_paho_sends_them(broker: Service) -> None:
+    # The client hands a message straight to on_message while no per-topic callback was added, and through paho's
+    # own lookup once one is; an exception in on_message is logged, and the next message still arrives.
+    seen: list[tuple[str, bytes]] = []
+
+    def on_message(client: mqtt.Client, userdata: object, message: mqtt.MQTTMessage) -> None:
+        seen.append(("any", bytes(message.payload)))
+        if message.payload == b"raise":
+            raise RuntimeError("a callback's fault")
+
+    with mqtt_client(broker, "test-callbacks", "cb/#", on_message) as subscriber:
+        subscriber.suppress_exceptions = True
+        with mqtt_client(broker, "test-callbacks-pub") as publisher:
+            for payload in (b"raise", b"1"):
+                publisher.publish("cb/a", payload, qos=1)
+            eventually(lambda: len(seen) == 2)
+            subscriber.message_callback_add("cb/a", lambda c, u, m: seen.append(("cb/a", bytes(m.payload))))
+            for topic, payload in (("cb/a", b"2"), ("cb/b", b"3")):
+                publisher.publish(topic, payload, qos=1)
+            eventually(lambda: len(seen) == 4)
+    assert seen == [("any", b"raise"), ("any", b"1"), ("cb/a", b"2"), ("any", b"3")]
