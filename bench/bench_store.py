@@ -45,9 +45,10 @@ from alerts.core.models import Place, Reading, Role  # noqa: E402
 from alerts.core.mqtt import connect, make_client  # noqa: E402
 from alerts.core.protocol import encode, uplink_topic  # noqa: E402
 from alerts.store.alert_queries import page_sql  # noqa: E402
-from alerts.store.database import READING_COLUMNS, READING_TYPES, copy_insert, migrate, reading_row  # noqa: E402
+from alerts.store.database import READING_COLUMNS, copy_insert, migrate, reading_row  # noqa: E402
 from alerts.store.queries import AlertPage  # noqa: E402
 from alerts.store.rows import ALERT_COLUMNS  # noqa: E402
+from alerts.store.schema import READINGS  # noqa: E402
 from alerts.store.sites import register  # noqa: E402
 from deploy.local.services import free_port, start_mosquitto, start_postgres, wait_for_port  # noqa: E402
 
@@ -94,7 +95,7 @@ def write_unnest(conn: psycopg.Connection, rows: list[tuple]) -> None:
 
 def write_copy(conn: psycopg.Connection, rows: list[tuple]) -> None:
     with conn.cursor() as cur:
-        copy_insert(cur, "readings", READING_COLUMNS, rows, READING_TYPES)
+        copy_insert(cur, "readings", READINGS.written, rows)
 
 
 def bench_write_strategies(url: str, batches: int = 40, size: int = 500) -> dict[str, float]:

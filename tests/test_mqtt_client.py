@@ -119,24 +119,28 @@ def test_nagles_algorithm_is_off_only_where_asked(broker: Service) -> None:
 
 class Session:
     """A persistent, manually acknowledging subscriber to ``acks/#`` on its own thread's ``loop_forever``, as the
-    node's sensor path runs; ``writes`` records each ``send`` of its socket."""
+    node's sensor path runs; ``writes`` records each ``send`` of its socket, ``writers`` the threads that made them."""
 
     def __init__(self, broker: Service) -> None:
         self.mids: list[int] = []
         self.writes: list[bytes] = []
+        self.writers: set[threading.Thread] = set()
+        subscribed = threading.Event()
         self.client, address, props = make_client(broker.url, "test-acks", persistent=True, manual_ack=True)
         self.client.on_connect = lambda client, *_: client.subscribe("acks/#", qos=1)
+        self.client.on_subscribe = lambda *_: subscribed.set()
         self.client.on_message = lambda client, userdata, message: self.mids.append(message.mid)
         self.client.connect(address.host, address.port, clean_start=False, properties=props)
         self.thread = threading.Thread(target=self.client.loop_forever)
         self.thread.start()
-        eventually(self.client.is_connected)
+        assert subscribed.wait(10)
         sock = self.client.socket()
         assert isinstance(sock, ReadAhead)
         send = sock.send
 
         def record(data: bytes | bytearray) -> int:
             self.writes.append(bytes(data))
+            self.writers.add(threading.current_thread())
             return send(data)
 
         sock.send = record  # type: ignore[method-assign]  # what paho writes, seen on its way
@@ -149,7 +153,6 @@ class Session:
 def test_acknowledgements_held_leave_in_one_write_and_settle_the_session(broker: Service) -> None:
     session = Session(broker)
     with mqtt_client(broker, "test-acks-publisher") as publisher:
-        time.sleep(0.3)  # subscribed
         for i in range(200):
             publisher.publish("acks/x", str(i), qos=1)
         eventually(lambda: len(session.mids) == 200)
@@ -165,6 +168,7 @@ def test_acknowledgements_held_leave_in_one_write_and_settle_the_session(broker:
         session.client.ack(mid, 1)
     eventually(lambda: len(b"".join(session.writes)) == 4 * 200)
     assert b"".join(session.writes) == b"".join(struct.pack("!BBH", 0x40, 2, mid) for mid in session.mids)
+    assert session.writers == {session.thread}, "written by the loop's thread alone, never the acknowledging one"
     session.close()
     # The broker took them all: the session, resumed, holds nothing to send again.
     again = Session(broker)

@@ -96,7 +96,8 @@ def test_a_large_batch_copied_again_with_new_rows_keeps_one_of_each_and_the_rest
 
 def test_a_binary_copy_stores_what_single_inserts_store(database_url: str) -> None:
     # Past FEW_ROWS the rows go by binary COPY, typed by the schema; up to it, by INSERTs of text parameters.
-    # Every kind of column (uuid, time, text, enum, float, bool and null, text[], jsonb, bytea) must come out alike.
+    # Every kind of column (uuid, time, text, enum, float, bool and null, text[], jsonb, bytea) must come out alike,
+    # and the alerts' links to their events (a table of its own columns).
     n = FEW_ROWS + 10
     events = [
         Event(
@@ -117,23 +118,29 @@ def test_a_binary_copy_stores_what_single_inserts_store(database_url: str) -> No
     ]
     readings = [Reading(place=PLACE, quantity="温度", value=-1.5 * i, unit="" if i % 2 else "°C") for i in range(n)]
     letters = [DeadLetter(topic=f"t/{i}", payload=b"\x00\xff" * i, reason="r", source="n1") for i in range(n)]
-    tables = {t.name: ", ".join(names(t.written)) for t in (EVENTS, READINGS, DEAD_LETTERS)}
+    fires = [Event(kind=EventKind.FIRE, type="smoke", place=PLACE, source="n1") for _ in range(n)]
+    alerts = [alert_of(AlertPolicy(), fire) for fire in fires]
+    tables = {
+        t.name: f"{', '.join(names(t.written))} FROM {t.name} ORDER BY id" for t in (EVENTS, READINGS, DEAD_LETTERS)
+    }
+    tables["alert_events"] = "alert_id, event_id FROM alert_events ORDER BY alert_id"  # each alert's link to its event
 
     def stored() -> dict[str, list[tuple[Any, ...]]]:
         """The columns written (not those the database fills, such as the time a row was stored)."""
         with psycopg.connect(database_url) as conn:
-            return {
-                t: conn.execute(f"SELECT {columns} FROM {t} ORDER BY id").fetchall() for t, columns in tables.items()
-            }
+            return {table: conn.execute(f"SELECT {query}").fetchall() for table, query in tables.items()}
 
-    write(database_url, WriteBatch(events=events, readings=readings, dead_letters=letters))
+    write(database_url, WriteBatch(events=events, alerts=alerts, readings=readings, dead_letters=letters))
     copied = stored()
     with psycopg.connect(database_url, autocommit=True) as conn:
         for table in tables:
             conn.execute(f"DELETE FROM {table}")
     for part in (slice(0, n // 2), slice(n // 2, n)):
-        write(database_url, WriteBatch(events=events[part], readings=readings[part], dead_letters=letters[part]))
-    assert [len(rows) for rows in copied.values()] == [n, n, n]
+        write(
+            database_url,
+            WriteBatch(events=events[part], alerts=alerts[part], readings=readings[part], dead_letters=letters[part]),
+        )
+    assert [len(rows) for rows in copied.values()] == [n, n, n, n]
     assert copied == stored()
 
 

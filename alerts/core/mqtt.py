@@ -164,8 +164,6 @@ class Client(mqtt.Client):
         super().__init__(*args, **kwargs)
         self._held: list[int] = []
         """Packet ids of acknowledgements held for ``send_acks``."""
-        self._ready: list[int] = []
-        """Packet ids of acknowledgements for the network loop to write next, as one packet."""
         self._acks_lock = threading.Lock()
         self._filtered = False
         """Whether a per-topic callback was ever added (``message_callback_add``)."""
@@ -184,22 +182,35 @@ class Client(mqtt.Client):
             self._held.append(mid)
 
     def send_acks(self) -> None:
-        """Has the network loop write the acknowledgements held, in one packet, after those it has yet to write;
-        wakes it (a byte on paho's socket pair) if none was waiting."""
+        """Queues the acknowledgements held as one packet, after whatever was queued before, and wakes the network
+        loop to write it (a byte on paho's socket pair).
+
+        Only the loop's thread writes where it runs: paho's own queueing also writes from the caller's thread when
+        the loop is ``loop_forever`` on a thread of the caller's (the node's sensor path), and two writers can cut
+        into each other's packets when the socket takes only part of one. Without a loop of paho's, paho's way.
+        """
         with self._acks_lock:
-            held, self._held = self._held, []
-            wake = bool(held) and not self._ready
-            self._ready += held
-        if not wake:
+            mids, self._held = self._held, []
+        if not mids:
             return
-        if self._sockpairW is None:
-            # As paho queues a packet: written here unless the loop is in a callback (it writes after).
-            if self._in_callback_mutex.acquire(False):
-                self._in_callback_mutex.release()
-                self.loop_write()
+        packet = b"".join(_PUBACK.pack(mqtt.PUBACK, 2, mid) for mid in mids)
+        wake = self._sockpairW
+        if wake is None:
+            self._packet_queue(mqtt.PUBACK, packet, mids[-1], 1)
             return
+        self._out_packet.append(
+            {
+                "command": mqtt.PUBACK,
+                "mid": mids[-1],
+                "qos": 1,
+                "pos": 0,
+                "to_process": len(packet),
+                "packet": packet,
+                "info": None,
+            }
+        )
         with contextlib.suppress(BlockingIOError):  # a full pair has woken the loop already
-            self._sockpairW.send(mqtt.sockpair_data)
+            wake.send(mqtt.sockpair_data)
 
     def ack(self, mid: int, qos: int) -> mqtt.MQTTErrorCode:
         """paho's ``ack``, through ``hold_ack`` and ``send_acks``."""
@@ -228,9 +239,6 @@ class Client(mqtt.Client):
                 if not self.suppress_exceptions:
                     raise
 
-    def want_write(self) -> bool:
-        return bool(self._ready) or super().want_write()
-
     def loop_read(self, max_packets: int = 1) -> mqtt.MQTTErrorCode:
         # paho handles one packet, then asks select() again, which lets go of the GIL; taking it back from the
         # node's other threads is paid for every sensor message. Packets already read ahead go on being handled,
@@ -244,33 +252,6 @@ class Client(mqtt.Client):
             rc = super().loop_read(1)
         return rc
 
-    def loop_write(self) -> mqtt.MQTTErrorCode:
-        self._queue_acks()
-        return super().loop_write()
-
-    def _packet_queue(self, *args: Any, **kwargs: Any) -> mqtt.MQTTErrorCode:
-        # Whatever is sent after an acknowledgement goes after it, as with paho's (a DISCONNECT, above all).
-        self._queue_acks()
-        return super()._packet_queue(*args, **kwargs)
-
-    def _queue_acks(self) -> None:
-        """Puts the acknowledgements sent in paho's queue of packets to write, as one."""
-        with self._acks_lock:
-            mids, self._ready = self._ready, []
-        if mids:
-            packet = b"".join(_PUBACK.pack(mqtt.PUBACK, 2, mid) for mid in mids)
-            self._out_packet.append(
-                {
-                    "command": mqtt.PUBACK,
-                    "mid": mids[-1],
-                    "qos": 1,
-                    "pos": 0,
-                    "to_process": len(packet),
-                    "packet": packet,
-                    "info": None,
-                }
-            )
-
     def loop_forever(self, *args: Any, **kwargs: Any) -> mqtt.MQTTErrorCode:
         # The socket pair that paho's loop_start() and loop() make, and loop_forever() alone does not: other
         # threads' acknowledgements (the node's sink's) wake the loop through it.
@@ -281,7 +262,7 @@ class Client(mqtt.Client):
     def reconnect(self) -> mqtt.MQTTErrorCode:
         # paho forgets what it had still to write (its packet ids may name other messages on the new connection).
         with self._acks_lock:
-            self._held, self._ready = [], []
+            self._held = []
         return super().reconnect()
 
     def _create_socket(self) -> SocketLike:
