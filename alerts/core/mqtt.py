@@ -209,7 +209,9 @@ class Client(mqtt.Client):
                 "info": None,
             }
         )
-        with contextlib.suppress(BlockingIOError):  # a full pair has woken the loop already
+        # A full pair has woken the loop already; a closed one has no loop to wake, and the broker sends what was not
+        # acknowledged again to the next session. Neither may fail the caller: the sink has stored the messages.
+        with contextlib.suppress(OSError):
             wake.send(mqtt.sockpair_data)
 
     def ack(self, mid: int, qos: int) -> mqtt.MQTTErrorCode:
